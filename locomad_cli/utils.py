@@ -1,0 +1,87 @@
+"""Small shared helpers: the user-error type, atomic writes, device and dtype choice."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+class LocomadError(Exception):
+    """A problem with the user's input or environment: the CLI prints it as one line on
+    stderr and exits with code 2, without a traceback."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, on failure
+    remove it. Readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """`open()` that writes to a temporary file and renames it into place on success."""
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
+
+
+def check_writable_dir(path: str | Path) -> Path:
+    """Create `path` if needed and make sure we can write there, or raise LocomadError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".locomad-probe-"):
+            pass
+    except OSError as e:
+        raise LocomadError(f"output folder {path} is not writable: {e.strerror or e}") from None
+    return path
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LocomadError("--device cuda asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """'auto' → bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in table:
+        raise LocomadError(f"unknown dtype '{dtype}' (choose auto, fp32, fp16, bf16)")
+    return table[dtype]
+
+
+def hub_offline_hint(name: str) -> str:
+    return (
+        f"'{name}' is not a local folder and the Hugging Face hub is unreachable or the "
+        "weights are not in the local cache; download it on a connected machine "
+        "(huggingface-cli download) or point the model card at a local copy"
+    )

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine (Python 3.11, no GPU): system packages, a venv in .venv with
+# pinned torch/torchvision, and locomad installed editable with its test tools.
+# GPU users: see README "GPU machines" — install the CUDA torch build that matches your driver.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v java >/dev/null || need+=(default-jre-headless)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+# torch 2.14.1 + torchvision 0.29.1: the pair that imports with open_clip here (ENVIRONMENT.md).
+.venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+.venv/bin/pip install -q -e '.[test]'
+echo "locomad set up in .venv ($(.venv/bin/locomad --version))"
