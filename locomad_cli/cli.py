@@ -80,5 +80,3 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("locomad: interrupted", err=True)
         sys.exit(130)
-
-

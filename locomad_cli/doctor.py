@@ -34,7 +34,8 @@ def run_checks(model: str = "opt-2.7b") -> list[tuple[str, bool, str]]:
     rows: list[tuple[str, bool, str]] = []
     for tool in ("ffmpeg", "ffprobe"):
         path = shutil.which(tool)
-        rows.append((tool, bool(path), _version_line([tool, "-version"]) if path else "not on PATH"))
+        details = _version_line([tool, "-version"]) if path else "not on PATH"
+        rows.append((tool, bool(path), details))
     try:
         import decord
 
