@@ -1,0 +1,346 @@
+"""Reading subtitles and timed AD files: SRT, WebVTT, CSV and JSON into sorted `Cue`s.
+
+Real subtitle files are messy: old rips are cp1252 or latin-1, Windows tools write UTF-16 with
+a BOM, fansubs carry ASS override tags (`{\\an8}`) and HTML (`<i>`, `<font>`), cues overlap or
+come out of order, and one broken block is common. A film's subtitles are the only thing that
+keeps the AD from talking over dialogue, so one bad block must never lose the rest: it is
+skipped with a warning naming file:line, and everything else is read.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import html
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pysrt
+import webvtt
+from webvtt.errors import MalformedCaptionError, MalformedFileError
+
+from locomad_cli.utils import LocomadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cue:
+    """One timed piece of text, in seconds from the film's start."""
+
+    start: float
+    end: float
+    text: str
+    line: int = 0
+    """Line of the source file where the cue's block starts (0 when unknown)."""
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+_BOMS = [
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+]
+
+
+def decode_text(data: bytes, encoding: str | None = None) -> tuple[str, str]:
+    """Decode subtitle bytes, returning (text, encoding used).
+
+    Hand-written order rather than charset-normalizer alone: on short Western-European files
+    (the common case for old subtitle rips) charset-normalizer guesses cp1257 for cp1252 French
+    and turns 'naïve' into 'naļve'. A BOM is authoritative; then UTF-16 without a BOM (every
+    other byte NUL); then strict UTF-8; then cp1252 (a superset of latin-1's printable range
+    used by most Windows subtitle tools); latin-1 decodes any byte and comes last.
+    """
+    if encoding:
+        try:
+            return data.decode(encoding), encoding
+        except (UnicodeDecodeError, LookupError) as e:
+            raise LocomadError(f"cannot decode as {encoding}: {e}") from None
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            return data.decode(enc), enc
+    head = data[:400]
+    if len(head) >= 4:
+        if head[1::2].count(0) > len(head) // 4 and head[0::2].count(0) == 0:
+            return data.decode("utf-16-le", errors="replace"), "utf-16-le"
+        if head[0::2].count(0) > len(head) // 4 and head[1::2].count(0) == 0:
+            return data.decode("utf-16-be", errors="replace"), "utf-16-be"
+    for enc in ("utf-8", "cp1252", "latin-1"):
+        try:
+            return data.decode(enc), enc
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")
+
+
+def read_text(path: str | Path, encoding: str | None = None) -> str:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise LocomadError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text, _ = decode_text(data, encoding)
+    except LocomadError as e:
+        raise LocomadError(f"{path}: {e}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# --- text cleanup -----------------------------------------------------------------------------
+
+_ASS_TAG = re.compile(r"\{\\[^}]*\}")
+_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>|<\d[^<>]*>")
+_SPACES = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """Strip ASS override blocks, HTML/WebVTT tags and entities; one line, single spaces."""
+    text = _ASS_TAG.sub("", text).replace("\\N", " ").replace("\\n", " ").replace("\\h", " ")
+    text = _HTML_TAG.sub("", text)
+    text = html.unescape(text)
+    return _SPACES.sub(" ", text).strip()
+
+
+# --- SRT / WebVTT -----------------------------------------------------------------------------
+
+_TIMING = re.compile(
+    r"^\s*(\d+:)?\d{1,2}:\d{1,2}[,.]\d{1,3}\s*-->\s*(\d+:)?\d{1,2}:\d{1,2}[,.]\d{1,3}(\s|$)"
+)
+
+
+def _blocks(text: str) -> list[tuple[int, list[str]]]:
+    """Split into (first line number, lines) blocks at blank lines, and also before a timing
+    line that follows text without a blank line (a frequent SRT defect that would otherwise
+    swallow the next cue into the previous one's text).
+
+    Hand-written because neither pysrt nor webvtt-py reports where a block starts, and a
+    skipped block must be reported as file:line.
+    """
+    blocks: list[tuple[int, list[str]]] = []
+    cur: list[str] = []
+    start = 0
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            if cur:
+                blocks.append((start, cur))
+            cur = []
+            continue
+        if cur and "-->" in line and _TIMING.match(line):
+            has_timing = any(_TIMING.match(x) for x in cur)
+            if has_timing:
+                # the previous line may be the new cue's number or id
+                carry = [cur.pop()] if len(cur) > 1 and "-->" not in cur[-1] else []
+                if cur:
+                    blocks.append((start, cur))
+                cur, start = carry, n - len(carry)
+        if not cur:
+            start = n
+        cur.append(line)
+    if cur:
+        blocks.append((start, cur))
+    return blocks
+
+
+def _srt_seconds(stamp: str) -> float:
+    return pysrt.SubRipTime.from_string(stamp.strip()).ordinal / 1000.0
+
+
+def _parse_srt_block(lines: list[str]) -> Cue:
+    item = pysrt.SubRipItem.from_lines(lines)  # index / timing / body split
+    timing = next(x for x in lines if "-->" in x)
+    if not _TIMING.match(timing):
+        # pysrt turns unreadable digits into 0 without complaint; refuse instead
+        raise ValueError(f"bad timing line {timing.strip()!r}")
+    a, b = timing.split("-->", 1)
+    return Cue(_srt_seconds(a), _srt_seconds(b.split()[0]), clean_text(item.text))
+
+
+def _parse_vtt_block(lines: list[str]) -> Cue | None:
+    if lines[0].startswith(("NOTE", "STYLE", "REGION")):
+        return None
+    vtt = webvtt.from_string("WEBVTT\n\n" + "\n".join(lines))
+    if len(vtt.captions) != 1:
+        raise ValueError("not a cue block")
+    c = vtt.captions[0]
+    return Cue(
+        c.start_time.in_milliseconds() / 1000.0,
+        c.end_time.in_milliseconds() / 1000.0,
+        clean_text("\n".join(c.lines)),
+    )
+
+
+def _parse_blocks(text: str, source: str, vtt: bool) -> list[Cue]:
+    """Every readable cue block in file order, times and cleaned text as written; a malformed
+    block is skipped with a warning naming source:line."""
+    blocks = _blocks(text.lstrip("\ufeff"))
+    if vtt:
+        if not blocks or not blocks[0][1][0].startswith("WEBVTT"):
+            raise LocomadError(f"{source}:1: a WebVTT file starts with 'WEBVTT'")
+        blocks = blocks[1:]
+    cues: list[Cue] = []
+    for line_no, lines in blocks:
+        try:
+            cue = _parse_vtt_block(lines) if vtt else _parse_srt_block(lines)
+        except (
+            ValueError,
+            StopIteration,
+            pysrt.Error,
+            MalformedCaptionError,
+            MalformedFileError,
+        ) as e:
+            log.warning("%s:%d: skipped a malformed cue block (%s)", source, line_no, _why(e))
+            continue
+        if cue is not None:
+            cue.line = line_no
+            cues.append(cue)
+    if not cues:
+        raise LocomadError(f"{source}:1: no readable cue (is it SRT or WebVTT?)")
+    return cues
+
+
+def parse_subtitles(text: str, source: str = "<text>", vtt: bool | None = None) -> list[Cue]:
+    """Parse SRT or WebVTT subtitles (WebVTT detected by its header unless `vtt` is given):
+    cues without text or ending before they start are dropped, the rest sorted."""
+    if vtt is None:
+        vtt = text.lstrip("\ufeff").startswith("WEBVTT")
+    cues = []
+    for cue in _parse_blocks(text, source, vtt):
+        if cue.end <= cue.start:
+            log.warning("%s:%d: skipped a cue that ends before it starts", source, cue.line)
+        elif cue.text:
+            cues.append(cue)
+    return sort_cues(cues)
+
+
+def _why(e: Exception) -> str:
+    msg = str(e).strip()
+    return msg if msg else e.__class__.__name__
+
+
+def sort_cues(cues: list[Cue]) -> list[Cue]:
+    """Film order; the same text at the same time only once (files merged from two sources
+    repeat cues). Overlapping cues are kept: overlapping dialogue is real, and slot proposal
+    treats the union of all cues as dialogue."""
+    out: list[Cue] = []
+    seen: set[tuple[float, float, str]] = set()
+    for c in sorted(cues, key=lambda c: (c.start, c.end)):
+        key = (round(c.start, 3), round(c.end, 3), c.text)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def read_cues(path: str | Path, encoding: str | None = None) -> list[Cue]:
+    """Read an SRT or WebVTT file in any common encoding: tags stripped, film order."""
+    path = Path(path)
+    text = read_text(path, encoding)
+    vtt = path.suffix.lower() == ".vtt" or text.lstrip("\ufeff").startswith("WEBVTT")
+    return parse_subtitles(text, str(path), vtt=vtt)
+
+
+# --- CSV / JSON timed rows --------------------------------------------------------------------
+
+_START_KEYS = ("start", "start_time", "start_s", "begin", "start_hms")
+_END_KEYS = ("end", "end_time", "end_s", "stop", "end_hms")
+_TEXT_KEYS = ("text", "sentence", "description", "ad", "caption")
+_CLOCK = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:[.,]\d+)?)$")
+
+
+def parse_time(value: Any) -> float:
+    """Seconds from a number or a clock string ('HH:MM:SS.mmm', 'MM:SS,mmm', '12.5')."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a time: {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    s = str(value).strip()
+    m = _CLOCK.match(s)
+    if m:
+        h, mi, sec = m.groups()
+        return int(h or 0) * 3600 + int(mi) * 60 + float(sec.replace(",", "."))
+    try:
+        return float(s)
+    except ValueError:
+        raise ValueError(f"not a time: {value!r}") from None
+
+
+def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    lower = {str(k).strip().lower(): v for k, v in row.items()}
+    for k in keys:
+        if k in lower and lower[k] not in (None, ""):
+            return lower[k]
+    return None
+
+
+def _row_cue(row: dict[str, Any], where: str) -> Cue:
+    start, end = _pick(row, _START_KEYS), _pick(row, _END_KEYS)
+    if start is None and isinstance(row.get("timestamps"), (list, tuple)):
+        start, end = row["timestamps"][:2]  # MAD-v1 annotations
+    if start is None or end is None:
+        raise LocomadError(f"{where}: needs a start and an end (columns start,end)")
+    try:
+        s, e = parse_time(start), parse_time(end)
+    except ValueError as err:
+        raise LocomadError(f"{where}: {err}") from None
+    text = _pick(row, _TEXT_KEYS)
+    return Cue(s, e, clean_text(str(text)) if text is not None else "")
+
+
+def read_timed_rows(path: str | Path) -> list[Cue]:
+    """Times (and optional texts) from CSV or JSON, in file order (callers check order).
+
+    CSV: a header with start/end (seconds or clock strings) and optionally text/sentence.
+    JSON: a list of such objects, `{"slots": [...]}` (our own output), or MAD-v1's
+    `{id: {"timestamps": [s, e], "sentence": ...}}`.
+    """
+    path = Path(path)
+    text = read_text(path).lstrip("\ufeff")
+    cues: list[Cue] = []
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LocomadError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("slots"), list):
+            rows = data["slots"]
+        elif isinstance(data, dict):
+            rows = list(data.values())
+        else:
+            rows = data
+        if not isinstance(rows, list):
+            raise LocomadError(f"{path}: expected a list of {{start, end, text}} objects")
+        for i, row in enumerate(rows, 1):
+            if not isinstance(row, dict):
+                raise LocomadError(f"{path}: entry {i}: expected an object with start and end")
+            cue = _row_cue(row, f"{path}: entry {i}")
+            cue.line = i
+            cues.append(cue)
+        return cues
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames:
+        raise LocomadError(f"{path}:1: empty CSV (expected a header with start,end)")
+    for row in reader:
+        cue = _row_cue(row, f"{path}:{reader.line_num}")
+        cue.line = reader.line_num
+        cues.append(cue)
+    return cues
+
+
+def read_timed(path: str | Path) -> list[Cue]:
+    """AD times or references from SRT, WebVTT, CSV or JSON (by extension)."""
+    path = Path(path)
+    if path.suffix.lower() in (".csv", ".json"):
+        return read_timed_rows(path)
+    text = read_text(path)
+    vtt = path.suffix.lower() == ".vtt" or text.lstrip("\ufeff").startswith("WEBVTT")
+    # file order, text-less and inverted cues kept: the caller checks times with file:line
+    return _parse_blocks(text, str(path), vtt)
