@@ -1,0 +1,235 @@
+"""The CLIP encoder behind frame features and DSM text features, built by open_clip.
+
+Features are CLIP's *projected* embeddings, not L2-normalised: that is what MAD's
+`CLIP_L14_frames_features_5fps.h5` holds and what the PME reads; text features are made the same
+way so both sides stay comparable. Whoever needs unit vectors normalises at use.
+
+Preprocessing is taken from the open_clip model itself (`model.visual.preprocess_cfg` and the
+transform open_clip builds from it), so callers cannot get image size, mean/std or
+interpolation wrong; `ClipEncoder.preprocess` runs those same transform steps on batches of
+tensors on the device instead of one PIL image at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from locomad_cli.card import MODELS_DIR, ModelCard
+from locomad_cli.utils import LocomadError
+
+_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass
+class ClipEncoder:
+    """An open_clip model ready for inference, with the preprocessing it was trained with."""
+
+    model: Any
+    preprocess_cfg: dict[str, Any]
+    """open_clip's PreprocessCfg as a dict: size, mean, std, interpolation, resize_mode, ..."""
+    transform: Any
+    """open_clip's own eval transform (PIL in, tensor out): the reference `preprocess` matches."""
+    tokenizer: Any
+    device: str
+    dtype: torch.dtype
+    name: str
+    pretrained: str | None
+    dim: int
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.preprocess_cfg["size"]
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
+    def decode_short_side(self) -> int:
+        """Decode frames with this shortest side: open_clip's resize is then a no-op for the
+        usual square 'shortest' mode, leaving only the center crop."""
+        return max(self.image_size)
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [N, 3, H, W] (any size, on any device) → float [N, 3, S, S] normalised:
+        open_clip's eval transform applied step by step to the whole batch."""
+        from open_clip.transform import (
+            CenterCropOrPad,
+            MaybeConvertMode,
+            MaybeToTensor,
+            ResizeKeepRatio,
+        )
+        from torchvision.transforms import CenterCrop, Normalize, Resize
+        from torchvision.transforms import functional as F
+
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(
+                f"expected uint8 frames [N, 3, H, W], got {frames.dtype} {tuple(frames.shape)}"
+            )
+        x = frames
+        for step in self.transform.transforms:
+            if isinstance(step, MaybeConvertMode):
+                continue  # PIL-only: decoded frames are RGB already
+            if isinstance(step, MaybeToTensor):
+                x = x.float().div_(255.0)
+            elif isinstance(step, ResizeKeepRatio):
+                # open_clip computes the size from a PIL image's .size (w, h): give it that.
+                shim = type("Size", (), {"size": (x.shape[-1], x.shape[-2])})()
+                size = step.get_params(shim, step.size, step.longest)
+                x = F.resize(x, size, interpolation=step.interpolation, antialias=True)
+            elif isinstance(step, (Resize, CenterCrop, CenterCropOrPad, Normalize)):
+                x = step(x)
+            else:
+                raise LocomadError(
+                    f"CLIP preprocessing step {step.__class__.__name__} has no batched version"
+                )
+        return x
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [N, 3, H, W] (raw, any size) or float [N, 3, S, S] already preprocessed
+        → projected image embeddings [N, D], float32 on the CPU."""
+        if images.device.type == "cpu" and self.device.startswith("cuda"):
+            images = images.pin_memory()
+        x = images.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = self.preprocess(x)
+        out = self.model.encode_image(x.to(self.dtype))
+        return out.float().cpu()
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Projected text embeddings [N, D], float32 on the CPU (DSM text-feature cache)."""
+        if not texts:
+            return torch.zeros(0, self.dim)
+        outs = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
+            outs.append(self.model.encode_text(tokens).float().cpu())
+        return torch.cat(outs)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip logs 'initialized randomly' warnings on the root logger; a CLI prints one line
+    per error, so hold them back while building."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _resolve_file(card: ModelCard, value: str) -> Path | None:
+    """`clip.pretrained` as a local file when it names one (absolute, relative to the current
+    folder, or relative to the card's folder — the repository root for shipped cards)."""
+    p = Path(value).expanduser()
+    candidates = [p]
+    if not p.is_absolute():
+        card_dir = Path(card.source).resolve().parent if card.source else MODELS_DIR
+        base = MODELS_DIR.parent if card_dir == MODELS_DIR else card_dir
+        candidates.append(base / p)
+    for c in candidates:
+        if c.is_file():
+            return c
+    if p.suffix in (".safetensors", ".pt", ".pth", ".bin") or "/" in value:
+        raise LocomadError(f"CLIP weights file not found: {value}")
+    return None
+
+
+def _inline_config(card: ModelCard) -> dict[str, Any] | None:
+    """The card's own open_clip config: `clip.config` inline, or `clip.model` naming a JSON file.
+    Returned as open_clip's `open_clip_config.json` layout ({model_cfg, preprocess_cfg})."""
+    cfg = card.clip.config
+    if cfg is None and card.clip.model.endswith(".json"):
+        path = Path(card.clip.model).expanduser()
+        if not path.is_absolute() and card.source:
+            path = Path(card.source).resolve().parent / path
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise LocomadError(f"CLIP config {path}: cannot read ({e})") from None
+    if cfg is None:
+        return None
+    if "model_cfg" in cfg:
+        return {"model_cfg": cfg["model_cfg"], "preprocess_cfg": cfg.get("preprocess_cfg", {})}
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
+    if missing:
+        raise LocomadError(f"CLIP config for '{card.clip.model}' lacks {', '.join(missing)}")
+    return {"model_cfg": cfg, "preprocess_cfg": cfg.get("preprocess_cfg", {})}
+
+
+def load_clip(
+    card: ModelCard, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> ClipEncoder:
+    """Build the card's CLIP with open_clip: a shipped architecture name + pretrained tag (from
+    the hub or its cache), the card's inline config, and/or a local `.safetensors` file."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    if dtype not in _PRECISION:
+        raise LocomadError(f"unsupported CLIP dtype {dtype}")
+    name, pretrained = card.clip.model, card.clip.pretrained
+    weights_file = _resolve_file(card, pretrained) if pretrained else None
+    if weights_file is not None and weights_file.suffix != ".safetensors":
+        raise LocomadError(
+            f"{weights_file}: CLIP weights must be a .safetensors file (pickled checkpoints are "
+            "not loaded)"
+        )
+    inline = _inline_config(card)
+    kwargs = dict(device=device, precision=_PRECISION[dtype])
+    try:
+        with _quiet_open_clip(), tempfile.TemporaryDirectory(prefix="locomad-clip-") as tmp:
+            if inline is not None:
+                # open_clip's 'local-dir:' schema reads a config from a folder: no global
+                # registry to mutate, and the tokenizer comes from the same config.
+                (Path(tmp) / "open_clip_config.json").write_text(json.dumps(inline))
+                source = f"local-dir:{tmp}"
+                model = open_clip.create_model(source, **kwargs)
+                tokenizer = open_clip.get_tokenizer(source)
+            else:
+                tag = None if weights_file is not None else pretrained
+                model = open_clip.create_model(name, pretrained=tag, **kwargs)
+                tokenizer = open_clip.get_tokenizer(name)
+            if weights_file is not None:
+                open_clip.load_checkpoint(model, str(weights_file), strict=True)
+    except LocomadError:
+        raise
+    except Exception as e:  # open_clip wraps hub, config and state-dict errors in RuntimeError
+        raise LocomadError(_explain(e, name, pretrained, weights_file)) from None
+    model.eval()
+    cfg = dict(model.visual.preprocess_cfg)
+    transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+    dim = int(model.visual.output_dim)
+    if dim != card.clip.dim:
+        raise LocomadError(
+            f"card says clip.dim={card.clip.dim} but {name} makes {dim}-wide features"
+        )
+    return ClipEncoder(model, cfg, transform, tokenizer, device, dtype, name, pretrained, dim)
+
+
+def _explain(e: Exception, name: str, pretrained: str | None, weights_file: Path | None) -> str:
+    msg = " ".join(str(e).split())
+    if "not found in built-ins" in msg:
+        return f"open_clip has no model named '{name}' (see open_clip.list_models())"
+    if "not a known tag" in msg:
+        import open_clip
+
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        return f"'{pretrained}' is neither an open_clip tag of {name} (known: {tags}) nor a file"
+    if "Failed to download" in msg or "offline" in msg.lower() or "connect" in msg.lower():
+        return (
+            f"CLIP weights {name}/{pretrained} are not in the local cache and the model hub is "
+            "unreachable; fetch them once on a connected machine (open_clip.create_model("
+            f"'{name}', pretrained='{pretrained}')) or set clip.pretrained to a local .safetensors"
+        )
+    if weights_file is not None:
+        return f"{weights_file}: cannot load into {name}: {msg[:300]}"
+    return f"cannot build CLIP {name}: {msg[:300]}"

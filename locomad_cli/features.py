@@ -1,0 +1,451 @@
+"""Frame features for a film: decode at the card's FPS, encode with CLIP, save safetensors.
+
+Layout: `<stem>.features.safetensors` holds `features` [T, D] (fp16) and string metadata; frame i
+is what is on screen at i / fps seconds (see video.py). While a film runs, finished chunks sit in
+`<stem>.features.partial/` (each written atomically), so a killed run continues from the last
+finished chunk; the final file appears in one rename, and the partial folder goes.
+
+Decoding runs in a background thread feeding a small bounded queue, so decoding the next chunk
+overlaps encoding the current one and at most a few chunks of frames are ever in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from locomad_cli.card import ModelCard
+from locomad_cli.clip import ClipEncoder, load_clip
+from locomad_cli.utils import (
+    LocomadError,
+    atomic_open,
+    atomic_path,
+    check_writable_dir,
+    resolve_device,
+    resolve_dtype,
+)
+from locomad_cli.video import FramePlan, iter_chunks, plan_frames, probe, source_fingerprint
+
+FORMAT = "locomad-features-1"
+SUFFIX = ".features.safetensors"
+CHUNK_FRAMES = 250
+"""Output frames per resumable chunk: 50 s of film at 5 FPS, ~70 MB of decoded 224p frames."""
+MATCH_KEYS = ("source_size", "source_sha256_1mib", "clip_model", "clip_pretrained", "fps")
+"""Metadata that must agree for an existing output (or partial state) to count as this film's."""
+
+
+@dataclass
+class FilmResult:
+    video: Path
+    output: Path
+    frames: int
+    status: str
+    """'done' (extracted now), 'resumed' (continued a partial run) or 'skipped' (already done)."""
+    seconds: float = 0.0
+    computed_frames: int = 0
+
+
+def output_path(video: str | Path, out_dir: str | Path | None = None) -> Path:
+    video = Path(video)
+    return Path(out_dir or video.parent) / f"{video.stem}{SUFFIX}"
+
+
+def partial_dir(output: Path) -> Path:
+    return output.with_name(output.name[: -len(SUFFIX)] + ".features.partial")
+
+
+def load_features(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """(`features` [T, D] fp16, metadata) of a features file. Numeric metadata (fps, duration,
+    frames, source_size, source_mtime) come back as numbers, the rest as strings."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise LocomadError(f"{path}: no such features file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            features = f.get_tensor("features")
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise LocomadError(
+            f"{path}: not a features file ({' '.join(str(e).split())[:200]})"
+        ) from None
+    for key, cast in (("fps", float), ("duration", float), ("source_mtime", float)):
+        if key in meta:
+            meta[key] = cast(meta[key])
+    for key in ("frames", "source_size"):
+        if key in meta:
+            meta[key] = int(meta[key])
+    return features, meta
+
+
+def _read_metadata(path: Path) -> dict[str, str] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return None
+
+
+def _matches(meta: dict[str, str] | None, want: dict[str, str]) -> bool:
+    return meta is not None and all(meta.get(k) == want[k] for k in MATCH_KEYS)
+
+
+def _identity(card: ModelCard, fps: float, fingerprint: dict[str, str]) -> dict[str, str]:
+    return {
+        **fingerprint,
+        "clip_model": card.clip.model,
+        "clip_pretrained": str(card.clip.pretrained),
+        "fps": f"{fps:g}",
+    }
+
+
+def rank_and_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as set by `torchrun` or `accelerate launch`; (0, 1, 0)
+    for a plain run. Read from the environment: no process group is needed to split films."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise LocomadError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
+    return rank, world, local
+
+
+def _chunk_file(part: Path, c: int) -> Path:
+    return part / f"chunk-{c:05d}.safetensors"
+
+
+def _prepare_partial(part: Path, state: dict[str, str], n_chunks: int) -> set[int]:
+    """Chunks already finished by an earlier run of the same film and settings; a partial
+    folder from anything else is cleared."""
+    state_file = part / "state.json"
+    if state_file.is_file():
+        try:
+            old = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old == state:
+            return {c for c in range(n_chunks) if _chunk_file(part, c).is_file()}
+    if part.exists():
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    with atomic_open(state_file) as f:
+        json.dump(state, f, indent=1)
+    return set()
+
+
+def _decode_thread(
+    plan: FramePlan, chunk_frames: int, skip: set[int], out: queue.Queue, stop: threading.Event
+) -> threading.Thread:
+    """Decode chunks into `out` (bounded) until done, an error (passed on as the item) or
+    `stop`. Decord and ffmpeg release the GIL, so this runs beside the encoder."""
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in iter_chunks(plan, chunk_frames, skip):
+                if not put(item):
+                    return
+            put(None)
+        except BaseException as e:  # handed to the consumer, which raises it
+            put(e)
+
+    thread = threading.Thread(target=run, name="locomad-decode", daemon=True)
+    thread.start()
+    return thread
+
+
+def _encode_chunk(encoder: ClipEncoder, frames, batch_size: int) -> torch.Tensor:
+    """uint8 frames [n, H, W, 3] (numpy) → fp16 features [n, D] on the CPU."""
+    x = torch.from_numpy(frames)
+    cuda = encoder.device.startswith("cuda")
+    outs = []
+    for i in range(0, len(x), batch_size):
+        batch = x[i : i + batch_size]
+        if cuda:
+            batch = batch.pin_memory().to(encoder.device, non_blocking=True)
+        outs.append(encoder.encode_images(batch.permute(0, 3, 1, 2)).half())
+    return torch.cat(outs)
+
+
+def extract_film(
+    plan: FramePlan,
+    output: Path,
+    card: ModelCard,
+    encoder: ClipEncoder,
+    batch_size: int = 64,
+    chunk_frames: int = CHUNK_FRAMES,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> FilmResult:
+    """Extract one planned film into `output`, resuming a partial run. `on_progress(done,
+    total)` follows output frames (progress bars); `on_chunk(chunk, frames)` runs after each
+    newly computed chunk is safely on disk (tests simulate a crash there)."""
+    from safetensors.torch import load_file, save_file
+
+    start = time.perf_counter()
+    info, fps = plan.info, plan.fps
+    n_chunks = math.ceil(plan.frames / chunk_frames)
+    fingerprint = source_fingerprint(info.path)
+    identity = _identity(card, fps, fingerprint)
+    state = {
+        **identity,
+        "frames": str(plan.frames),
+        "chunk_frames": str(chunk_frames),
+        "decode_size": f"{plan.width}x{plan.height}",
+        "preprocess": json.dumps(encoder.preprocess_cfg, sort_keys=True, default=list),
+        "dtype": str(encoder.dtype),
+    }
+    part = partial_dir(output)
+    done = _prepare_partial(part, state, n_chunks)
+    computed = 0
+    progress_done = sum(min(chunk_frames, plan.frames - c * chunk_frames) for c in done)
+    if on_progress is not None:
+        on_progress(progress_done, plan.frames)
+    if len(done) < n_chunks:
+        chunks: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        thread = _decode_thread(plan, chunk_frames, done, chunks, stop)
+        try:
+            while True:
+                item = chunks.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                c, frames = item
+                feats = _encode_chunk(encoder, frames, batch_size)
+                with atomic_path(_chunk_file(part, c)) as tmp:
+                    save_file({"features": feats.contiguous()}, str(tmp))
+                computed += len(feats)
+                progress_done += len(feats)
+                if on_progress is not None:
+                    on_progress(progress_done, plan.frames)
+                if on_chunk is not None:
+                    on_chunk(c, len(feats))
+        except LocomadError:
+            # bad input (a corrupt film): nothing worth resuming is left behind
+            stop.set()
+            thread.join(timeout=10)
+            shutil.rmtree(part, ignore_errors=True)
+            raise
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    features = torch.cat(
+        [load_file(str(_chunk_file(part, c)))["features"] for c in range(n_chunks)]
+    )
+    if features.shape[0] != plan.frames:
+        raise LocomadError(f"{info.path}: partial state is inconsistent; rerun with --overwrite")
+    meta = {
+        "format": FORMAT,
+        **identity,
+        "card": card.name,
+        "frames": str(plan.frames),
+        "duration": f"{plan.duration:.6f}",
+        "dim": str(features.shape[1]),
+        "decode_size": state["decode_size"],
+        "image_size": "x".join(str(s) for s in encoder.image_size),
+        "time_rule": "frame i = what is on screen at i/fps seconds after the first frame",
+    }
+    with atomic_path(output) as tmp:
+        save_file({"features": features.contiguous()}, str(tmp), metadata=meta)
+    shutil.rmtree(part, ignore_errors=True)
+    status = "resumed" if done else "done"
+    return FilmResult(info.path, output, plan.frames, status, time.perf_counter() - start, computed)
+
+
+def write_h5(h5_path: str | Path, outputs: list[Path]) -> int:
+    """Add or replace one dataset per film (key = film id = file stem, [T, D] float32) in a
+    MAD-layout HDF5. The file is rewritten through a temporary copy and a rename, so a crash
+    never leaves it half-updated; ranks of a multi-GPU run take turns through a lock file."""
+    import fcntl
+
+    import h5py
+
+    h5_path = Path(h5_path)
+    lock_path = h5_path.with_name(h5_path.name + ".lock")
+    films = [(p.name[: -len(SUFFIX)], p) for p in outputs]
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with atomic_path(h5_path) as tmp:
+            if h5_path.exists():
+                shutil.copyfile(h5_path, tmp)
+            try:
+                h5 = h5py.File(tmp, "a")
+            except OSError as e:
+                raise LocomadError(f"{h5_path}: not an HDF5 file ({e})") from None
+            with h5:
+                for key, path in films:
+                    features, meta = load_features(path)
+                    if key in h5:
+                        del h5[key]
+                    ds = h5.create_dataset(key, data=features.float().numpy())
+                    ds.attrs["fps"] = meta["fps"]
+                    ds.attrs["clip_model"] = meta.get("clip_model", "")
+                    ds.attrs["clip_pretrained"] = meta.get("clip_pretrained", "")
+    return len(films)
+
+
+class _Progress:
+    """A rich progress bar per film (frames, frames/s, ETA) on stderr; silent when off."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                ProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.text import Text
+
+            class FpsColumn(ProgressColumn):
+                def render(self, task):  # type: ignore[no-untyped-def]
+                    speed = task.finished_speed or task.speed
+                    return Text(f"{speed:6.1f} frames/s" if speed else "     ? frames/s")
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                FpsColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+
+    @contextlib.contextmanager
+    def film(self, name: str) -> Iterator[Callable[[int, int], None]]:
+        if self.bar is None:
+            yield lambda done, total: None
+            return
+        task = self.bar.add_task(name, total=None)
+        yield lambda done, total: self.bar.update(task, completed=done, total=total)
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def extract_features(
+    videos: list[str | Path],
+    card: ModelCard,
+    out_dir: str | Path | None = None,
+    fps: float | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    dtype: str = "auto",
+    h5: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    chunk_frames: int = CHUNK_FRAMES,
+    on_chunk: Callable[[Path, int, int], None] | None = None,
+) -> list[FilmResult]:
+    """Extract features for every film (this rank's share under torchrun/accelerate). All
+    inputs are checked before any work starts, so a bad file fails fast and writes nothing."""
+    fps = float(fps if fps is not None else card.fps)
+    if fps <= 0:
+        raise LocomadError(f"--fps must be positive, got {fps:g}")
+    if batch_size < 1:
+        raise LocomadError(f"--batch-size must be at least 1, got {batch_size}")
+    if not videos:
+        raise LocomadError("no video given")
+    infos = [probe(v) for v in videos]
+    outputs = [output_path(info.path, out_dir) for info in infos]
+    seen: dict[Path, Path] = {}
+    for info, out in zip(infos, outputs, strict=True):
+        if out in seen:
+            raise LocomadError(f"{info.path} and {seen[out]} would both write {out}")
+        seen[out] = info.path
+    for folder in sorted({o.parent for o in outputs}):
+        check_writable_dir(folder)
+    if h5 is not None:
+        check_writable_dir(Path(h5).parent)
+
+    rank, world, local_rank = rank_and_world()
+    mine = list(range(rank, len(infos), world))
+    todo: list[int] = []
+    results: list[FilmResult] = []
+    for i in mine:
+        info, out = infos[i], outputs[i]
+        if out.exists() and not overwrite:
+            meta = _read_metadata(out)
+            want = _identity(card, fps, source_fingerprint(info.path))
+            if not _matches(meta, want):
+                raise LocomadError(
+                    f"{out} exists but was made from another file, model or FPS; "
+                    "pass --overwrite to replace it"
+                )
+            results.append(FilmResult(info.path, out, int(meta["frames"]), "skipped"))
+        else:
+            todo.append(i)
+    if overwrite:
+        for i in todo:
+            shutil.rmtree(partial_dir(outputs[i]), ignore_errors=True)
+
+    if todo:
+        dev = resolve_device(device)
+        if dev == "cuda" and world > 1:
+            dev = f"cuda:{local_rank}"
+        encoder = load_clip(card, dev, resolve_dtype(dtype, dev))
+        with _Progress(progress) as bars:
+            for i in todo:
+                info, out = infos[i], outputs[i]
+                plan = plan_frames(info, fps, encoder.decode_short_side)
+                with bars.film(info.path.stem) as update:
+                    hook = None if on_chunk is None else functools.partial(on_chunk, info.path)
+                    results.append(
+                        extract_film(
+                            plan, out, card, encoder, batch_size, chunk_frames, update, hook
+                        )
+                    )
+    if h5 is not None:
+        write_h5(h5, [r.output for r in results])
+    order = {outputs[i]: n for n, i in enumerate(mine)}
+    return sorted(results, key=lambda r: order[r.output])
+
+
+def summary_line(results: list[FilmResult]) -> str:
+    """One line for the end of a run: films done/resumed/skipped, frames, speed."""
+    made = [r for r in results if r.status != "skipped"]
+    skipped = len(results) - len(made)
+    frames = sum(r.computed_frames for r in made)
+    seconds = sum(r.seconds for r in made)
+    speed = f", {frames / seconds:.1f} frames/s" if seconds > 0 and frames else ""
+    rank, world, _ = rank_and_world()
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    return (
+        f"{who}extracted {len(made)} film(s), {frames} frames in {seconds:.1f} s{speed}; "
+        f"skipped {skipped} already done"
+    )

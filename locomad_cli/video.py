@@ -1,0 +1,239 @@
+"""Video input: check a file with ffprobe, then decode frames at exact times with decord.
+
+Output frame i shows what is on screen at t_i = i / fps seconds after the first frame: the
+decoded frame whose presentation interval contains t_i. Picking "every n-th frame" instead drifts
+on 23.976 fps and is wrong on variable-rate video; timestamps are right for both.
+
+A film has T = floor(duration * fps) output frames: frame i stands for the whole interval
+[i / fps, (i + 1) / fps), so only intervals that lie inside the film count.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from locomad_cli.utils import LocomadError
+
+EPS = 1e-3
+"""Seconds of slack when comparing timestamps: decord reports them as float32, which resolves
+only about 0.5 ms two hours into a film; no real frame lasts under 8 ms."""
+
+
+@dataclass
+class VideoInfo:
+    """What ffprobe says about a file, checked to be a decodable video."""
+
+    path: Path
+    width: int
+    height: int
+    display_width: int
+    """Width after the sample aspect ratio (anamorphic DVDs store 720 wide for 16:9)."""
+    display_height: int
+    duration: float
+    codec: str
+    size: int
+    mtime: float
+
+
+def _ffprobe_error(path: Path, stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    last = lines[-1] if lines else "ffprobe failed"
+    return last.replace(f"{path}: ", "")
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Check that `path` is a non-empty file with a video stream and a positive duration."""
+    import ffmpeg
+
+    path = Path(path)
+    if not path.exists():
+        raise LocomadError(f"{path}: no such file")
+    if not path.is_file():
+        raise LocomadError(f"{path}: not a file")
+    stat = path.stat()
+    if stat.st_size == 0:
+        raise LocomadError(f"{path}: empty file (0 bytes)")
+    try:
+        info = ffmpeg.probe(str(path))
+    except FileNotFoundError:
+        raise LocomadError("ffprobe not found: install ffmpeg (apt-get install ffmpeg)") from None
+    except ffmpeg.Error as e:
+        reason = _ffprobe_error(path, e.stderr or b"")
+        raise LocomadError(f"{path}: not a readable video ({reason})") from None
+    videos = [
+        s
+        for s in info.get("streams", [])
+        if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+    ]
+    if not videos:
+        kinds = sorted({s.get("codec_type", "?") for s in info.get("streams", [])})
+        what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
+        raise LocomadError(f"{path}: no video stream ({what})")
+    v = videos[0]
+    width, height = int(v.get("width") or 0), int(v.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise LocomadError(f"{path}: video stream has no frame size")
+    duration = _float(v.get("duration")) or _float(info.get("format", {}).get("duration"))
+    if not duration or duration <= 0:
+        raise LocomadError(f"{path}: zero-length video")
+    sar = _ratio(v.get("sample_aspect_ratio"))
+    display_width = max(1, round(width * sar)) if sar else width
+    return VideoInfo(
+        path=path,
+        width=width,
+        height=height,
+        display_width=display_width,
+        display_height=height,
+        duration=duration,
+        codec=str(v.get("codec_name", "?")),
+        size=stat.st_size,
+        mtime=stat.st_mtime,
+    )
+
+
+def _float(value: object) -> float | None:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _ratio(value: object) -> float | None:
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    num, den = value.split(":", 1)
+    try:
+        r = Fraction(int(num), int(den))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return float(r) if r > 0 else None
+
+
+def decode_size(info: VideoInfo, short_side: int) -> tuple[int, int]:
+    """(width, height) to decode at: the shortest displayed side becomes `short_side`, aspect
+    kept, so CLIP's own resize is then a no-op and only its center crop remains."""
+    w, h = info.display_width, info.display_height
+    if w <= h:
+        return short_side, max(short_side, round(h * short_side / w))
+    return max(short_side, round(w * short_side / h)), short_side
+
+
+def frame_count(duration: float, fps: float) -> int:
+    """T = floor(duration * fps): only whole 1/fps intervals inside the film."""
+    return int(math.floor(duration * fps + EPS))
+
+
+def sample_indices(starts: np.ndarray, fps: float, count: int) -> np.ndarray:
+    """For t_i = i / fps (seconds after the first frame's start), the index of the frame on
+    screen at t_i: the last frame whose start is <= t_i. `starts` must be sorted."""
+    times = np.arange(count, dtype=np.float64) / fps + starts[0]
+    idx = np.searchsorted(starts, times + EPS, side="right") - 1
+    return np.clip(idx, 0, len(starts) - 1)
+
+
+@dataclass
+class FramePlan:
+    """Which decoded frames make the film's T output frames, and at what size."""
+
+    info: VideoInfo
+    fps: float
+    width: int
+    height: int
+    duration: float
+    """Seconds from the first frame's start to the last frame's end (decord's timestamps)."""
+    indices: np.ndarray
+    """Decoded-frame index for every output frame, non-decreasing."""
+
+    @property
+    def frames(self) -> int:
+        return len(self.indices)
+
+
+def _open_reader(path: Path, width: int, height: int):  # -> decord.VideoReader
+    import decord
+
+    decord.logging.set_level(decord.logging.QUIET)  # libav chatter would break one-line errors
+    try:
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
+    except Exception as e:  # decord raises RuntimeError or DECORDError with C++ context
+        raise LocomadError(f"{path}: cannot open video for decoding ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1][:200] if text else e.__class__.__name__
+
+
+def plan_frames(info: VideoInfo, fps: float, short_side: int) -> FramePlan:
+    """Read the container's frame timestamps and choose the frame for every t_i = i / fps."""
+    if fps <= 0:
+        raise LocomadError(f"fps must be positive, got {fps}")
+    width, height = decode_size(info, short_side)
+    reader = _open_reader(info.path, width, height)
+    n = len(reader)
+    if n == 0:
+        raise LocomadError(f"{info.path}: video stream has no frames")
+    stamps = np.asarray(reader.get_frame_timestamp(np.arange(n)), dtype=np.float64)
+    del reader
+    starts = stamps[:, 0]
+    order_ok = bool(np.all(np.diff(starts) >= 0))
+    if not order_ok:  # never seen from decord, but searchsorted needs sorted starts
+        starts = np.maximum.accumulate(starts)
+    duration = float(stamps[-1, 1] - starts[0])
+    if duration <= 0:
+        duration = info.duration
+    count = frame_count(duration, fps)
+    if count == 0:
+        raise LocomadError(
+            f"{info.path}: video is {duration:.3f} s long, shorter than one frame at {fps:g} FPS"
+        )
+    indices = sample_indices(starts, fps, count)
+    return FramePlan(info, fps, width, height, duration, indices)
+
+
+def iter_chunks(
+    plan: FramePlan, chunk_frames: int, skip: set[int] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (chunk number, uint8 frames [n, H, W, 3]) for each chunk of `chunk_frames` output
+    frames, in order, skipping chunk numbers in `skip` (already done). Only one chunk is in
+    memory at a time: a 2-hour film streams through."""
+    skip = skip or set()
+    reader = _open_reader(plan.info.path, plan.width, plan.height)
+    n_chunks = math.ceil(plan.frames / chunk_frames)
+    for c in range(n_chunks):
+        if c in skip:
+            continue
+        idx = plan.indices[c * chunk_frames : (c + 1) * chunk_frames]
+        # Duplicate indices (fps above the video's rate) are decoded once by decord.
+        try:
+            frames = reader.get_batch(idx.tolist()).asnumpy()
+        except Exception as e:
+            raise LocomadError(
+                f"{plan.info.path}: decoding failed near {idx[0] / plan.fps:.1f} s, the file is "
+                f"truncated or corrupt ({_first_line(e)})"
+            ) from None
+        yield c, frames
+
+
+def source_fingerprint(path: str | Path) -> dict[str, str]:
+    """Size, mtime and SHA-256 of the first MiB: cheap, and enough to notice a changed film."""
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read(1 << 20)).hexdigest()
+    return {
+        "source_size": str(st.st_size),
+        "source_mtime": f"{st.st_mtime:.6f}",
+        "source_sha256_1mib": digest,
+        "source_name": os.path.basename(path),
+    }
