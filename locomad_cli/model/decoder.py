@@ -1,0 +1,227 @@
+"""Language decoder (Sec. 3.2, eq. 10-13): a causal LM prompted with the visual and context
+prompts.
+
+Prompt layout (one sequence per clip, every piece in film order, oldest first):
+
+    [bos] <b_q> Proj_l(q̃)×Lq <e_q>                                  visual prompt (eq. 11)
+    (<b_t> t*_i <e_t> <b_s> s*_i <e_s>) for each selected item      context prompt (eq. 10)
+    <b_s> current subtitle <e_s>                                     current clip's dialogue
+    instruction (card.llm.prompt)                                    e.g. "Describe the scene:"
+    target <eos>                                                     training only, ≤ 36 tokens
+
+The context part (items + current subtitle) is held to `max_context_tokens`: the oldest items
+are dropped whole first, then the current subtitle loses its oldest words. The current
+subtitle sits last, next to the target (the authors put it before the context): it keeps the
+prompt in film order and survives truncation.
+
+LLM training policy (card.llm.train): `none` freezes the LLM and the six added tokens;
+`new-tokens` (default) freezes the LLM but trains the six added token embeddings, kept as
+their own small parameter that replaces those rows on the way in (a gradient mask on the
+whole embedding would still be weight-decayed by AdamW); `all` trains the LLM too. The six
+tokens start at the mean of the vocabulary embeddings, not random, and are never generated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from locomad_cli.card import ModelCard
+from locomad_cli.data.records import ContextItem
+from locomad_cli.model.tokenizer import LLM_SPECIAL_TOKENS
+from locomad_cli.utils import LocomadError, hub_offline_hint
+
+QUERY = -1
+"""Placeholder id in prompt sequences where a visual query embedding goes."""
+TRAIN_POLICIES = ("none", "new-tokens", "all")
+
+
+def load_llm(
+    card: ModelCard,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: torch.dtype,
+    pretrained: bool = True,
+    config_dir: Path | None = None,
+) -> PreTrainedModel:
+    """The card's causal LM: random-init from `card.llm.config` (tiny/demo), from a saved
+    config (checkpoints that carry the LLM weights), or `from_pretrained(card.llm.name)`."""
+    name = card.llm.name
+    try:
+        if card.llm.config is not None:
+            cfg = dict(card.llm.config)
+            model_type = cfg.pop("model_type", "opt")
+            cfg.setdefault("vocab_size", len(tokenizer))
+            ids = {
+                "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+            }
+            for key, value in ids.items():
+                cfg.setdefault(key, value)
+            config = AutoConfig.for_model(model_type, **cfg)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        elif config_dir is not None:
+            model = AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(config_dir), dtype=dtype
+            )
+        elif pretrained:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name), dtype=dtype)
+    except OSError:
+        raise LocomadError(f"language model {hub_offline_hint(name)}") from None
+    except (KeyError, ValueError) as e:
+        raise LocomadError(f"language model '{name}': {e}") from None
+    old = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        # deterministic new rows (the mean embedding): they only feed the output softmax (the
+        # input side uses Decoder.special_embeds), and a checkpoint that leaves the frozen LLM
+        # out must rebuild them exactly
+        with torch.no_grad():
+            w = model.get_input_embeddings().weight
+            w[old:] = w[:old].float().mean(0).to(w.dtype)
+            out = model.get_output_embeddings()
+            if out is not None and out.weight.data_ptr() != w.data_ptr():
+                out.weight[old:] = out.weight[:old].float().mean(0).to(out.weight.dtype)
+    return model
+
+
+def _ids(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
+    text = " ".join(text.split())
+    return tok(" " + text, add_special_tokens=False).input_ids if text else []
+
+
+def build_prompt(
+    tok: PreTrainedTokenizerBase,
+    num_queries: int,
+    items: list[ContextItem],
+    subtitle: str,
+    instruction: str,
+    max_context_tokens: int,
+) -> list[int]:
+    """Token ids of one prompt (layout in the module docstring); QUERY marks the visual slots."""
+    sp = dict(zip(LLM_SPECIAL_TOKENS, tok.convert_tokens_to_ids(LLM_SPECIAL_TOKENS), strict=True))
+    blocks = [
+        [
+            sp["<b_t>"],
+            *_ids(tok, it.text),
+            sp["<e_t>"],
+            sp["<b_s>"],
+            *_ids(tok, it.subtitle),
+            sp["<e_s>"],
+        ]
+        for it in items
+    ]
+    sub = _ids(tok, subtitle)
+    while blocks and sum(map(len, blocks)) + len(sub) + 2 > max_context_tokens:
+        blocks.pop(0)  # the oldest item goes first
+    room = max(max_context_tokens - 2 - sum(map(len, blocks)), 0)
+    sub = sub[len(sub) - room :] if len(sub) > room else sub
+    head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    visual = [sp["<b_q>"], *([QUERY] * num_queries), sp["<e_q>"]]
+    context = [t for b in blocks for t in b] + [sp["<b_s>"], *sub, sp["<e_s>"]]
+    return head + visual + context + _ids(tok, instruction)
+
+
+def build_target(tok: PreTrainedTokenizerBase, text: str, max_tokens: int) -> list[int]:
+    """The description's ids + eos, at most `max_tokens` in all."""
+    return _ids(tok, text)[: max_tokens - 1] + [tok.eos_token_id]
+
+
+class Decoder(nn.Module):
+    def __init__(self, card: ModelCard, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        if card.llm.train not in TRAIN_POLICIES:
+            raise LocomadError(
+                f"llm.train is '{card.llm.train}'; choose one of {', '.join(TRAIN_POLICIES)}"
+            )
+        self.card = card
+        self.llm = llm
+        self.tok = tokenizer
+        emb = llm.get_input_embeddings().weight
+        width = emb.shape[1]  # OPT-350m: 512 (word_embed_proj_dim), not its hidden size 1024
+        self.proj = nn.Linear(card.pme.hidden_size, width)  # Proj_l (eq. 11)
+        self.special_ids = tokenizer.convert_tokens_to_ids(LLM_SPECIAL_TOKENS)
+        base = emb[: min(emb.shape[0], tokenizer.vocab_size)].detach().float()
+        noise = torch.randn(len(LLM_SPECIAL_TOKENS), width) * base.std(0) * 0.1
+        self.special_embeds = nn.Parameter(base.mean(0) + noise)
+
+    # -- embeddings -------------------------------------------------------------------------
+
+    def embed(self, ids: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Input embeddings for `ids` [B, L] (QUERY slots filled from `queries` [B, Lq, H] in
+        order; the added special tokens from `special_embeds`)."""
+        table = self.llm.get_input_embeddings()
+        x = table(ids.clamp(min=0))
+        special = torch.full_like(ids, -1)
+        for j, sid in enumerate(self.special_ids):
+            special[ids == sid] = j
+        sp = self.special_embeds.to(x.dtype)[special.clamp(min=0)]
+        x = torch.where((special >= 0)[..., None], sp, x)
+        q = self.proj(queries.float()).to(x.dtype)
+        return x.masked_scatter((ids == QUERY)[..., None], q)
+
+    def prompts(self, items: list[list[ContextItem]], subtitles: list[str]) -> list[list[int]]:
+        c = self.card
+        return [
+            build_prompt(
+                self.tok, c.pme.num_queries, its, sub, c.llm.prompt, c.llm.max_context_tokens
+            )
+            for its, sub in zip(items, subtitles, strict=True)
+        ]
+
+    # -- training ---------------------------------------------------------------------------
+
+    def loss(
+        self,
+        queries: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        targets: list[str],
+    ) -> torch.Tensor:
+        """L_GEN: cross-entropy on the target tokens only (prompt and padding are -100)."""
+        pad = self.tok.pad_token_id
+        rows, labels = [], []
+        for p, text in zip(self.prompts(items, subtitles), targets, strict=True):
+            t = build_target(self.tok, text, self.card.llm.max_target_tokens)
+            rows.append(p + t)
+            labels.append([-100] * len(p) + t)
+        n = max(map(len, rows))
+        dev = queries.device
+        ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], device=dev)
+        lab = torch.tensor([r + [-100] * (n - len(r)) for r in labels], device=dev)
+        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=dev)
+        out = self.llm(inputs_embeds=self.embed(ids, queries), attention_mask=mask, labels=lab)
+        return out.loss.float()
+
+    # -- generation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self, queries: torch.Tensor, items: list[list[ContextItem]], subtitles: list[str]
+    ) -> list[str]:
+        """Batched generation (left-padded prompts, KV cache) of at most max_new_tokens."""
+        pad = self.tok.pad_token_id
+        rows = self.prompts(items, subtitles)
+        n = max(map(len, rows))
+        dev = queries.device
+        ids = torch.tensor([[pad] * (n - len(r)) + r for r in rows], device=dev)
+        mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=dev)
+        c = self.card.llm
+        out = self.llm.generate(
+            inputs_embeds=self.embed(ids, queries),
+            attention_mask=mask,
+            max_new_tokens=c.max_new_tokens,
+            min_new_tokens=min(c.min_new_tokens, c.max_new_tokens),
+            num_beams=c.num_beams,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=self.tok.eos_token_id,
+            pad_token_id=pad,
+            suppress_tokens=list(self.special_ids),
+        )
+        return [self.tok.decode(o, skip_special_tokens=True).strip() for o in out]

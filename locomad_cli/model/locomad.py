@@ -1,0 +1,240 @@
+"""LoCo-MAD: the PME (stage 1), the DSM and the language decoder (stage 2) as one module.
+
+Entry points take a `ClipBatch` (data/records.py) and tokenize text themselves:
+`forward_stage1` (eq. 4), `forward_stage2` (eq. 13), `select_context` (eq. 5-7) and
+`generate` (eq. 10-12). The `local` setting is the `context` path with an empty selection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from locomad_cli.card import ModelCard
+from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
+from locomad_cli.model.decoder import Decoder, load_llm
+from locomad_cli.model.dsm import DSM, Selection
+from locomad_cli.model.pme import PME
+from locomad_cli.model.tokenizer import load_tokenizer
+from locomad_cli.utils import LocomadError, resolve_dtype
+
+SETTINGS = ("context", "local")
+
+
+@dataclass
+class Generation:
+    text: str
+    selected: list[int]
+    """Indices into the clip's `batch.contexts[i]` (film order) used in the prompt."""
+    scores: list[float]
+    """Sampler scores of the selected items (empty for `local` and overrides)."""
+
+
+class LoCoMAD(nn.Module):
+    def __init__(
+        self,
+        card: ModelCard,
+        pme_tokenizer: PreTrainedTokenizerBase,
+        llm_tokenizer: PreTrainedTokenizerBase,
+        llm: nn.Module,
+    ):
+        super().__init__()
+        self.card = card
+        self.pme_tokenizer = pme_tokenizer
+        self.llm_tokenizer = llm_tokenizer
+        vocab = max(len(pme_tokenizer), card.pme.vocab_size or 0)
+        self.pme = PME(card, vocab, pme_tokenizer.pad_token_id)
+        self.dsm = DSM(card)
+        self.decoder = Decoder(card, llm, llm_tokenizer)
+        self.train(False)
+
+    @classmethod
+    def from_card(
+        cls,
+        card: ModelCard,
+        device: str = "cpu",
+        pretrained: bool = True,
+        pme_init: bool | None = None,
+        tokenizer_dir: str | None = None,
+        llm_config_dir: str | None = None,
+    ) -> LoCoMAD:
+        """Build the model a card describes. `pretrained` loads the LLM from card.llm.name
+        (hub or local) and, unless `pme_init` says otherwise, the PME from card.pme.init.
+        Checkpoints skip what they carry and bring their own tokenizers
+        (`tokenizer_dir/pme`, `tokenizer_dir/llm`)."""
+        if tokenizer_dir is not None:
+            pme_tok = load_tokenizer(f"{tokenizer_dir}/pme", "pme")
+            llm_tok = load_tokenizer(f"{tokenizer_dir}/llm", "llm")
+        else:
+            pme_tok = load_tokenizer(card.pme.tokenizer, "pme")
+            llm_tok = load_tokenizer(card.llm.tokenizer or card.llm.name, "llm")
+        dtype = resolve_dtype(card.llm.dtype, device)
+        llm = load_llm(card, llm_tok, dtype, pretrained=pretrained, config_dir=llm_config_dir)
+        model = cls(card, pme_tok, llm_tok, llm)
+        if (pretrained if pme_init is None else pme_init) and card.pme.init:
+            model.pme.load_bert(card.pme.init)
+        return model.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pme.query_tokens.device
+
+    def train(self, mode: bool = True) -> LoCoMAD:
+        """A frozen LLM stays in eval mode (no dropout) while the rest trains."""
+        super().train(mode)
+        if self.card.llm.train != "all":
+            self.decoder.llm.eval()
+        return self
+
+    def trainable_parameters(self, stage: int) -> list[tuple[str, nn.Parameter]]:
+        """Stage 1 trains the PME. Stage 2 freezes it and trains the DSM, Proj_l and, per
+        card.llm.train, the six added token embeddings and/or the whole LLM."""
+        if stage == 1:
+            return [(n, p) for n, p in self.named_parameters() if n.startswith("pme.")]
+        if stage != 2:
+            raise ValueError(f"stage is 1 or 2, not {stage}")
+        policy = self.card.llm.train
+        out = []
+        for n, p in self.named_parameters():
+            if n.startswith(("dsm.", "decoder.proj.")):
+                out.append((n, p))
+            elif n == "decoder.special_embeds" and policy != "none":
+                out.append((n, p))
+            elif n.startswith("decoder.llm.") and policy == "all":
+                out.append((n, p))
+        return out
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def _frames(self, batch: ClipBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames on the model's device; clips over pme.max_frames are uniformly subsampled."""
+        frames, mask = batch.frames.to(self.device).float(), batch.frame_mask.to(self.device)
+        if frames.shape[2] != self.card.clip.dim:
+            raise LocomadError(
+                f"frame features are {frames.shape[2]}-d but model card '{self.card.name}' "
+                f"expects {self.card.clip.dim}-d ({self.card.clip.model})"
+            )
+        limit = self.card.pme.max_frames
+        if frames.shape[1] <= limit:
+            return frames, mask.bool()
+        out = torch.zeros(frames.shape[0], limit, frames.shape[2], device=self.device)
+        out_mask = torch.zeros(frames.shape[0], limit, dtype=torch.bool, device=self.device)
+        for i in range(frames.shape[0]):
+            f = subsample_frames(frames[i, mask[i].bool()], limit)
+            out[i, : f.shape[0]] = f
+            out_mask[i, : f.shape[0]] = True
+        return out, out_mask
+
+    def _context(self, batch: ClipBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            batch.context_features.to(self.device).float(),
+            batch.context_mask.to(self.device).bool(),
+        )
+
+    # -- stage 1 ----------------------------------------------------------------------------
+
+    def forward_stage1(
+        self, batch: ClipBatch, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """L_s1 = L_VTC + L_VTM + L_VTG (eq. 4) on the batch's descriptions."""
+        if any(not t.strip() for t in batch.texts):
+            raise LocomadError("stage 1 needs a description for every clip in the batch")
+        frames, fmask = self._frames(batch)
+        tok = self.pme_tokenizer(
+            batch.texts,
+            padding="longest",
+            truncation=True,
+            max_length=self.card.pme.max_text_len,
+            return_tensors="pt",
+        ).to(self.device)
+        norm = [" ".join(t.lower().split()) for t in batch.texts]
+        same = torch.tensor([[a == b for b in norm] for a in norm], device=self.device)
+        return self.pme.stage1_losses(
+            frames,
+            fmask,
+            tok["input_ids"],
+            tok["attention_mask"].bool(),
+            same,
+            self.pme_tokenizer.bos_token_id,
+            generator,
+        )
+
+    # -- stage 2 ----------------------------------------------------------------------------
+
+    def _queries(self, frames: torch.Tensor, fmask: torch.Tensor) -> torch.Tensor:
+        """q̃ from the frozen PME (eval mode: no dropout, no gradient)."""
+        was = self.pme.training
+        self.pme.eval()
+        try:
+            with torch.no_grad():
+                return self.pme.encode_queries(frames, fmask)
+        finally:
+            self.pme.train(was)
+
+    def forward_stage2(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
+        """L_s2 = ½ (L_CCL + L_GEN) (eq. 13), the prompt holding the DSM's top-k items."""
+        if any(not t.strip() for t in batch.texts):
+            raise LocomadError("stage 2 needs a description for every clip in the batch")
+        frames, fmask = self._frames(batch)
+        ctx, cmask = self._context(batch)
+        q = self._queries(frames, fmask)
+        sel = self.dsm.select(ctx, cmask, frames, fmask)
+        ccl = self.dsm.ccl(ctx, cmask, frames, fmask, sel)
+        items = _pick(batch.contexts, sel.indices)
+        gen = self.decoder.loss(q, items, batch.subtitles, batch.texts)
+        return {"loss": 0.5 * (ccl + gen), "ccl": ccl, "gen": gen}
+
+    @torch.no_grad()
+    def select_context(self, batch: ClipBatch, k: int | None = None) -> Selection:
+        """The DSM's top-k (card.dsm.top_k by default) proposal items per clip, film order."""
+        frames, fmask = self._frames(batch)
+        ctx, cmask = self._context(batch)
+        sel = self.dsm.select(ctx, cmask, frames, fmask, k)
+        sel.probs = sel.probs.detach()
+        return sel
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: ClipBatch,
+        setting: str = "context",
+        selection_override: list[list[int]] | None = None,
+    ) -> list[Generation]:
+        """Describe each clip. `context`: the DSM picks the items (or `selection_override`
+        gives indices into batch.contexts[i]); `local`: no context items, same path."""
+        if setting not in SETTINGS:
+            raise LocomadError(f"unknown setting '{setting}' (choose {', '.join(SETTINGS)})")
+        was = self.training
+        self.eval()
+        try:
+            frames, fmask = self._frames(batch)
+            q = self.pme.encode_queries(frames, fmask)
+            n = len(batch)
+            if setting == "local":
+                idx: list[list[int]] = [[] for _ in range(n)]
+                scores: list[list[float]] = [[] for _ in range(n)]
+            elif selection_override is not None:
+                if len(selection_override) != n:
+                    raise LocomadError("selection_override needs one index list per clip")
+                idx = [sorted(set(s)) for s in selection_override]
+                for i, s in enumerate(idx):
+                    if any(j < 0 or j >= len(batch.contexts[i]) for j in s):
+                        raise LocomadError(f"selection_override for clip {i} is out of range")
+                scores = [[] for _ in range(n)]
+            else:
+                sel = self.select_context(batch)
+                idx, scores = sel.indices, sel.scores
+            texts = self.decoder.generate(q, _pick(batch.contexts, idx), batch.subtitles)
+        finally:
+            self.train(was)
+        return [
+            Generation(text=t, selected=i, scores=s)
+            for t, i, s in zip(texts, idx, scores, strict=True)
+        ]
+
+
+def _pick(contexts: list[list[ContextItem]], indices: list[list[int]]) -> list[list[ContextItem]]:
+    return [[ctx[j] for j in idx] for ctx, idx in zip(contexts, indices, strict=True)]
