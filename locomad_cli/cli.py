@@ -70,6 +70,66 @@ def doctor(
     Console().print(table)
 
 
+@app.command("extract-features")
+def extract_features_cmd(
+    videos: list[str] = typer.Argument(..., help="Film files (any format ffmpeg reads)."),
+    out_dir: str = typer.Option(
+        None, "--out-dir", "-o", help="Output folder. Default: beside each video."
+    ),
+    model: str = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    fps: float = typer.Option(None, "--fps", help="Frames per second. Default: the card's (5)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Frames per CLIP batch. Default: 64."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda. Default: auto."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto | fp32 | fp16 | bf16. Default: auto (bf16 on GPUs, fp32 CPU)."
+    ),
+    h5: str = typer.Option(
+        None, "--h5", help="Also add the films to this MAD-layout HDF5 (key = file stem)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Redo films whose features exist. Default: skip them."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars. Default: shown."),
+) -> None:
+    """CLIP frame features at exact 1/fps timestamps into NAME.features.safetensors."""
+    from locomad_cli.card import load_card
+    from locomad_cli.features import extract_features, summary_line
+
+    try:
+        card = load_card(model, overrides)
+        results = extract_features(
+            videos,
+            card,
+            out_dir=out_dir,
+            fps=fps,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            h5=h5,
+            overwrite=overwrite,
+            progress=not quiet,
+        )
+    except LocomadError as e:
+        fail(str(e))
+    typer.echo(summary_line(results), err=True)
+
+
+@app.command("convert-weights")
+def convert_weights_cmd(
+    src: str = typer.Argument(..., help="A PyTorch state dict (.pth or .bin)."),
+    dst: str = typer.Argument(..., help="Output file; must end in .safetensors."),
+) -> None:
+    """Re-save a third-party .pth/.bin state dict as safetensors (read with weights_only=True)."""
+    from locomad_cli.model.checkpoint import convert_weights
+
+    try:
+        out = convert_weights(src, dst)
+    except LocomadError as e:
+        fail(str(e))
+    typer.echo(f"wrote {out}", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

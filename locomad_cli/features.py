@@ -36,7 +36,14 @@ from locomad_cli.utils import (
     resolve_device,
     resolve_dtype,
 )
-from locomad_cli.video import FramePlan, iter_chunks, plan_frames, probe, source_fingerprint
+from locomad_cli.video import (
+    FramePlan,
+    VideoInfo,
+    iter_chunks,
+    plan_frames,
+    probe,
+    source_fingerprint,
+)
 
 FORMAT = "locomad-features-1"
 SUFFIX = ".features.safetensors"
@@ -313,9 +320,12 @@ class _Progress:
     """A rich progress bar per film (frames, frames/s, ETA) on stderr; silent when off."""
 
     def __init__(self, enabled: bool):
+        from rich.console import Console
+
         self.bar = None
-        if enabled:
-            from rich.console import Console
+        console = Console(stderr=True)
+        # Bars only on a terminal: in logs and pipes they would be noise around the summary.
+        if enabled and console.is_terminal:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -329,6 +339,8 @@ class _Progress:
             class FpsColumn(ProgressColumn):
                 def render(self, task):  # type: ignore[no-untyped-def]
                     speed = task.finished_speed or task.speed
+                    if not speed and task.elapsed:
+                        speed = task.completed / task.elapsed
                     return Text(f"{speed:6.1f} frames/s" if speed else "     ? frames/s")
 
             self.bar = Progress(
@@ -337,7 +349,7 @@ class _Progress:
                 MofNCompleteColumn(),
                 FpsColumn(),
                 TimeRemainingColumn(),
-                console=Console(stderr=True),
+                console=console,
             )
 
     @contextlib.contextmanager
@@ -388,10 +400,50 @@ def extract_features(
         if out in seen:
             raise LocomadError(f"{info.path} and {seen[out]} would both write {out}")
         seen[out] = info.path
-    for folder in sorted({o.parent for o in outputs}):
+    folders = sorted({o.parent for o in outputs} | ({Path(h5).parent} if h5 else set()))
+    created = sorted(
+        {p for f in folders for p in (f, *f.parents) if not p.exists()},
+        key=lambda p: len(p.parts),
+        reverse=True,
+    )
+    for folder in folders:
         check_writable_dir(folder)
-    if h5 is not None:
-        check_writable_dir(Path(h5).parent)
+    try:
+        return _extract_all(
+            infos,
+            outputs,
+            card,
+            fps,
+            batch_size,
+            device,
+            dtype,
+            h5,
+            overwrite,
+            progress,
+            chunk_frames,
+            on_chunk,
+        )
+    except LocomadError:
+        for folder in created:  # leave no trace of a run that failed on bad input
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _extract_all(
+    infos: list[VideoInfo],
+    outputs: list[Path],
+    card: ModelCard,
+    fps: float,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    h5: str | Path | None,
+    overwrite: bool,
+    progress: bool,
+    chunk_frames: int,
+    on_chunk: Callable[[Path, int, int], None] | None,
+) -> list[FilmResult]:
 
     rank, world, local_rank = rank_and_world()
     mine = list(range(rank, len(infos), world))
@@ -419,10 +471,11 @@ def extract_features(
         if dev == "cuda" and world > 1:
             dev = f"cuda:{local_rank}"
         encoder = load_clip(card, dev, resolve_dtype(dtype, dev))
+        # Reading every film's frame index first catches unreadable films before any work.
+        plans = {i: plan_frames(infos[i], fps, encoder.decode_short_side) for i in todo}
         with _Progress(progress) as bars:
             for i in todo:
-                info, out = infos[i], outputs[i]
-                plan = plan_frames(info, fps, encoder.decode_short_side)
+                info, out, plan = infos[i], outputs[i], plans[i]
                 with bars.film(info.path.stem) as update:
                     hook = None if on_chunk is None else functools.partial(on_chunk, info.path)
                     results.append(

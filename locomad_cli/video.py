@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -164,12 +165,16 @@ def _open_reader(path: Path, width: int, height: int):  # -> decord.VideoReader
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
     except Exception as e:  # decord raises RuntimeError or DECORDError with C++ context
-        raise LocomadError(f"{path}: cannot open video for decoding ({_first_line(e)})") from None
+        raise LocomadError(
+            f"{path}: cannot decode the video, the file is truncated or corrupt ({_first_line(e)})"
+        ) from None
 
 
 def _first_line(e: Exception) -> str:
+    """decord's message without its C++ log prefix ('[12:00:00] /src/x.cc:486: Error: ')."""
     text = str(e).strip().splitlines()
-    return text[-1][:200] if text else e.__class__.__name__
+    line = text[-1] if text else e.__class__.__name__
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: (Error: )?", "", line)[:200]
 
 
 def plan_frames(info: VideoInfo, fps: float, short_side: int) -> FramePlan:
