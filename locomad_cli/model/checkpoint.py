@@ -173,7 +173,7 @@ def load_model(source: str | Path | ModelCard, device: str = "cpu") -> LoCoMAD:
     ]
     if missing:
         raise LocomadError(f"weights in {folder} lack {len(missing)} tensor(s), e.g. {missing[0]}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=False)
     return model
 
 
