@@ -130,6 +130,105 @@ def convert_weights_cmd(
     typer.echo(f"wrote {out}", err=True)
 
 
+@app.command("train")
+def train_cmd(
+    stage: int = typer.Option(..., "--stage", help="1 = the PME (L_s1); 2 = DSM + LLM (L_s2)."),
+    data: str = typer.Option(
+        ..., "--data", help="folder:PATH, mad:ROOT, lsmdc:ROOT or a folder (auto-detected)."
+    ),
+    out: str = typer.Option(..., "--out", "-o", help="RUN_DIR for checkpoints and logs."),
+    model: str = typer.Option(
+        None, "--model", "-m", help=MODEL_HELP + " Default: the --init checkpoint's card."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    init: str = typer.Option(
+        None, "--init", help="Start from this run dir or model dir (stage 2: the stage-1 run)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue RUN_DIR from its last checkpoint. Default: off."
+    ),
+    val_data: str = typer.Option(
+        None, "--val-data", help="Validation SPEC ('none' = skip). Default: --data's val split."
+    ),
+    epochs: int = typer.Option(None, "--epochs", help="Default: 10 (stage 1), 5 (stage 2)."),
+    max_steps: int = typer.Option(
+        None, "--max-steps", help="Optimizer steps in all. Default: epochs × steps per epoch."
+    ),
+    eval_every: int = typer.Option(
+        None, "--eval-every", help="Validate + checkpoint every N steps. Default: each epoch."
+    ),
+    save_every: int = typer.Option(
+        None, "--save-every", help="Checkpoint every N steps. Default: --eval-every."
+    ),
+    keep_last: int = typer.Option(2, "--keep-last", help="Checkpoints kept. Default: 2."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Clips per process per micro-batch. Default: 64 / 32."
+    ),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step. Default: 1."),
+    lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate. Default: 1e-5."),
+    warmup_steps: int = typer.Option(500, "--warmup-steps", help="Default: 500 (from 1e-8)."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", help="Default: 0.05."),
+    max_grad_norm: float = typer.Option(
+        1.0, "--max-grad-norm", help="Gradient clipping, 0 = off. Default: 1.0."
+    ),
+    seed: int = typer.Option(2023, "--seed", help="Default: 2023."),
+    mixed_precision: str = typer.Option(
+        "auto", "--mixed-precision", help="auto | no | fp16 | bf16. Default: auto (bf16 on GPU)."
+    ),
+    eval_batch_size: int = typer.Option(8, "--eval-batch-size", help="Default: 8."),
+    val_max_clips: int = typer.Option(
+        None, "--val-max-clips", help="Validate on the first N val clips. Default: all."
+    ),
+    num_workers: int = typer.Option(2, "--num-workers", help="Data loader workers. Default: 2."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Refuse malformed annotation rows. Default: skip and report them."
+    ),
+    cache_dir: str = typer.Option(
+        None, "--cache-dir", help="CLIP text-feature cache folder. Default: beside the data."
+    ),
+    log_every: int = typer.Option(10, "--log-every", help="metrics.jsonl every N. Default: 10."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar. Default: shown."),
+) -> None:
+    """Train stage 1 or 2 (plain, one GPU, or under `accelerate launch` for DDP/FSDP)."""
+    from locomad_cli.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        stage=stage,
+        data=data,
+        out=out,
+        model=model,
+        overrides=list(overrides),
+        init=init,
+        resume=resume,
+        val_data=val_data,
+        epochs=epochs,
+        max_steps=max_steps,
+        eval_every=eval_every,
+        save_every=save_every,
+        keep_last=keep_last,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        mixed_precision=mixed_precision,
+        eval_batch_size=eval_batch_size,
+        val_max_clips=val_max_clips,
+        num_workers=num_workers,
+        strict=strict,
+        cache_dir=cache_dir,
+        log_every=log_every,
+        progress=not quiet,
+    )
+    try:
+        result = train(cfg)
+    except LocomadError as e:
+        fail(str(e))
+    typer.echo(f"trained to step {result.step}: {result.run_dir / 'model'}", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,544 @@
+"""`locomad train`: stage 1 (the PME, L_s1) and stage 2 (DSM + projection + LLM tokens, L_s2).
+
+One loop, nanoGPT-style, on Hugging Face Accelerate: the same code runs plain on a CPU, on
+one GPU, and under `accelerate launch` (DDP or FSDP, one machine or many). Accelerate does
+the devices, mixed precision, gradient accumulation and synchronisation; this file does the
+data order, the schedule, validation and checkpoints.
+
+Determinism, which `--resume` and multi-process runs rely on: optimizer step s always uses
+the same global batch (a permutation of the training split seeded by seed + epoch), cut into
+micro-batches of `batch_size` that are spread over processes and accumulation steps; before
+each micro-batch the torch RNG is re-seeded from (seed, s, micro-batch number), so dropout
+and hard-negative sampling do not depend on how many processes ran or where a run resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from locomad_cli.card import ModelCard, load_card
+from locomad_cli.data import load_split
+from locomad_cli.data.dataset import ClipDataset, report_problems
+from locomad_cli.data.records import collate
+from locomad_cli.utils import LocomadError, atomic_open, check_writable_dir
+
+# The authors' settings (REFERENCE-NOTES.md): 10 epochs at batch 64 for stage 1, 5 epochs at
+# batch 32 per GPU for stage 2; AdamW (0.9, 0.999), wd 0.05; warm-up 500 steps from 1e-8 to
+# 1e-5, then cosine to 0; seed 2023.
+STAGE_DEFAULTS = {1: {"epochs": 10, "batch_size": 64}, 2: {"epochs": 5, "batch_size": 32}}
+NO_DECAY = ("bias", "norm", "ln_", "layer_norm", "embed", "query_tokens", "temp", "position")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; `locomad train` flags map one to one onto these fields."""
+
+    stage: int
+    data: str
+    """Data SPEC: folder:PATH, mad:ROOT, lsmdc:ROOT or a folder (see data/__init__.py)."""
+    out: str
+    """RUN_DIR: checkpoints, best/, model/, metrics.jsonl, config.json."""
+    model: str | None = None
+    """Card name or YAML; None in stage 2 = the --init checkpoint's card."""
+    overrides: list[str] = field(default_factory=list)
+    init: str | None = None
+    """Stage-1 run dir or model dir to start from (required for stage 2)."""
+    resume: bool = False
+    val_data: str | None = None
+    """Validation SPEC (default: the val split of `data`; 'none' skips validation)."""
+    epochs: int | None = None
+    max_steps: int | None = None
+    """Optimizer steps in all (default: epochs × steps per epoch)."""
+    batch_size: int | None = None
+    """Clips per process per micro-batch (default 64 in stage 1, 32 in stage 2)."""
+    grad_accum: int = 1
+    lr: float = 1e-5
+    warmup_steps: int = 500
+    warmup_lr: float = 1e-8
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    seed: int = 2023
+    mixed_precision: str = "auto"
+    """auto (bf16 where the GPU has it, else fp16; none on CPU) | no | fp16 | bf16."""
+    eval_every: int | None = None
+    """Validate (and checkpoint) every N steps (default: once per epoch) and at the end."""
+    save_every: int | None = None
+    """Checkpoint every N steps (default: eval_every)."""
+    keep_last: int = 2
+    eval_batch_size: int = 8
+    val_max_clips: int | None = None
+    """Validate on the first N clips of the val split in film order (default: all)."""
+    num_workers: int = 2
+    strict: bool = False
+    cache_dir: str | None = None
+    """Where the CLIP text-feature cache goes (default: beside the data)."""
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    best: float | None
+    history: list[dict[str, Any]]
+    """Every line written to metrics.jsonl by this call."""
+
+
+class WarmupCosine:
+    """Linear warm-up from `warmup_lr` to the peak, then cosine to `min_lr` (as a LambdaLR
+    factor of the peak). Hand-written because transformers' schedules warm up from 0, not
+    from the authors' 1e-8; a class, not a lambda, so its settings land in the state dict."""
+
+    def __init__(self, peak: float, warmup: int, total: int, warmup_lr: float, min_lr: float):
+        self.peak, self.warmup, self.total = peak, warmup, total
+        self.warmup_lr, self.min_lr = warmup_lr, min_lr
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            lr = self.warmup_lr + (self.peak - self.warmup_lr) * step / self.warmup
+        else:
+            progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+            lr = self.min_lr + (self.peak - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr / self.peak
+
+
+class StageModule(nn.Module):
+    """Routes `forward` to the stage's loss so DDP/FSDP wrap a plain forward()."""
+
+    def __init__(self, model: nn.Module, stage: int):
+        super().__init__()
+        self.model = model
+        self.stage = stage
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        if self.stage == 1:
+            return self.model.forward_stage1(batch)
+        return self.model.forward_stage2(batch)
+
+
+def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on norms, biases and embedding-likes
+    (query tokens, position and token embeddings, temperatures)."""
+    decay, no_decay = [], []
+    for name, p in named:
+        lower = name.lower()
+        if p.ndim < 2 or any(k in lower for k in NO_DECAY):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def global_micro_batches(step: int, n: int, batch: int, count: int, seed: int) -> list[list[int]]:
+    """The `count` micro-batches (dataset indices) of optimizer step `step`: consecutive
+    slices of an epoch-wise permutation seeded by (seed, epoch)."""
+    per_step = batch * count
+    steps_per_epoch = n // per_step
+    epoch, pos = divmod(step, steps_per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g)[pos * per_step : (pos + 1) * per_step].tolist()
+    return [order[j * batch : (j + 1) * batch] for j in range(count)]
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    return ((seed * 1_000_003 + step) * 4099 + micro) % (2**63 - 1)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """This process's micro-batches from `start` to `total` steps, in the order the loop uses
+    them (micro-batch j of a step goes to process j % world, accumulation slot j // world)."""
+
+    def __init__(self, n, batch, accum, world, rank, seed, start, total):
+        self.args = (n, batch, accum, world, rank, seed, start, total)
+
+    def __iter__(self):
+        n, batch, accum, world, rank, seed, start, total = self.args
+        for step in range(start, total):
+            micro = global_micro_batches(step, n, batch, accum * world, seed)
+            for a in range(accum):
+                yield micro[a * world + rank]
+
+    def __len__(self) -> int:
+        n, batch, accum, world, rank, seed, start, total = self.args
+        return max(0, total - start) * accum
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        if choice not in ("no", "fp16", "bf16"):
+            raise LocomadError(f"--mixed-precision {choice}: choose auto, no, fp16 or bf16")
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _model_dir(path: str) -> Path:
+    """A model dir from a run dir (best/ if it has one, else model/) or the path itself."""
+    p = Path(path).expanduser()
+    for sub in ("best", "model"):
+        if (p / sub / "card.yaml").is_file():
+            return p / sub
+    if not (p / "card.yaml").is_file():
+        raise LocomadError(f"--init {path}: not a model dir or a run dir with best/ or model/")
+    return p
+
+
+def build_model(cfg: TrainConfig, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
+    """The model to train: from the card (stage 1), or from the --init checkpoint (stage 2;
+    with --model, that card's runtime settings apply and its architecture must match)."""
+    from locomad_cli.model.checkpoint import load_model
+    from locomad_cli.model.locomad import LoCoMAD
+
+    if cfg.stage == 2 and not cfg.init:
+        raise LocomadError("stage 2 starts from a stage-1 checkpoint: pass --init STAGE1_RUN_DIR")
+    if cfg.model is None:
+        if not cfg.init:
+            raise LocomadError("pass --model CARD (or --init CHECKPOINT to reuse its card)")
+        if cfg.overrides:
+            raise LocomadError("--set needs --model (the card to override)")
+        model = load_model(_model_dir(cfg.init), device)
+        return model, model.card
+    card = load_card(cfg.model, cfg.overrides)
+    if not cfg.init:
+        return LoCoMAD.from_card(card, device), card
+    card.weights = str(_model_dir(cfg.init).resolve())
+    return load_model(card, device), card
+
+
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in (run_dir / "checkpoints").glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)", p.name)
+        if m and (p / "trainer.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Put a finished folder in place: readers see the old one or the new one, never half."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _validate(cfg, accelerator, wrapped, model, val: ClipDataset, card, step) -> dict[str, float]:
+    """Stage 2: generate on the val split (oracle context: the reference descriptions) and
+    score CIDEr and ROUGE-L; stage 1: the validation loss."""
+    from accelerate.utils import gather_object
+
+    n = len(val) if cfg.val_max_clips is None else min(len(val), cfg.val_max_clips)
+    mine = list(range(accelerator.process_index, n, accelerator.num_processes))
+    make = functools.partial(
+        collate, max_frames=card.pme.max_frames, proposal_len=card.dsm.proposal_len
+    )
+    results: list[tuple[int, Any]] = []
+    wrapped.eval()
+    fsdp = accelerator.distributed_type.name == "FSDP"
+    with torch.no_grad():
+        for i in range(0, len(mine), cfg.eval_batch_size):
+            idx = mine[i : i + cfg.eval_batch_size]
+            batch = make([val[j] for j in idx]).to(accelerator.device)
+            torch.manual_seed(micro_seed(cfg.seed, step, idx[0]))
+            if cfg.stage == 1:
+                with accelerator.autocast():
+                    out = wrapped(batch)
+                results.append((idx[0], (len(idx), {k: float(v) for k, v in out.items()})))
+            else:
+                ctx = contextlib.nullcontext()
+                if fsdp:  # sharded weights: gather them to generate (writeback off)
+                    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+                    ctx = FSDP.summon_full_params(wrapped, writeback=False)
+                with ctx, accelerator.autocast():
+                    gens = model.generate(batch, setting="context")
+                results += [(j, g.text) for j, g in zip(idx, gens, strict=True)]
+    wrapped.train()
+    if accelerator.num_processes > 1:
+        results = gather_object(results)
+    if not accelerator.is_main_process:
+        return {}
+    if cfg.stage == 1:
+        total = sum(c for _, (c, _) in results)
+        keys = results[0][1][1].keys()
+        return {f"val/{k}": sum(c * d[k] for _, (c, d) in results) / total for k in keys}
+    from locomad_cli.metrics import Unavailable, coco_scores
+
+    preds = dict(results)
+    order = sorted(preds)
+    # an empty prediction would divide by zero inside ROUGE-L; it scores as a wrong word
+    hyps = [preds[j].strip() or "<empty>" for j in order]
+    refs = [val.anns[j].text for j in order]
+    scores = coco_scores(hyps, refs, metrics=("cider", "rouge"))
+    out = {f"val/{k}": v for k, v in scores.items() if not isinstance(v, Unavailable)}
+    out["val/clips"] = len(order)
+    out["val/example"] = f"{hyps[0]} || {refs[0]}"
+    return out
+
+
+def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Run (or resume) one training stage; returns where it ended. `callback(step, logs)` is
+    called on the main process after every optimizer step (progress for library users)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if cfg.stage not in (1, 2):
+        raise LocomadError(f"--stage {cfg.stage}: choose 1 or 2")
+    defaults = STAGE_DEFAULTS[cfg.stage]
+    batch_size = cfg.batch_size or defaults["batch_size"]
+    if batch_size < 1 or cfg.grad_accum < 1 or cfg.keep_last < 1:
+        raise LocomadError("--batch-size, --grad-accum and --keep-last must be at least 1")
+    run_dir = Path(cfg.out)
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(cfg.mixed_precision),
+        gradient_accumulation_steps=cfg.grad_accum,
+        step_scheduler_with_optimizer=False,
+    )
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if main:
+        check_writable_dir(run_dir)
+        if not cfg.resume and _checkpoints(run_dir):
+            raise LocomadError(f"{run_dir} already holds a run: pass --resume or another -o")
+    set_seed(cfg.seed)
+    model, card = build_model(cfg, str(accelerator.device))
+
+    # Datasets: the main process fills the text-feature cache first, the others then read it.
+    val_spec = cfg.val_data or cfg.data
+    datasets: dict[str, ClipDataset | None] = {}
+    for turn in (True, False):
+        if main == turn:
+            train_ds = load_split(cfg.data, card, "train", cfg.strict, cfg.cache_dir)
+            val_ds = None
+            if val_spec != "none":
+                try:
+                    val_ds = load_split(val_spec, card, "val", cfg.strict, cfg.cache_dir)
+                except LocomadError as e:
+                    if cfg.val_data:  # asked for explicitly: its problems are errors
+                        raise
+                    if main:
+                        print(f"locomad: no validation ({e})", file=sys.stderr)
+            datasets = {"train": train_ds, "val": val_ds}
+        accelerator.wait_for_everyone()
+    train_ds, val_ds = datasets["train"], datasets["val"]
+    if main:
+        report_problems(train_ds.split.skipped)
+
+    n = len(train_ds)
+    per_step = batch_size * cfg.grad_accum * world
+    steps_per_epoch = n // per_step
+    if steps_per_epoch == 0:
+        raise LocomadError(
+            f"the training split has {n} clips, fewer than one global batch ({batch_size} × "
+            f"{cfg.grad_accum} accumulation × {world} processes); lower --batch-size"
+        )
+    total = cfg.max_steps or (cfg.epochs or defaults["epochs"]) * steps_per_epoch
+    eval_every = cfg.eval_every or steps_per_epoch
+    save_every = cfg.save_every or eval_every
+
+    # Parameters: only what the stage trains gets gradients and an optimizer slot.
+    trainable = dict(model.trainable_parameters(cfg.stage))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+    model.train()
+    wrapped_model = StageModule(model, cfg.stage)
+    optimizer = torch.optim.AdamW(
+        param_groups(list(trainable.items()), cfg.weight_decay), lr=cfg.lr, betas=cfg.betas
+    )
+    schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, total, cfg.warmup_lr, cfg.min_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    wrapped, optimizer, scheduler = accelerator.prepare(wrapped_model, optimizer, scheduler)
+
+    step, best = 0, None
+    if cfg.resume:
+        found = _checkpoints(run_dir)
+        if found:
+            step, ckpt = found[-1]
+            state = json.loads((ckpt / "trainer.json").read_text())
+            for key in ("stage", "seed", "batch_size", "grad_accum", "world"):
+                if state[key] != {**asdict(cfg), "batch_size": batch_size, "world": world}[key]:
+                    raise LocomadError(
+                        f"--resume: {key} was {state[key]} in {ckpt}; resume with the same value"
+                    )
+            accelerator.load_state(str(ckpt / "state"))
+            best = state.get("best")
+            if main:
+                print(f"locomad: resuming {run_dir} at step {step}", file=sys.stderr)
+        elif main:
+            print(f"locomad: nothing to resume in {run_dir}; starting at step 0", file=sys.stderr)
+
+    if main:
+        with atomic_open(run_dir / "config.json") as f:
+            json.dump({**asdict(cfg), "card": card.to_dict(), "world": world}, f, indent=1)
+    higher_is_better = cfg.stage == 2
+    best_key = "val/CIDEr" if cfg.stage == 2 else "val/loss"
+    history: list[dict[str, Any]] = []
+
+    def log(entry: dict[str, Any]) -> None:
+        if not main:
+            return
+        history.append(entry)
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def save(at: int, is_best: bool = False, collective: bool = True) -> None:
+        ckpts = run_dir / "checkpoints"
+        tmp = ckpts / f".tmp-step-{at:07d}"
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        if collective:
+            accelerator.wait_for_everyone()
+        # accelerate warns about every tied weight (LM heads) it leaves out of the file; the
+        # tie is rebuilt by the model itself on load, so the warning is noise here
+        noisy = logging.getLogger("accelerate.utils.other")
+        level = noisy.level
+        noisy.setLevel(logging.ERROR)
+        try:
+            accelerator.save_state(str(tmp / "state"))
+        finally:
+            noisy.setLevel(level)
+        if main:
+            from locomad_cli.model.checkpoint import save_model
+
+            unwrapped = accelerator.unwrap_model(wrapped).model
+            save_model(unwrapped, tmp / "model")
+            trainer = {
+                "step": at,
+                "best": best,
+                "stage": cfg.stage,
+                "seed": cfg.seed,
+                "batch_size": batch_size,
+                "grad_accum": cfg.grad_accum,
+                "world": world,
+            }
+            (tmp / "trainer.json").write_text(json.dumps(trainer))
+            _replace_dir(tmp, ckpts / f"step-{at:07d}")
+            if is_best:
+                best_tmp = run_dir / ".best.tmp"
+                shutil.rmtree(best_tmp, ignore_errors=True)
+                shutil.copytree(ckpts / f"step-{at:07d}" / "model", best_tmp)
+                (best_tmp / "best.json").write_text(json.dumps({"step": at, best_key: best}))
+                _replace_dir(best_tmp, run_dir / "best")
+            for _, old in _checkpoints(run_dir)[: -cfg.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        if collective:
+            accelerator.wait_for_everyone()
+
+    sampler = StepBatches(n, batch_size, cfg.grad_accum, world, rank, cfg.seed, step, total)
+    loader = torch.utils.data.DataLoader(
+        train_ds,
+        batch_sampler=sampler,
+        collate_fn=functools.partial(
+            collate, max_frames=card.pme.max_frames, proposal_len=card.dsm.proposal_len
+        ),
+        num_workers=cfg.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn(f"stage {cfg.stage}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} it/s"),
+        TimeRemainingColumn(),
+        disable=not (main and cfg.progress),
+    )
+    task = progress.add_task("train", total=total, completed=step, loss="-", lr="-", speed="-")
+    started, start_step = time.monotonic(), step
+    batches = iter(loader)
+    try:
+        with progress:
+            while step < total:
+                parts: dict[str, float] = {}
+                for a in range(cfg.grad_accum):
+                    batch = next(batches).to(accelerator.device)
+                    torch.manual_seed(micro_seed(cfg.seed, step, a * world + rank))
+                    with accelerator.accumulate(wrapped):
+                        out = wrapped(batch)
+                        accelerator.backward(out["loss"])
+                        if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad()
+                    for k, v in out.items():
+                        parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                scheduler.step()
+                step += 1
+                reduced = accelerator.reduce(
+                    torch.tensor(list(parts.values()), device=accelerator.device), "mean"
+                )
+                logs = {k: float(v) for k, v in zip(parts, reduced, strict=True)}
+                lr = scheduler.get_last_lr()[0]
+                speed = (step - start_step) / max(time.monotonic() - started, 1e-9)
+                progress.update(
+                    task, completed=step, loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}",
+                    speed=f"{speed:.2f}",
+                )  # fmt: skip
+                if main and (step % cfg.log_every == 0 or step == total):
+                    log({"step": step, "epoch": step / steps_per_epoch, "lr": lr, **logs})
+                is_best, evaluated = False, False
+                if val_ds is not None and (step % eval_every == 0 or step == total):
+                    evaluated = True
+                    metrics = _validate(cfg, accelerator, wrapped, model, val_ds, card, step)
+                    if main:
+                        log({"step": step, **metrics})
+                        value = metrics.get(best_key)
+                        if isinstance(value, float) and (
+                            best is None or (value > best if higher_is_better else value < best)
+                        ):
+                            best, is_best = value, True
+                # every process takes part in a save: decide it from what all of them know
+                if step % save_every == 0 or step == total or evaluated:
+                    save(step, is_best)
+                if main and callback is not None:
+                    callback(step, logs)
+    except KeyboardInterrupt:
+        # One process: write the checkpoint now. Several: the others may already be gone, and
+        # a collective save could hang, so point at the last periodic checkpoint instead.
+        if world == 1:
+            if all(s != step for s, _ in _checkpoints(run_dir)):
+                print(f"locomad: interrupted at step {step}; saving a checkpoint", file=sys.stderr)
+                save(step, collective=False)
+        elif main:
+            last = _checkpoints(run_dir)
+            print(
+                "locomad: interrupted; resume from the last checkpoint "
+                f"(step {last[-1][0] if last else 0}) with --resume",
+                file=sys.stderr,
+            )
+        raise
+    if main:
+        from locomad_cli.model.checkpoint import save_model
+
+        save_model(accelerator.unwrap_model(wrapped).model, run_dir / "model")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(run_dir=run_dir, step=step, best=best, history=history)
