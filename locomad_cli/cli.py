@@ -229,6 +229,56 @@ def train_cmd(
     typer.echo(f"trained to step {result.step}: {result.run_dir / 'model'}", err=True)
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    prediction: str = typer.Argument(..., help="Our NAME.ad.json, or any SRT/WebVTT AD track."),
+    reference: str = typer.Option(
+        ..., "--reference", "-r", help="Reference AD: SRT, WebVTT, CSV or JSON with texts."
+    ),
+    metrics: str = typer.Option(
+        "all",
+        "--metrics",
+        help="Comma list of cider,bleu,rouge,meteor,spice,bertscore,recall. Default: all.",
+    ),
+    output: str = typer.Option(None, "--output", "-o", help="Write the JSON report here."),
+    min_iou: float = typer.Option(
+        0.5, "--min-iou", help="Time overlap needed to pair a prediction. Default: 0.5."
+    ),
+    bert_model: str = typer.Option(
+        "bert-base-uncased", "--bert-model", help="BertScore model. Default: bert-base-uncased."
+    ),
+    recall_model: str = typer.Option(
+        "roberta-large", "--recall-model", help="R@k/N BertScore model. Default: roberta-large."
+    ),
+    device: str = typer.Option("cpu", "--device", help="BertScore device. Default: cpu."),
+) -> None:
+    """Score an AD track against references: CIDEr, BLEU, ROUGE-L, METEOR, SPICE, BertScore,
+    R@5/16."""
+    from locomad_cli.evaluate import evaluate, report_table, write_report
+
+    try:
+        report = evaluate(
+            prediction,
+            reference,
+            metrics=metrics,
+            min_iou=min_iou,
+            bert_model=bert_model,
+            recall_model=recall_model,
+            device=device,
+        )
+        if output:
+            write_report(report, output)
+    except LocomadError as e:
+        fail(str(e))
+    Console().print(report_table(report))
+    if report["unmatched_predictions"] or report["unmatched_references"]:
+        typer.echo(
+            f"unmatched: {len(report['unmatched_predictions'])} predictions, "
+            f"{len(report['unmatched_references'])} references (listed in the JSON report)",
+            err=True,
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -215,3 +215,25 @@ def test_bad_input(tmp_path):
         evaluate(pred, empty, metrics="cider")
     with pytest.raises(LocomadError, match="cannot read"):
         evaluate(tmp_path / "missing.json", ref, metrics="cider")
+
+
+def test_cli_evaluate(tmp_path):
+    from typer.testing import CliRunner
+
+    from locomad_cli.cli import app
+
+    pred, ref = _write_pair(tmp_path)
+    out = tmp_path / "report.json"
+    args = ["evaluate", str(pred), "--reference", str(ref), "--metrics", "bleu", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "BLEU-1" in result.output
+    assert json.loads(out.read_text())["matched"] == 4
+    bad = tmp_path / "bad.json"
+    result = CliRunner().invoke(
+        app, ["evaluate", str(pred), "-r", str(ref), "-o", str(bad), "--metrics", "x"]
+    )
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("locomad: error: unknown metric 'x' (choose")
+    assert not bad.exists()
