@@ -117,10 +117,10 @@ class ClipEncoder:
 
 @contextlib.contextmanager
 def _quiet_open_clip() -> Iterator[None]:
-    """open_clip logs 'initialized randomly' warnings on the root logger; a CLI prints one line
-    per error, so hold them back while building."""
+    """open_clip logs warnings ('initialized randomly') and errors (failed downloads, which we
+    report ourselves) on the root logger; a CLI prints one line per error, so hold them back."""
     previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(logging.ERROR)
     try:
         yield
     finally:
@@ -186,7 +186,14 @@ def load_clip(
     inline = _inline_config(card)
     kwargs = dict(device=device, precision=_PRECISION[dtype])
     try:
-        with _quiet_open_clip(), tempfile.TemporaryDirectory(prefix="locomad-clip-") as tmp:
+        # Random init (tests, demos) is seeded: the same card always builds the same encoder,
+        # so a resumed extraction never mixes features of two different random models.
+        with (
+            _quiet_open_clip(),
+            torch.random.fork_rng(devices=[]),
+            tempfile.TemporaryDirectory(prefix="locomad-clip-") as tmp,
+        ):
+            torch.manual_seed(0)
             if inline is not None:
                 # open_clip's 'local-dir:' schema reads a config from a folder: no global
                 # registry to mutate, and the tokenizer comes from the same config.

@@ -177,12 +177,34 @@ def _first_line(e: Exception) -> str:
     return re.sub(r"^\[[\d:]+\] \S+:\d+: (Error: )?", "", line)[:200]
 
 
+def _working_size(info: VideoInfo, short_side: int):  # -> (width, height, VideoReader)
+    """decord 0.6 fails on some exact scale ratios (96 → 48 wide: 'The size must exactly
+    match'), a bug in its frame copy; nudging the long side by a pixel avoids it at no visible
+    cost. Decoding the first frame here finds out before any real work starts."""
+    width, height = decode_size(info, short_side)
+    first_error: Exception | None = None
+    for delta in (0, 1, -1, 2):
+        w, h = (width + delta, height) if width >= height else (width, height + delta)
+        reader = _open_reader(info.path, w, h)
+        try:
+            frame = reader.get_batch([0]).asnumpy()
+        except Exception as e:
+            first_error = first_error or e
+            continue
+        if frame.shape[1:3] == (h, w):
+            reader.seek(0)
+            return w, h, reader
+    raise LocomadError(
+        f"{info.path}: cannot decode the video, the file is truncated or corrupt "
+        f"({_first_line(first_error) if first_error else 'wrong frame size'})"
+    )
+
+
 def plan_frames(info: VideoInfo, fps: float, short_side: int) -> FramePlan:
     """Read the container's frame timestamps and choose the frame for every t_i = i / fps."""
     if fps <= 0:
         raise LocomadError(f"fps must be positive, got {fps}")
-    width, height = decode_size(info, short_side)
-    reader = _open_reader(info.path, width, height)
+    width, height, reader = _working_size(info, short_side)
     n = len(reader)
     if n == 0:
         raise LocomadError(f"{info.path}: video stream has no frames")
