@@ -1,0 +1,141 @@
+"""The `locomad` command line: --help, --version, doctor, extract-features and its errors."""
+
+import subprocess
+import sys
+
+import pytest
+from media import make_audio_only, make_video
+from typer.testing import CliRunner
+
+from locomad_cli import __version__
+from locomad_cli.cli import app
+from locomad_cli.features import load_features
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path, card):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(card.to_yaml())
+    return path
+
+
+def test_help_lists_commands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for command in ("doctor", "extract-features"):
+        assert command in res.stdout
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0
+    assert res.stdout.strip() == f"locomad {__version__}"
+
+
+def test_doctor_reports_each_check(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # do not wait on the network
+    res = runner.invoke(app, ["doctor"])
+    assert res.exit_code == 0, res.output
+    for row in ("ffmpeg", "ffprobe", "decord", "torch device", "java", "model hub"):
+        assert row in res.stdout
+    assert "weights (opt-2.7b)" in res.stdout
+
+
+def test_doctor_bad_card_is_exit_2():
+    res = runner.invoke(app, ["doctor", "--model", "no-such-card"])
+    assert res.exit_code == 2
+    assert res.stderr.strip().startswith("locomad: error: model card 'no-such-card' not found")
+
+
+def test_extract_features_cli(tmp_path, tiny_yaml):
+    video = make_video(tmp_path / "film.mp4", duration=2.0, size="160x90")
+    out = tmp_path / "feats"
+    args = ["extract-features", str(video), "-o", str(out), "--model", str(tiny_yaml)]
+    res = runner.invoke(app, [*args, "--fps", "2", "--batch-size", "3", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    feats, meta = load_features(out / "film.features.safetensors")
+    assert feats.shape == (4, 32) and meta["fps"] == 2.0 and meta["card"] == "tiny"
+    assert "extracted 1 film(s), 4 frames" in res.stderr
+    res = runner.invoke(app, [*args, "--fps", "2"])
+    assert res.exit_code == 0 and "skipped 1 already done" in res.stderr
+    res = runner.invoke(app, [*args, "--set", "fps=1", "--overwrite", "--dtype", "fp32"])
+    assert res.exit_code == 0, res.output
+    assert load_features(out / "film.features.safetensors")[0].shape == (2, 32)
+
+
+def _make_bad(tmp_path, kind):
+    if kind == "missing":
+        return tmp_path / "missing.mp4"
+    if kind == "not-a-video":
+        p = tmp_path / "notes.mp4"
+        p.write_text("just text\n" * 20)
+        return p
+    if kind == "audio-only":
+        return make_audio_only(tmp_path / "sound.m4a")
+    if kind == "zero-length":
+        p = tmp_path / "zero.mp4"
+        p.write_bytes(b"")
+        return p
+    if kind == "truncated":
+        src = make_video(tmp_path / "src.mp4", duration=2.0, size="96x64")
+        p = tmp_path / "cut.mp4"
+        p.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+        src.unlink()
+        return p
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind", ["missing", "not-a-video", "audio-only", "zero-length", "truncated"]
+)
+def test_bad_input_is_one_line_exit_2_no_output(tmp_path, tiny_yaml, kind):
+    bad = _make_bad(tmp_path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["extract-features", str(bad), "-o", str(out), "-m", str(tiny_yaml)])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"locomad: error: {bad}: ")
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_unwritable_output_dir(tmp_path, tiny_yaml):
+    video = make_video(tmp_path / "film.mp4", duration=1.0, size="96x64")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a folder should be")
+    out = blocker / "sub"
+    res = runner.invoke(app, ["extract-features", str(video), "-o", str(out), "-m", str(tiny_yaml)])
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        f"locomad: error: output folder {out} is not writable: Not a directory"
+    ]
+
+
+def test_bad_options_are_exit_2(tmp_path, tiny_yaml):
+    video = make_video(tmp_path / "film.mp4", duration=1.0, size="96x64")
+    base = ["extract-features", str(video), "-m", str(tiny_yaml), "-o", str(tmp_path / "o")]
+    for extra, words in (
+        (["--fps", "0"], "--fps must be positive"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["--set", "clip.nonsense=1"], "unknown key(s) nonsense"),
+    ):
+        res = runner.invoke(app, [*base, *extra])
+        assert res.exit_code == 2, extra
+        assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_script_exit_code(tmp_path):
+    """The installed entry point, as a user runs it: no traceback, exit 2."""
+    code = "from locomad_cli.cli import main; main()"
+    res = subprocess.run(
+        [sys.executable, "-c", code, "extract-features", str(tmp_path / "none.mp4")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"locomad: error: {tmp_path / 'none.mp4'}: no such file"
