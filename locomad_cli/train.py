@@ -315,7 +315,11 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     if batch_size < 1 or cfg.grad_accum < 1 or cfg.keep_last < 1:
         raise LocomadError("--batch-size, --grad-accum and --keep-last must be at least 1")
     run_dir = Path(cfg.out)
+    # No GPU: say so, so that processes started by `accelerate launch --multi_gpu` (torchrun)
+    # join a gloo process group on the CPU instead of each running alone.
+    no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     accelerator = Accelerator(
+        cpu=no_gpu,
         mixed_precision=_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.grad_accum,
         step_scheduler_with_optimizer=False,

@@ -1,0 +1,230 @@
+"""`locomad train` on the tiny card: schedule, batches, stage 1 → stage 2, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from test_data_fixtures import simple_films, write_film_folder, write_splits
+
+from locomad_cli.card import tiny_card
+from locomad_cli.train import (
+    StepBatches,
+    TrainConfig,
+    WarmupCosine,
+    global_micro_batches,
+    param_groups,
+    train,
+)
+from locomad_cli.utils import LocomadError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def one_thread():
+    """Two cores shared with other test runs: one torch thread is several times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def films(tmp_path) -> tuple[Path, Path]:
+    root = write_film_folder(tmp_path / "films", simple_films(3, 8), frames=100)
+    write_splits(root, {"train": ["film0", "film1"], "val": ["film2"]})
+    card_path = tmp_path / "tiny.yaml"
+    card_path.write_text(tiny_card().to_yaml())
+    return root, card_path
+
+
+def _cfg(root: Path, card: Path | None, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        stage=1,
+        data=f"folder:{root}",
+        out=str(out),
+        model=str(card) if card else None,
+        batch_size=4,
+        max_steps=6,
+        lr=1e-3,
+        warmup_steps=2,
+        val_data="none",
+        log_every=1,
+        num_workers=0,
+        progress=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(history: list[dict], key: str = "loss") -> dict[int, float]:
+    return {h["step"]: h[key] for h in history if key in h}
+
+
+def test_warmup_cosine_schedule():
+    s = WarmupCosine(peak=1e-5, warmup=500, total=1500, warmup_lr=1e-8, min_lr=0.0)
+    assert s(0) * 1e-5 == pytest.approx(1e-8)
+    assert s(250) * 1e-5 == pytest.approx(1e-8 + (1e-5 - 1e-8) / 2)
+    assert s(500) == pytest.approx(1.0)
+    assert s(1000) == pytest.approx(0.5)
+    assert s(1500) == pytest.approx(0.0, abs=1e-12)
+    assert s(1250) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings():
+    named = [
+        ("pme.layer.0.attention.query.weight", torch.nn.Parameter(torch.zeros(4, 4))),
+        ("pme.layer.0.attention.query.bias", torch.nn.Parameter(torch.zeros(4))),
+        ("pme.layernorm.weight", torch.nn.Parameter(torch.zeros(4))),
+        ("pme.query_tokens", torch.nn.Parameter(torch.zeros(1, 4, 4))),
+        ("decoder.llm.model.decoder.embed_tokens.weight", torch.nn.Parameter(torch.zeros(9, 4))),
+        ("dsm.sampler.weight", torch.nn.Parameter(torch.zeros(1, 4))),
+    ]
+    decay, no_decay = param_groups(named, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert [p is named[0][1] or p is named[5][1] for p in decay["params"]] == [True, True]
+    assert len(no_decay["params"]) == 4
+
+
+def test_step_batches_are_fixed_by_seed_and_step_not_by_process_count():
+    n = 24
+    one = list(StepBatches(n, 2, 2, 1, 0, 7, 0, 6))  # 1 process, 2 micro-batches per step
+    two = [list(StepBatches(n, 2, 1, 2, r, 7, 0, 6)) for r in range(2)]  # 2 processes
+    assert one[0::2] == two[0] and one[1::2] == two[1]
+    # an epoch (6 steps of 4) sees every clip once; the next epoch reshuffles
+    first_epoch = [i for b in one for i in b]
+    assert sorted(first_epoch) == list(range(n))
+    assert global_micro_batches(6, n, 2, 2, 7) != global_micro_batches(0, n, 2, 2, 7)
+    assert global_micro_batches(3, n, 2, 2, 7) == one[6:8]
+    assert global_micro_batches(0, n, 2, 2, 8) != one[0:2]
+    # resuming at step 3 yields what the uninterrupted run had left
+    assert list(StepBatches(n, 2, 2, 1, 0, 7, 3, 6)) == one[6:]
+
+
+def test_refusals(films, tmp_path):
+    root, card = films
+    with pytest.raises(LocomadError, match="stage 2 starts from a stage-1 checkpoint"):
+        train(_cfg(root, card, tmp_path / "r", stage=2))
+    with pytest.raises(LocomadError, match="--stage 3"):
+        train(_cfg(root, card, tmp_path / "r", stage=3))
+    with pytest.raises(LocomadError, match="16 clips, fewer than one global batch"):
+        train(_cfg(root, card, tmp_path / "r", batch_size=8, grad_accum=3))
+    with pytest.raises(LocomadError, match="nothing is not a folder"):  # asked-for val data
+        train(_cfg(root, card, tmp_path / "r", val_data=f"folder:{tmp_path / 'nothing'}"))
+
+
+@pytest.mark.slow
+def test_stage1_then_stage2_learn_and_validate(films, tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    root, card = films
+    run1 = tmp_path / "run1"
+    r1 = train(_cfg(root, card, run1, max_steps=8, eval_every=4, val_data=None, keep_last=1))
+    loss = _losses(r1.history)
+    assert sorted(loss) == list(range(1, 9))
+    assert loss[7] + loss[8] < loss[1] + loss[2]  # it learns
+    val = _losses(r1.history, "val/loss")
+    assert sorted(val) == [4, 8] and all(math.isfinite(v) for v in val.values())
+    assert json.loads((run1 / "best" / "best.json").read_text())["val/loss"] == min(val.values())
+    assert [p.name for p in (run1 / "checkpoints").iterdir()] == ["step-0000008"]  # keep_last=1
+    assert (run1 / "metrics.jsonl").read_text().count("\n") == 10
+
+    run2 = tmp_path / "run2"
+    r2 = train(_cfg(root, None, run2, stage=2, init=str(run1), max_steps=8, val_data=None))
+    loss2 = _losses(r2.history)
+    assert loss2[7] + loss2[8] < loss2[1] + loss2[2]
+    cider = _losses(r2.history, "val/CIDEr")
+    rouge = _losses(r2.history, "val/ROUGE-L")
+    assert list(cider) == [4, 8] and list(rouge) == [4, 8]  # 2 steps per epoch: eval each epoch
+    assert all(0.0 <= v < 1000 for v in cider.values()) and rouge[8] > 0
+    assert r2.best == max(cider.values())
+    # stage 2 froze the PME: its weights are stage 1's; the DSM moved
+    w1 = load_file(str(run1 / "best" / "model.safetensors"))
+    w2 = load_file(str(run2 / "model" / "model.safetensors"))
+    pme = [k for k in w1 if k.startswith("pme.")]
+    assert pme and all(torch.equal(w1[k], w2[k]) for k in pme)
+    dsm = [k for k in w1 if k.startswith("dsm.")]
+    assert any(not torch.equal(w1[k], w2[k]) for k in dsm)
+    with pytest.raises(LocomadError, match="already holds a run"):
+        train(_cfg(root, None, run2, stage=2, init=str(run1)))
+
+
+@pytest.mark.slow
+def test_resume_after_ctrl_c_continues_the_same_run(films, tmp_path, one_thread):
+    root, card = films
+    full = train(_cfg(root, card, tmp_path / "full"))
+
+    def interrupt(step, logs):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(root, card, run, save_every=100), callback=interrupt)
+    assert (run / "checkpoints" / "step-0000003" / "state").is_dir()  # written by the Ctrl-C
+    resumed = train(_cfg(root, card, run, resume=True))
+    assert resumed.step == 6
+    a, b = _losses(full.history), _losses(resumed.history)
+    assert sorted(b) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert b[step] == pytest.approx(a[step], abs=1e-5)
+    state = Path("checkpoints", "step-0000006", "state", "optimizer.bin")
+    wa = torch.load(tmp_path / "full" / state, weights_only=True)
+    wb = torch.load(run / state, weights_only=True)
+    assert torch.allclose(wa["state"][0]["exp_avg"], wb["state"][0]["exp_avg"], atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_single_process_loss_curve(films, tmp_path, one_thread):
+    """`accelerate launch --multi_gpu --num_processes 2` on a machine without a GPU (torchrun
+    underneath, gloo on the CPU), 2 clips each, against one process with 2 micro-batches of
+    2: the same global batch of 4 at every step. (`--cpu` alone starts a single process
+    unless mpirun is set up.)"""
+    root, card = films
+    single = train(_cfg(root, card, tmp_path / "one", batch_size=2, grad_accum=2, max_steps=4))
+    cfg = _cfg(root, card, tmp_path / "two", batch_size=2, grad_accum=1, max_steps=4)
+    script = tmp_path / "run_train.py"
+    script.write_text(
+        "import json, sys\n"
+        "from locomad_cli.train import TrainConfig, train\n"
+        "r = train(TrainConfig(**json.loads(sys.argv[1])))\n"
+        "if r.history:\n"
+        "    json.dump(r.history, open(sys.argv[2], 'w'))\n"
+    )
+    out = tmp_path / "history.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--multi_gpu",
+    ]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", str(_free_port())]
+    cmd += [str(script), json.dumps(asdict(cfg)), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(out.read_text())
+    assert all(h.get("world", 2) == 2 for h in two)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world"] == 2
+    a, b = _losses(single.history), _losses(two)
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-4)
