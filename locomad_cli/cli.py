@@ -279,6 +279,92 @@ def evaluate_cmd(
         )
 
 
+@app.command("describe")
+def describe_cmd(
+    video: str = typer.Argument(..., help="The film (any format ffmpeg reads)."),
+    subs: str = typer.Option(
+        None, "--subs", help="Subtitles (SRT/WebVTT, any encoding): the slots avoid them."
+    ),
+    ad_times: str = typer.Option(
+        None,
+        "--ad-times",
+        help="AD slot times (SRT/WebVTT/CSV/JSON). Default: proposed between subtitles.",
+    ),
+    model: str = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    weights: str = typer.Option(
+        None, "--weights", help="Trained weights folder or HF repo id. Default: the card's."
+    ),
+    setting: str = typer.Option(
+        "recurrent",
+        "--setting",
+        help="recurrent (earlier generated AD as context) | oracle (--reference as context) | "
+        "local (none). Default: recurrent.",
+    ),
+    reference: str = typer.Option(
+        None, "--reference", help="Reference AD (SRT/WebVTT/CSV/JSON) for --setting oracle."
+    ),
+    output_dir: str = typer.Option(
+        None, "--output-dir", "-o", help="Output folder. Default: beside the video."
+    ),
+    formats: str = typer.Option(
+        "srt,vtt,json", "--format", "-f", help="srt, vtt, json (comma list) or all. Default: all."
+    ),
+    features: str = typer.Option(
+        None,
+        "--features",
+        help="Precomputed NAME.features.safetensors. Default: extract (cached, reused).",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda. Default: auto."),
+    batch_size: int = typer.Option(
+        8, "--batch-size", help="Slots per call for oracle/local (recurrent: 1). Default: 8."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run after its last slot. Default: off."
+    ),
+    min_gap: float = typer.Option(
+        2.0, "--min-gap", help="Shortest gap between subtitles to describe (s). Default: 2.0."
+    ),
+    margin: float = typer.Option(
+        0.3, "--margin", help="Silence kept around subtitles (s). Default: 0.3."
+    ),
+    max_len: float = typer.Option(
+        8.0, "--max-len", help="Longest slot; longer gaps are split (s). Default: 8.0."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bar or live text. Default: shown."
+    ),
+) -> None:
+    """Write an audio-description track (SRT, WebVTT, JSON) for a film."""
+    from locomad_cli.describe import DescribeOptions, describe
+
+    opts = DescribeOptions(
+        subs=subs,
+        ad_times=ad_times,
+        model=model,
+        overrides=list(overrides),
+        weights=weights,
+        setting=setting,
+        reference=reference,
+        output_dir=output_dir,
+        formats=formats,
+        features=features,
+        device=device,
+        batch_size=batch_size,
+        resume=resume,
+        min_gap=min_gap,
+        margin=margin,
+        max_len=max_len,
+        progress=not quiet,
+    )
+    try:
+        _, paths = describe(video, opts)
+    except LocomadError as e:
+        fail(str(e))
+    for p in paths:
+        typer.echo(f"wrote {p}", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

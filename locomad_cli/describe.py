@@ -1,0 +1,429 @@
+"""`locomad describe`: a film (+ subtitles) in, an audio-description track out.
+
+The loop of the paper's recurrent setting: slots in film order; for slot i the context
+proposal holds the previous `proposal_len` *generated* descriptions with their subtitles, the
+DSM picks top-k of them, the LLM writes description i, and it joins the proposal. `oracle`
+fills the proposal with reference descriptions instead (the paper's upper bound), `local`
+leaves it empty. Every description's CLIP text features are computed once and kept, so the
+cost of a slot does not grow with its index.
+
+Each finished slot is appended to `<stem>.ad.progress.jsonl` in the output folder (one
+complete line per write, fsynced); `--resume` reads it back and continues after the last
+written slot with exactly the context an uninterrupted run would have had. The final tracks
+are written atomically and the progress file removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from locomad_cli import __version__
+from locomad_cli.card import ModelCard, load_card
+from locomad_cli.data.records import ClipRecord, ContextItem, collate
+from locomad_cli.slots import Slot, propose_slots, slots_from_times
+from locomad_cli.subtitles import Cue, read_cues, read_timed
+from locomad_cli.utils import LocomadError, check_writable_dir, resolve_device
+from locomad_cli.writers import get_writer, parse_formats
+
+SETTINGS = ("recurrent", "oracle", "local")
+TextEncoder = Callable[[list[str]], torch.Tensor]
+
+
+@dataclass
+class DescribeOptions:
+    """Everything `describe()` needs besides the video; the CLI fills it from its flags."""
+
+    subs: str | None = None
+    ad_times: str | None = None
+    model: str = "opt-2.7b"
+    overrides: list[str] = field(default_factory=list)
+    weights: str | None = None
+    setting: str = "recurrent"
+    reference: str | None = None
+    output_dir: str | None = None
+    formats: str = "srt,vtt,json"
+    features: str | None = None
+    device: str = "auto"
+    batch_size: int = 8
+    """Slots per model call in the oracle and local settings (recurrent is one at a time:
+    slot i needs description i-1)."""
+    resume: bool = False
+    min_gap: float = 2.0
+    margin: float = 0.3
+    max_len: float = 8.0
+    progress: bool = True
+
+
+@dataclass
+class TextFeatureCache:
+    """CLIP text features per distinct text, each computed once.
+
+    Texts are encoded one per call: a batched matmul rounds differently from a single row, and
+    a resumed run (which re-encodes its history together) must give bit-identical features,
+    hence identical DSM scores and descriptions, to an uninterrupted one."""
+
+    encode: TextEncoder
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def get(self, texts: list[str]) -> torch.Tensor:
+        for t in texts:
+            if t not in self.features:
+                self.features[t] = self.encode([t]).detach().float().cpu()[0]
+        return torch.stack([self.features[t] for t in texts])
+
+
+def overlapping_text(cues: list[Cue], start: float, end: float) -> str:
+    """Subtitles said during [start, end], joined (what the model sees as the slot's dialogue)."""
+    return " ".join(c.text for c in cues if c.start < end and c.end > start)
+
+
+def slot_frames(features: torch.Tensor, fps: float, start: float, end: float) -> torch.Tensor:
+    """Rows of the slot: frame i is on screen at i/fps; at least one frame."""
+    t = features.shape[0]
+    a = min(max(0, math.floor(start * fps)), t - 1)
+    b = min(t, math.ceil(end * fps))
+    return features[a : max(b, a + 1)].float()
+
+
+def oracle_context(refs: list[Cue], slot: Slot, proposal_len: int) -> list[Cue]:
+    """Reference descriptions earlier in film order than the slot (never the slot's own, never
+    a later one), the last `proposal_len` of them: the training-time proposal rule."""
+    earlier = [r for r in refs if r.start < slot.start]
+    return earlier[-proposal_len:] if proposal_len > 0 else []
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+def _film_duration(video: Path, meta: dict[str, Any] | None, features: torch.Tensor | None):
+    if meta is not None and meta.get("duration"):
+        return float(meta["duration"])
+    if meta is not None and features is not None and meta.get("fps"):
+        return features.shape[0] / float(meta["fps"])
+    from locomad_cli.video import probe
+
+    return probe(video).duration
+
+
+def _check_features(path: Path, meta: dict[str, Any], card: ModelCard) -> None:
+    model = meta.get("clip_model")
+    if model and model != card.clip.model:
+        raise LocomadError(
+            f"{path}: features were made with CLIP '{model}', but model card '{card.name}' "
+            f"uses '{card.clip.model}'"
+        )
+    fps = meta.get("fps")
+    if fps and abs(float(fps) - card.fps) > 1e-6:
+        raise LocomadError(f"{path}: features are at {fps:g} FPS, model card wants {card.fps:g}")
+
+
+def plan_slots(opts: DescribeOptions, subtitles: list[Cue], duration: float) -> list[Slot]:
+    if opts.ad_times:
+        return slots_from_times(opts.ad_times, duration)
+    slots = propose_slots(subtitles, duration, opts.min_gap, opts.margin, opts.max_len)
+    if not slots:
+        raise LocomadError(
+            f"no AD slot possible: no gap of {opts.min_gap:g} s or more between subtitles in "
+            f"{duration:.1f} s of film (lower --min-gap or give --ad-times)"
+        )
+    return slots
+
+
+def _load_model(opts: DescribeOptions, card: ModelCard, device: str):
+    from locomad_cli.model.checkpoint import load_model
+
+    if opts.weights:
+        w = Path(opts.weights).expanduser()
+        card.weights = str(w.resolve()) if w.exists() else opts.weights
+        if not w.exists() and opts.weights.count("/") != 1:
+            raise LocomadError(f"--weights {opts.weights}: no such folder")
+    return load_model(card, device=device)
+
+
+# --- progress file ----------------------------------------------------------------------------
+
+
+def _identity(video: Path, card: ModelCard, opts: DescribeOptions, slots: list[Slot]) -> dict:
+    return {
+        "video": video.name,
+        "card": card.name,
+        "setting": opts.setting,
+        "slots": [[s.start, s.end] for s in slots],
+    }
+
+
+def _read_progress(path: Path, identity: dict) -> list[dict[str, Any]]:
+    """Slots already written by an earlier run of the same job (a torn last line is ignored)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # the line being written when the run died
+            raise LocomadError(f"{path}:{i + 1}: damaged progress file; delete it") from None
+    if not rows or rows[0].get("identity") != identity:
+        raise LocomadError(
+            f"{path} belongs to another run (video, model card, setting or slots differ); "
+            "delete it or run without --resume in another output folder"
+        )
+    done = rows[1:]
+    for j, row in enumerate(done):
+        if row.get("index") != j:
+            raise LocomadError(f"{path}:{j + 2}: slots out of order; delete it")
+    return done
+
+
+def _append(f, row: dict[str, Any]) -> None:
+    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def describe(
+    video: str | Path,
+    opts: DescribeOptions,
+    model: Any = None,
+    encode_text: TextEncoder | None = None,
+    on_description: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Describe one film; returns the track (see writers.py) and the files written.
+
+    `model` (a LoCoMAD) and `encode_text` replace loading them from the card (tests, and
+    library users who describe many films with one model). `on_description` sees each slot's
+    result as it is written."""
+    video = Path(video)
+    if opts.setting not in SETTINGS:
+        raise LocomadError(f"unknown setting '{opts.setting}' (choose {', '.join(SETTINGS)})")
+    if opts.setting == "oracle" and not opts.reference:
+        raise LocomadError("--setting oracle needs --reference (the reference descriptions)")
+    if opts.batch_size < 1:
+        raise LocomadError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    formats = ",".join(parse_formats(opts.formats))
+    card = model.card if model is not None else load_card(opts.model, opts.overrides)
+    out_dir = Path(opts.output_dir) if opts.output_dir else video.parent
+    stem = video.stem
+    subtitles = read_cues(opts.subs) if opts.subs else []
+    refs = [c for c in read_timed(opts.reference) if c.text] if opts.reference else []
+    if opts.setting == "oracle" and not refs:
+        raise LocomadError(f"{opts.reference}: no reference description with text")
+    refs.sort(key=lambda c: (c.start, c.end))
+
+    features = meta = None
+    if opts.features:
+        from locomad_cli.features import load_features
+
+        features, meta = load_features(opts.features)
+        _check_features(Path(opts.features), meta, card)
+    elif not video.is_file():
+        raise LocomadError(f"{video}: no such video file")
+    duration = _film_duration(video, meta, features)
+    slots = plan_slots(opts, subtitles, duration)
+    check_writable_dir(out_dir)
+    progress_path = out_dir / f"{stem}.ad.progress.jsonl"
+    identity = _identity(video, card, opts, slots)
+    done: list[dict[str, Any]] = []
+    if opts.resume and progress_path.is_file():
+        done = _read_progress(progress_path, identity)
+    elif progress_path.is_file():
+        raise LocomadError(
+            f"{progress_path} holds an unfinished run: pass --resume to continue it, or delete it"
+        )
+
+    device = resolve_device(opts.device)
+    if model is None:
+        model = _load_model(opts, card, device)
+    if features is None:
+        features, meta = _features_for(video, card, out_dir, device, opts)
+    if encode_text is None:
+        from locomad_cli.clip import load_clip
+
+        encode_text = load_clip(card, device=device).encode_text
+
+    cache = TextFeatureCache(encode_text)
+    fps = float(meta.get("fps") or card.fps)
+    track = {
+        "film": stem,
+        "card": card.name,
+        "setting": opts.setting,
+        "tool": "locomad",
+        "version": __version__,
+        "weights": card.weights,
+        "subtitles_file": str(opts.subs) if opts.subs else None,
+        "slots": [],
+    }
+    writer = get_writer(formats, out_dir)
+    mode = "a" if done else "w"
+    try:
+        with open(progress_path, mode, encoding="utf-8") as pf, _progress(opts, len(slots)) as bar:
+            if not done:
+                _append(pf, {"identity": identity})
+            track["slots"].extend(done)
+            bar(len(done), None)
+            runner = _run_recurrent if opts.setting == "recurrent" else _run_batched
+            for row in runner(
+                model, card, slots, subtitles, refs, features, fps, cache, opts, done, stem
+            ):
+                _append(pf, row)
+                track["slots"].append(row)
+                bar(len(track["slots"]), row)
+                if on_description is not None:
+                    on_description(row)
+        paths = writer(track, stem)
+    except LocomadError:
+        if not track["slots"]:  # bad input found by the model: leave nothing behind
+            progress_path.unlink(missing_ok=True)
+        raise
+    progress_path.unlink()
+    return track, paths
+
+
+def _features_for(video: Path, card: ModelCard, out_dir: Path, device: str, opts):
+    """The film's cached features (beside the video or in the output folder), extracted
+    through `extract-features` when there are none yet."""
+    from locomad_cli.features import extract_features, load_features, output_path
+
+    beside = output_path(video)
+    target_dir = None if beside.is_file() else out_dir
+    results = extract_features(
+        [video], card, out_dir=target_dir, device=device, progress=opts.progress
+    )
+    features, meta = load_features(results[0].output)
+    _check_features(results[0].output, meta, card)
+    return features, meta
+
+
+def _record(
+    slot: Slot,
+    stem: str,
+    features: torch.Tensor,
+    fps: float,
+    subtitles: list[Cue],
+    context: list[ContextItem],
+    cache: TextFeatureCache,
+) -> ClipRecord:
+    return ClipRecord(
+        film=stem,
+        start=slot.start,
+        end=slot.end,
+        features=slot_frames(features, fps, slot.start, slot.end),
+        subtitle=overlapping_text(subtitles, slot.start, slot.end),
+        context=context,
+        context_features=cache.get([c.text for c in context]) if context else None,
+        index=slot.index,
+        source=slot.source,
+    )
+
+
+def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
+    scores = list(gen.scores) + [None] * (len(gen.selected) - len(gen.scores))
+    return {
+        "index": slot.index,
+        "start": slot.start,
+        "end": slot.end,
+        "text": gen.text.strip(),
+        "selected": [
+            {
+                "text": record.context[j].text,
+                "subtitle": record.context[j].subtitle,
+                "start": record.context[j].start,
+                "end": record.context[j].end,
+                "score": None if s is None else float(s),
+            }
+            for j, s in zip(gen.selected, scores, strict=True)
+        ],
+        "subtitles": record.subtitle,
+        "source": slot.source,
+    }
+
+
+def _generate(model, card: ModelCard, records: list[ClipRecord], setting: str):
+    batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
+    return model.generate(batch, setting="local" if setting == "local" else "context")
+
+
+def _run_recurrent(model, card, slots, subtitles, refs, features, fps, cache, opts, done, stem):
+    """One slot at a time: each description joins the proposal of the next ones."""
+    history = [ContextItem(r["text"], r.get("subtitles", ""), r["start"], r["end"]) for r in done]
+    for slot in slots[len(done) :]:
+        context = history[-card.dsm.proposal_len :] if card.dsm.proposal_len > 0 else []
+        record = _record(slot, stem, features, fps, subtitles, context, cache)
+        gen = _generate(model, card, [record], "recurrent")[0]
+        row = _row(slot, record, gen)
+        history.append(ContextItem(row["text"], row["subtitles"], slot.start, slot.end))
+        yield row
+
+
+def _run_batched(model, card, slots, subtitles, refs, features, fps, cache, opts, done, stem):
+    """Oracle and local: slots do not depend on each other, so they go in batches."""
+    todo = slots[len(done) :]
+    for i in range(0, len(todo), opts.batch_size):
+        chunk = todo[i : i + opts.batch_size]
+        records = []
+        for slot in chunk:
+            context = []
+            if opts.setting == "oracle":
+                context = [
+                    ContextItem(r.text, overlapping_text(subtitles, r.start, r.end), r.start, r.end)
+                    for r in oracle_context(refs, slot, card.dsm.proposal_len)
+                ]
+            records.append(_record(slot, stem, features, fps, subtitles, context, cache))
+        gens = _generate(model, card, records, opts.setting)
+        for slot, record, gen in zip(chunk, records, gens, strict=True):
+            yield _row(slot, record, gen)
+
+
+@contextlib.contextmanager
+def _progress(opts: DescribeOptions, total: int):
+    """A rich progress bar (slots, slots/s, ETA) with each description printed above it."""
+    if not opts.progress:
+        yield lambda n, row: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from locomad_cli.writers import format_timestamp
+
+    console = Console(stderr=True)
+    columns = [
+        TextColumn("describing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("slots", total=total, rate="")
+        t0, n0 = time.monotonic(), None
+
+        def update(n: int, row: dict[str, Any] | None) -> None:
+            nonlocal n0
+            if n0 is None:
+                n0 = n
+            rate = (n - n0) / max(time.monotonic() - t0, 1e-9)
+            progress.update(task, completed=n, rate=f"{rate:.2f} slots/s")
+            if row is not None:
+                when = f"{format_timestamp(row['start'])} → {format_timestamp(row['end'])}"
+                progress.console.print(f"[dim]{when}[/] {row['text']}", highlight=False)
+
+        yield update
