@@ -292,3 +292,35 @@ def test_cli_describe_with_weights(film, tiny_model):
     assert bad.output.strip().splitlines() == [
         "locomad: error: unknown setting 'nope' (choose recurrent, oracle, local)"
     ]
+
+
+def test_features_extracted_once_then_reused(tmp_path, tiny_model):
+    from media import make_video
+
+    video = make_video(tmp_path / "clip.mp4", duration=4.0, size="64x48")
+    wdir = tmp_path / "weights"
+    save_model(tiny_model, wdir)
+    card_path = _card_file(tmp_path, _small_card())
+    (tmp_path / "times.csv").write_text("start,end\n0.5,1.5\n2.0,3.5\n")
+    opts = DescribeOptions(
+        model=card_path,
+        weights=str(wdir),
+        ad_times=str(tmp_path / "times.csv"),
+        output_dir=str(tmp_path / "out"),
+        formats="json",
+        device="cpu",
+        progress=False,
+    )
+    track, _ = describe(video, opts)
+    cache = tmp_path / "out" / "clip.features.safetensors"
+    assert cache.is_file() and [(s["start"], s["end"]) for s in track["slots"]] == [
+        (0.5, 1.5),
+        (2.0, 3.5),
+    ]
+    from locomad_cli.features import load_features
+
+    feats, meta = load_features(cache)
+    assert feats.shape == (20, 32) and meta["fps"] == 5.0
+    stamp = cache.stat().st_mtime_ns
+    describe(video, opts)
+    assert cache.stat().st_mtime_ns == stamp  # reused, not recomputed
