@@ -176,14 +176,11 @@ class Decoder(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
 
-    def loss(
-        self,
-        queries: torch.Tensor,
-        items: list[list[ContextItem]],
-        subtitles: list[str],
-        targets: list[str],
-    ) -> torch.Tensor:
-        """L_GEN: cross-entropy on the target tokens only (prompt and padding are -100)."""
+    def training_inputs(
+        self, items: list[list[ContextItem]], subtitles: list[str], targets: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded (ids, labels, attention mask) of prompt + target: labels are -100 on
+        the prompt and the padding, so only the description is learned."""
         pad = self.tok.pad_token_id
         rows, labels = [], []
         for p, text in zip(self.prompts(items, subtitles), targets, strict=True):
@@ -191,20 +188,32 @@ class Decoder(nn.Module):
             rows.append(p + t)
             labels.append([-100] * len(p) + t)
         n = max(map(len, rows))
+        ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows])
+        lab = torch.tensor([r + [-100] * (n - len(r)) for r in labels])
+        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])
+        return ids, lab, mask
+
+    def loss(
+        self,
+        queries: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        targets: list[str],
+    ) -> torch.Tensor:
+        """L_GEN: cross-entropy on the target tokens only."""
         dev = queries.device
-        ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], device=dev)
-        lab = torch.tensor([r + [-100] * (n - len(r)) for r in labels], device=dev)
-        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=dev)
+        ids, lab, mask = (t.to(dev) for t in self.training_inputs(items, subtitles, targets))
         out = self.llm(inputs_embeds=self.embed(ids, queries), attention_mask=mask, labels=lab)
         return out.loss.float()
 
     # -- generation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(
+    def generate_ids(
         self, queries: torch.Tensor, items: list[list[ContextItem]], subtitles: list[str]
-    ) -> list[str]:
-        """Batched generation (left-padded prompts, KV cache) of at most max_new_tokens."""
+    ) -> list[list[int]]:
+        """Batched generation (left-padded prompts, KV cache): at most max_new_tokens new
+        token ids per clip, the end-of-sequence token and what follows removed."""
         pad = self.tok.pad_token_id
         rows = self.prompts(items, subtitles)
         n = max(map(len, rows))
@@ -224,4 +233,17 @@ class Decoder(nn.Module):
             pad_token_id=pad,
             suppress_tokens=list(self.special_ids),
         )
-        return [self.tok.decode(o, skip_special_tokens=True).strip() for o in out]
+        result = []
+        for row in out[:, : c.max_new_tokens].tolist():
+            if self.tok.eos_token_id in row:
+                row = row[: row.index(self.tok.eos_token_id)]
+            result.append(row)
+        return result
+
+    def generate(
+        self, queries: torch.Tensor, items: list[list[ContextItem]], subtitles: list[str]
+    ) -> list[str]:
+        return [
+            self.tok.decode(r, skip_special_tokens=True).strip()
+            for r in self.generate_ids(queries, items, subtitles)
+        ]
