@@ -247,6 +247,11 @@ def evaluate_cmd(
     bert_model: str = typer.Option(
         "bert-base-uncased", "--bert-model", help="BertScore model. Default: bert-base-uncased."
     ),
+    bert_rescale: bool = typer.Option(
+        False,
+        "--bert-rescale",
+        help="Rescale BertScore with bert-score's baseline (AutoAD-II). Default: off (paper).",
+    ),
     recall_model: str = typer.Option(
         "roberta-large", "--recall-model", help="R@k/N BertScore model. Default: roberta-large."
     ),
@@ -263,6 +268,7 @@ def evaluate_cmd(
             metrics=metrics,
             min_iou=min_iou,
             bert_model=bert_model,
+            bert_rescale=bert_rescale,
             recall_model=recall_model,
             device=device,
         )

@@ -102,6 +102,7 @@ def evaluate(
     metrics: str | Sequence[str] | None = None,
     min_iou: float = 0.5,
     bert_model: str = "bert-base-uncased",
+    bert_rescale: bool = False,
     recall_model: str = "roberta-large",
     recall_k: int = 5,
     recall_n: int = 16,
@@ -124,7 +125,7 @@ def evaluate(
         scores.update(coco_scores(p_text, r_text, coco))
     if "bertscore" in names:
         try:
-            pair = bert_pair_score or bertscore_f1(bert_model, rescale=False, device=device)
+            pair = bert_pair_score or bertscore_f1(bert_model, rescale=bert_rescale, device=device)
             scores["BertScore"] = (
                 bertscore(p_text, r_text, pair) if matches else Unavailable("no matched slot")
             )
@@ -160,6 +161,7 @@ def evaluate(
         ],
         "settings": {
             "bert_model": bert_model,
+            "bert_rescale": bert_rescale,
             "recall_model": recall_model,
             "recall_k": recall_k,
             "recall_n": recall_n,
