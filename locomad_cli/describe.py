@@ -32,7 +32,7 @@ from locomad_cli.card import ModelCard, load_card
 from locomad_cli.data.records import ClipRecord, ContextItem, collate
 from locomad_cli.slots import Slot, propose_slots, slots_from_times
 from locomad_cli.subtitles import Cue, read_cues, read_timed
-from locomad_cli.utils import LocomadError, check_writable_dir, resolve_device
+from locomad_cli.utils import LocomadError, atomic_open, check_writable_dir, resolve_device
 from locomad_cli.writers import get_writer, parse_formats
 
 SETTINGS = ("recurrent", "oracle", "local")
@@ -157,7 +157,10 @@ def _identity(video: Path, card: ModelCard, opts: DescribeOptions, slots: list[S
     return {
         "video": video.name,
         "card": card.name,
+        "weights": opts.weights or card.weights,
         "setting": opts.setting,
+        "reference": Path(opts.reference).name if opts.reference else None,
+        "subtitles": Path(opts.subs).name if opts.subs else None,
         "slots": [[s.start, s.end] for s in slots],
     }
 
@@ -182,6 +185,9 @@ def _read_progress(path: Path, identity: dict) -> list[dict[str, Any]]:
     for j, row in enumerate(done):
         if row.get("index") != j:
             raise LocomadError(f"{path}:{j + 2}: slots out of order; delete it")
+    # rewrite without a torn tail, so the next appended line starts on a line of its own
+    with atomic_open(path) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return done
 
 

@@ -200,6 +200,8 @@ def test_resume_equals_uninterrupted(film, tiny_model, encoder):
     out = film / "b"
     assert sorted(p.name for p in out.iterdir()) == ["film.ad.progress.jsonl"]
     assert len((out / "film.ad.progress.jsonl").read_text().splitlines()) == 3  # header + 2
+    with open(out / "film.ad.progress.jsonl", "a") as f:
+        f.write('{"index": 2, "sta')  # the line being written when the process died
     with pytest.raises(LocomadError, match="pass --resume"):
         describe(film / "film.mp4", opts, model=tiny_model, encode_text=encoder)
     spy = Spy(tiny_model)
