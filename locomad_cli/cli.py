@@ -291,6 +291,9 @@ def describe_cmd(
     subs: str = typer.Option(
         None, "--subs", help="Subtitles (SRT/WebVTT, any encoding): the slots avoid them."
     ),
+    subs_encoding: str = typer.Option(
+        None, "--subs-encoding", help="Encoding of --subs, e.g. cp1250. Default: detected."
+    ),
     ad_times: str = typer.Option(
         None,
         "--ad-times",
@@ -346,6 +349,7 @@ def describe_cmd(
 
     opts = DescribeOptions(
         subs=subs,
+        subs_encoding=subs_encoding,
         ad_times=ad_times,
         model=model,
         overrides=list(overrides),

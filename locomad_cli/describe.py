@@ -44,6 +44,8 @@ class DescribeOptions:
     """Everything `describe()` needs besides the video; the CLI fills it from its flags."""
 
     subs: str | None = None
+    subs_encoding: str | None = None
+    """Text encoding of --subs; None = detected."""
     ad_times: str | None = None
     model: str = "opt-2.7b"
     overrides: list[str] = field(default_factory=list)
@@ -223,7 +225,7 @@ def describe(
     card = model.card if model is not None else load_card(opts.model, opts.overrides)
     out_dir = Path(opts.output_dir) if opts.output_dir else video.parent
     stem = video.stem
-    subtitles = read_cues(opts.subs) if opts.subs else []
+    subtitles = read_cues(opts.subs, opts.subs_encoding) if opts.subs else []
     refs = [c for c in read_timed(opts.reference) if c.text] if opts.reference else []
     if opts.setting == "oracle" and not refs:
         raise LocomadError(f"{opts.reference}: no reference description with text")

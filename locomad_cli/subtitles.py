@@ -54,11 +54,13 @@ _BOMS = [
 def decode_text(data: bytes, encoding: str | None = None) -> tuple[str, str]:
     """Decode subtitle bytes, returning (text, encoding used).
 
-    Hand-written order rather than charset-normalizer alone: on short Western-European files
-    (the common case for old subtitle rips) charset-normalizer guesses cp1257 for cp1252 French
-    and turns 'naïve' into 'naļve'. A BOM is authoritative; then UTF-16 without a BOM (every
-    other byte NUL); then strict UTF-8; then cp1252 (a superset of latin-1's printable range
-    used by most Windows subtitle tools); latin-1 decodes any byte and comes last.
+    A BOM is authoritative; then UTF-16 without a BOM (every other byte NUL); then strict
+    UTF-8. Past that, charset-normalizer's guess is taken only when the bytes look like a
+    non-Latin script (Cyrillic cp1251, Greek, Japanese, Chinese…): on short Western-European
+    files it guesses cp1257 for cp1252 French and turns 'naïve' into 'naļve', so Latin text
+    falls back to cp1252 (what Windows subtitle tools write, a superset of latin-1's printable
+    range) and then latin-1, which decodes any byte. Central-European code pages (cp1250)
+    cannot be told from cp1252 reliably: pass `encoding` for them.
     """
     if encoding:
         try:
@@ -74,12 +76,36 @@ def decode_text(data: bytes, encoding: str | None = None) -> tuple[str, str]:
             return data.decode("utf-16-le", errors="replace"), "utf-16-le"
         if head[0::2].count(0) > len(head) // 4 and head[1::2].count(0) == 0:
             return data.decode("utf-16-be", errors="replace"), "utf-16-be"
-    for enc in ("utf-8", "cp1252", "latin-1"):
-        try:
-            return data.decode(enc), enc
-        except UnicodeDecodeError:
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    if _mostly_high_byte_runs(data):
+        import charset_normalizer
+
+        best = charset_normalizer.from_bytes(data).best()
+        if best is not None:
+            return str(best), best.encoding
+    try:
+        return data.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "latin-1"
+
+
+def _mostly_high_byte_runs(data: bytes) -> bool:
+    """Whether most bytes >= 0x80 come in runs of three or more: whole words of a non-Latin
+    script (Cyrillic, Greek, CJK). Accented Latin letters sit alone or in pairs inside
+    ASCII words ('déjà', 'Größe')."""
+    high = in_runs = run = 0
+    for b in data + b"\x00":
+        if b >= 0x80:
+            run += 1
             continue
-    raise AssertionError("latin-1 decodes every byte")
+        high += run
+        if run >= 3:
+            in_runs += run
+        run = 0
+    return high > 0 and in_runs > high / 2
 
 
 def read_text(path: str | Path, encoding: str | None = None) -> str:

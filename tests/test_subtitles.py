@@ -40,10 +40,37 @@ def test_srt_every_encoding(tmp_path, encoding):
     assert _triples(read_cues(path)) == EXPECTED
 
 
+@pytest.mark.parametrize(
+    "encoding, text",
+    [
+        ("cp1251", "Привет, как дела? Где ты был вчера вечером?"),
+        ("shift_jis", "こんにちは、元気ですか？昨日の夜どこにいたの？"),
+        ("cp1253", "Καλημέρα, τι κάνεις; Πού ήσουν χθες το βράδυ;"),
+    ],
+)
+def test_non_latin_legacy_encodings(tmp_path, encoding, text):
+    path = tmp_path / "film.srt"
+    path.write_bytes(f"1\n00:00:01,000 --> 00:00:02,000\n{text}\n".encode(encoding))
+    assert [c.text for c in read_cues(path)] == [text]
+
+
+def test_explicit_encoding(tmp_path):
+    path = tmp_path / "pl.srt"
+    text = "Dzień dobry, gdzie byłeś wczoraj?"
+    path.write_bytes(f"1\n00:00:01,000 --> 00:00:02,000\n{text}\n".encode("cp1250"))
+    assert [c.text for c in read_cues(path, encoding="cp1250")] == [text]
+    with pytest.raises(LocomadError, match="cannot decode as utf-8"):
+        read_cues(path, encoding="utf-8")
+
+
 def test_cp1252_only_characters_survive():
     # the em dash and curly quotes exist in cp1252 but not in latin-1
     text, enc = decode_text("“Déjà” — vu".encode("cp1252"))
     assert (text, enc) == ("“Déjà” — vu", "cp1252")
+    assert decode_text("Die Größe der Straße.".encode("cp1252")) == (
+        "Die Größe der Straße.",
+        "cp1252",
+    )
     # byte 0x81 is undefined in cp1252: latin-1 takes it
     assert decode_text(b"caf\xe9 \x81")[1] == "latin-1"
 
