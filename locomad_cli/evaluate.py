@@ -85,12 +85,15 @@ def parse_metrics(spec: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _load(path: str | Path, what: str) -> list[Cue]:
+def _load(path: str | Path, what: str, need_text: bool) -> list[Cue]:
+    """Timed texts of a file. An empty prediction stays (it is scored as empty, not
+    skipped, so a model that says nothing is not rewarded); a reference needs text."""
     cues = read_timed(path)
     for c in cues:
         if c.end <= c.start:
             raise LocomadError(f"{path}:{c.line}: {what} ends at or before its start")
-    cues = [c for c in cues if c.text]
+    if need_text:
+        cues = [c for c in cues if c.text]
     if not cues:
         raise LocomadError(f"{path}: no {what} with text to compare")
     return cues
@@ -113,8 +116,8 @@ def evaluate(
     """Match, score, and return the report (a JSON-ready dict). `bert_pair_score` and
     `recall_similarity` replace the BertScore models (tests inject hand-made ones)."""
     names = parse_metrics(metrics)
-    preds = _load(prediction, "prediction")
-    refs = _load(reference, "reference")
+    preds = _load(prediction, "prediction", need_text=False)
+    refs = _load(reference, "reference", need_text=True)
     matches, un_p, un_r = match_by_time(preds, refs, min_iou)
     p_text = [m.prediction.text for m in matches]
     r_text = [m.reference.text for m in matches]

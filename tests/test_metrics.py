@@ -237,3 +237,14 @@ def test_cli_evaluate(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("locomad: error: unknown metric 'x' (choose")
     assert not bad.exists()
+
+
+def test_empty_prediction_is_scored_not_skipped(tmp_path):
+    pred = tmp_path / "p.json"
+    pred.write_text(json.dumps({"slots": [{"start": 0, "end": 2, "text": ""}]}))
+    ref = tmp_path / "r.csv"
+    ref.write_text("start,end,text\n0,2,A man walks.\n")
+    report = evaluate(pred, ref, metrics="bleu,rouge")
+    assert report["matched"] == 1
+    assert report["metrics"]["BLEU-1"] == pytest.approx(0.0, abs=1e-6)
+    assert report["metrics"]["ROUGE-L"] == 0.0
