@@ -1,0 +1,171 @@
+"""Weights I/O: bit-identical round trip, atomic folder writes, refusing foreign weights,
+and the weights-only `.pth` → safetensors converter."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_model_helpers import batch_of
+from typer.testing import CliRunner
+
+from locomad_cli.card import card_from_dict
+from locomad_cli.cli import app
+from locomad_cli.model import checkpoint
+from locomad_cli.model.checkpoint import convert_weights, load_model, save_model
+from locomad_cli.model.locomad import LoCoMAD
+from locomad_cli.utils import LocomadError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _trained(card):
+    """A tiny model nudged away from its init, so a load that silently re-initialised
+    anything would show."""
+    torch.manual_seed(0)
+    model = LoCoMAD.from_card(card)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+def test_save_load_bit_identical(card, tmp_path):
+    model = _trained(card)
+    save_model(model, tmp_path / "w")
+    assert sorted(os.listdir(tmp_path / "w")) == [
+        "card.yaml",
+        "llm_config",
+        "model.safetensors",
+        "tokenizers",
+    ]
+    torch.manual_seed(123)  # a load must not depend on the RNG
+    loaded = load_model(tmp_path / "w")
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    batch = batch_of(card, 4)
+    assert [g.text for g in model.generate(batch)] == [g.text for g in loaded.generate(batch)]
+    la, lb = model.forward_stage2(batch), loaded.forward_stage2(batch)
+    assert torch.equal(la["loss"], lb["loss"])
+    assert loaded.card.to_dict() == model.card.to_dict()
+    assert loaded.pme_tokenizer.get_vocab() == model.pme_tokenizer.get_vocab()
+    # tied tensors are stored once and stay tied after loading
+    stored = load_file(tmp_path / "w" / "model.safetensors")
+    assert (
+        "pme.lm_head.decoder.weight" not in stored
+        or "pme.embeddings.word_embeddings.weight" not in stored
+    )
+    assert loaded.pme.lm_head.decoder.weight is loaded.pme.embeddings.word_embeddings.weight
+
+
+def test_load_through_a_card_uses_its_runtime_settings(card, tmp_path):
+    model = _trained(card)
+    save_model(model, tmp_path / "w")
+    other = card_from_dict(model.card.to_dict())
+    other.weights = str(tmp_path / "w")
+    other.llm.num_beams = 2
+    other.dsm.top_k = 1
+    loaded = load_model(other)
+    assert loaded.card.llm.num_beams == 2
+    assert [len(i) for i in loaded.select_context(batch_of(card, 3)).indices] == [0, 1, 1]
+    assert torch.equal(loaded.dsm.sampler.weight, model.dsm.sampler.weight)
+    other.weights = None
+    with pytest.raises(LocomadError, match="names no trained weights"):
+        load_model(other)
+    other.weights = str(tmp_path / "missing")
+    with pytest.raises(LocomadError, match="does not exist"):
+        load_model(other)
+
+
+def test_refuses_weights_made_for_another_card(card, tmp_path):
+    save_model(_trained(card), tmp_path / "w")
+    other = card_from_dict(card.to_dict())
+    other.name = "wide"
+    other.pme.hidden_size = 64
+    other.weights = str(tmp_path / "w")
+    with pytest.raises(LocomadError, match="made for model card 'tiny', not 'wide'.*hidden_size"):
+        load_model(other)
+    with pytest.raises(LocomadError, match="not a locomad weights folder"):
+        load_model(tmp_path)
+
+
+def test_save_is_atomic(card, tmp_path, monkeypatch):
+    model = _trained(card)
+    save_model(model, tmp_path / "w")
+    before = (tmp_path / "w" / "model.safetensors").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(model, tmp_path / "w")
+    assert (tmp_path / "w" / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["w"]  # no temporary folders left behind
+    with pytest.raises(OSError):
+        save_model(model, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    # a successful save replaces the old folder whole
+    with torch.no_grad():
+        model.dsm.sampler.weight.add_(1.0)
+    save_model(model, tmp_path / "w")
+    assert sorted(os.listdir(tmp_path)) == ["w"]
+    assert torch.equal(load_model(tmp_path / "w").dsm.sampler.weight, model.dsm.sampler.weight)
+
+
+def test_frozen_hub_llm_is_not_copied(card):
+    card.llm.config = None
+    card.llm.train = "new-tokens"
+    assert not checkpoint.saves_llm(card)
+    card.llm.train = "all"
+    assert checkpoint.saves_llm(card)
+
+
+def test_convert_weights(tmp_path):
+    shared = torch.arange(6.0).reshape(2, 3)
+    torch.save(
+        {"state_dict": {"a.weight": shared, "b.weight": shared, "step": 3}}, tmp_path / "m.pth"
+    )
+    out = convert_weights(tmp_path / "m.pth", tmp_path / "m.safetensors")
+    got = load_file(out)
+    assert set(got) == {"a.weight", "b.weight"}
+    assert torch.equal(got["a.weight"], shared) and torch.equal(got["b.weight"], shared)
+    with pytest.raises(LocomadError, match=r"\.safetensors"):
+        convert_weights(tmp_path / "m.pth", tmp_path / "m.bin")
+    with pytest.raises(LocomadError, match="does not exist"):
+        convert_weights(tmp_path / "none.pth", tmp_path / "x.safetensors")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_convert_weights_never_unpickles_code(tmp_path):
+    with open(tmp_path / "evil.bin", "wb") as f:
+        pickle.dump({"w": _Evil()}, f, protocol=2)
+    with pytest.raises(LocomadError, match="not a weights-only"):
+        convert_weights(tmp_path / "evil.bin", tmp_path / "evil.safetensors")
+    assert not (tmp_path / "evil.safetensors").exists()
+
+
+def test_convert_weights_cli(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "m.bin")
+    runner = CliRunner()
+    ok = runner.invoke(
+        app, ["convert-weights", str(tmp_path / "m.bin"), str(tmp_path / "o.safetensors")]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert torch.equal(load_file(tmp_path / "o.safetensors")["w"], torch.ones(2))
+    bad = runner.invoke(app, ["convert-weights", str(tmp_path / "m.bin"), str(tmp_path / "o.pt")])
+    assert bad.exit_code == 2
+    assert "must end in .safetensors" in bad.output
