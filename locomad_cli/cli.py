@@ -231,9 +231,14 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    prediction: str = typer.Argument(..., help="Our NAME.ad.json, or any SRT/WebVTT AD track."),
+    prediction: str = typer.Argument(
+        ..., help="Our NAME.ad.json, any SRT/WebVTT AD track, or a folder of them (one per film)."
+    ),
     reference: str = typer.Option(
-        ..., "--reference", "-r", help="Reference AD: SRT, WebVTT, CSV or JSON with texts."
+        ...,
+        "--reference",
+        "-r",
+        help="Reference AD (SRT, WebVTT, CSV or JSON with texts), or a folder of NAME.ad.*.",
     ),
     metrics: str = typer.Option(
         "all",
@@ -373,6 +378,100 @@ def describe_cmd(
         fail(str(e))
     for p in paths:
         typer.echo(f"wrote {p}", err=True)
+
+
+demo_app = typer.Typer(
+    help="The embedded demo: a rendered film world, its data and its small model.",
+    no_args_is_help=True,
+)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("make-data")
+def demo_make_data_cmd(
+    out_dir: str = typer.Argument(..., help="Folder for train/, val/ and test/ films."),
+    seed: int = typer.Option(0, "--seed", help="World seed: same seed, same films. Default: 0."),
+    films: int = typer.Option(60, "--films", help="Films in all. Default: 60."),
+    val: int = typer.Option(6, "--val", help="Validation films. Default: 6."),
+    test: int = typer.Option(6, "--test", help="Held-out films (the last ones). Default: 6."),
+    cast: int = typer.Option(3, "--cast", help="Characters per film (1-4). Default: 3."),
+    fps: float = typer.Option(10.0, "--fps", help="Frame rate of the MP4s. Default: 10."),
+    features: bool = typer.Option(
+        True, "--features/--no-features", help="Extract frame features too. Default: on."
+    ),
+    model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
+) -> None:
+    """Render demo films (MP4 + subtitles + reference AD) in the folder-of-films layout."""
+    from locomad_cli.demo.data import DemoDataConfig, make_data
+
+    cfg = DemoDataConfig(seed=seed, films=films, val=val, test=test, cast=cast, fps=fps)
+    try:
+        out = make_data(out_dir, cfg, features=features, card=model, progress=True)
+    except LocomadError as e:
+        fail(str(e))
+    typer.echo(
+        ", ".join(f"{len(v)} {k}" for k, v in out.items()) + f" films in {out_dir}", err=True
+    )
+
+
+@demo_app.command("train-clip")
+def demo_train_clip_cmd(
+    data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
+    out: str = typer.Option(
+        "weights/demo/clip.safetensors",
+        "--out",
+        "-o",
+        help="Default: weights/demo/clip.safetensors.",
+    ),
+    model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP is trained."),
+    steps: int = typer.Option(600, "--steps", help="Optimizer steps. Default: 600."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Default: 64."),
+    seed: int = typer.Option(0, "--seed", help="Default: 0."),
+) -> None:
+    """Train the demo card's small CLIP contrastively on demo frames (open_clip's loss)."""
+    from locomad_cli.card import load_card
+    from locomad_cli.demo.clip_train import train_clip
+
+    try:
+        r = train_clip(data, load_card(model), out, steps=steps, batch_size=batch_size, seed=seed)
+    except LocomadError as e:
+        fail(str(e))
+    typer.echo(
+        f"wrote {out}: val caption->frame R@1 {r['val_r1_random']:.2f} at random init, "
+        f"{r['val_r1_trained']:.2f} trained (chance {r['chance']:.2f})",
+        err=True,
+    )
+
+
+@demo_app.command("tokenizers")
+def demo_tokenizers_cmd(
+    data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
+    out: str = typer.Option("weights/demo", "--out", "-o", help="Default: weights/demo."),
+    vocab_size: int = typer.Option(1000, "--vocab-size", help="BPE vocabulary. Default: 1000."),
+) -> None:
+    """Train the demo's PME and LLM tokenizers (byte-level BPE) on the training films' text."""
+    from locomad_cli.demo.tokenizers import make_tokenizers
+
+    try:
+        folders = make_tokenizers(data, out, vocab_size)
+    except LocomadError as e:
+        fail(str(e))
+    typer.echo("wrote " + ", ".join(str(f) for f in folders), err=True)
+
+
+@demo_app.command("features")
+def demo_features_cmd(
+    data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
+    model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
+) -> None:
+    """Extract frame features for every demo film (skips films already done)."""
+    from locomad_cli.demo.data import extract_demo_features
+
+    try:
+        n = extract_demo_features(data, model)
+    except LocomadError as e:
+        fail(str(e))
+    typer.echo(f"{n} films have features", err=True)
 
 
 def main() -> None:

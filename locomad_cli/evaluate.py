@@ -24,7 +24,7 @@ from locomad_cli.metrics import (
     bertscore_f1,
     coco_scores,
     pairwise_similarity,
-    recall_at_k_within_neighbours,
+    recall_hits,
 )
 from locomad_cli.subtitles import Cue, read_timed
 from locomad_cli.utils import LocomadError, atomic_open
@@ -99,6 +99,38 @@ def _load(path: str | Path, what: str, need_text: bool) -> list[Cue]:
     return cues
 
 
+PRED_SUFFIXES = (".ad.json", ".ad.vtt", ".ad.srt")
+REF_SUFFIXES = (".ad.srt", ".ad.vtt", ".ad.csv", ".ad.json")
+
+
+def film_files(prediction: str | Path, reference: str | Path) -> tuple[list, list[str]]:
+    """[(film, prediction file, reference file)] and the films without a reference.
+
+    Two files are one film. Two folders pair `NAME.ad.json` (or `.ad.vtt`, `.ad.srt`) in the
+    prediction folder with `NAME.ad.srt|vtt|csv|json` in the reference folder (the layout of
+    `describe -o` and of a film folder for training)."""
+    p, r = Path(prediction), Path(reference)
+    if p.is_dir() != r.is_dir():
+        raise LocomadError("give two files or two folders (predictions, references)")
+    if not p.is_dir():
+        name = p.name.split(".")[0]
+        return [(name, p, r)], []
+    preds: dict[str, Path] = {}
+    for suffix in reversed(PRED_SUFFIXES):  # json wins over vtt over srt
+        for f in p.glob(f"*{suffix}"):
+            preds[f.name[: -len(suffix)]] = f
+    pairs, missing = [], []
+    for film in sorted(preds):
+        ref = next((r / f"{film}{s}" for s in REF_SUFFIXES if (r / f"{film}{s}").is_file()), None)
+        if ref is None:
+            missing.append(film)
+        else:
+            pairs.append((film, preds[film], ref))
+    if not pairs:
+        raise LocomadError(f"no film of {p} has a reference in {r} (NAME.ad.srt|vtt|csv|json)")
+    return pairs, missing
+
+
 def evaluate(
     prediction: str | Path,
     reference: str | Path,
@@ -113,14 +145,21 @@ def evaluate(
     bert_pair_score: PairScore | None = None,
     recall_similarity: Similarity | None = None,
 ) -> dict[str, Any]:
-    """Match, score, and return the report (a JSON-ready dict). `bert_pair_score` and
-    `recall_similarity` replace the BertScore models (tests inject hand-made ones)."""
+    """Match, score, and return the report (a JSON-ready dict). Several films (two folders)
+    are pooled: corpus-level CIDEr/BLEU/ROUGE-L/METEOR/SPICE over all pairs (as COCOEvalCap
+    does), BertScore over all pairs, R@k/N over every window of every film.
+    `bert_pair_score` and `recall_similarity` replace the BertScore models (tests)."""
     names = parse_metrics(metrics)
-    preds = _load(prediction, "prediction", need_text=False)
-    refs = _load(reference, "reference", need_text=True)
-    matches, un_p, un_r = match_by_time(preds, refs, min_iou)
-    p_text = [m.prediction.text for m in matches]
-    r_text = [m.reference.text for m in matches]
+    films, missing = film_files(prediction, reference)
+    per_film = []
+    for film, pred_file, ref_file in films:
+        preds = _load(pred_file, "prediction", need_text=False)
+        refs = _load(ref_file, "reference", need_text=True)
+        matches, un_p, un_r = match_by_time(preds, refs, min_iou)
+        per_film.append((film, pred_file, ref_file, preds, refs, matches, un_p, un_r))
+    pairs = [(film, m) for film, *_, matches, _, _ in per_film for m in matches]
+    p_text = [m.prediction.text for _, m in pairs]
+    r_text = [m.reference.text for _, m in pairs]
 
     scores: dict[str, float | Unavailable] = {}
     coco = [m for m in names if m in COCO_METRICS]
@@ -130,7 +169,7 @@ def evaluate(
         try:
             pair = bert_pair_score or bertscore_f1(bert_model, rescale=bert_rescale, device=device)
             scores["BertScore"] = (
-                bertscore(p_text, r_text, pair) if matches else Unavailable("no matched slot")
+                bertscore(p_text, r_text, pair) if pairs else Unavailable("no matched slot")
             )
         except Exception as e:
             scores["BertScore"] = Unavailable(_reason(e))
@@ -140,27 +179,61 @@ def evaluate(
             sim = recall_similarity or pairwise_similarity(
                 bertscore_f1(recall_model, rescale=True, lowercase=False, device=device)
             )
-            scores[key] = recall_at_k_within_neighbours(p_text, r_text, sim, recall_k, recall_n)
+            hits = []
+            for *_, matches, _, _ in per_film:
+                fp = [m.prediction.text for m in matches]
+                fr = [m.reference.text for m in matches]
+                hits += recall_hits(fp, fr, sim, recall_k, recall_n)
+            scores[key] = (
+                100 * sum(hits) / len(hits)
+                if hits
+                else Unavailable(f"needs at least {recall_n} matched slots in a film")
+            )
         except Exception as e:
             scores[key] = Unavailable(_reason(e))
 
-    def cue(c: Cue) -> dict[str, Any]:
-        return {"start": c.start, "end": c.end, "text": c.text}
+    def cue(c: Cue, film: str) -> dict[str, Any]:
+        return {"film": film, "start": c.start, "end": c.end, "text": c.text}
 
     return {
         "prediction": str(prediction),
         "reference": str(reference),
-        "predictions": len(preds),
-        "references": len(refs),
-        "matched": len(matches),
+        "predictions": sum(len(f[3]) for f in per_film),
+        "references": sum(len(f[4]) for f in per_film),
+        "matched": len(pairs),
         "min_iou": min_iou,
         "metrics": {k: v for k, v in scores.items() if not isinstance(v, Unavailable)},
         "unavailable": {k: v.reason for k, v in scores.items() if isinstance(v, Unavailable)},
-        "unmatched_predictions": [cue(c) for c in un_p],
-        "unmatched_references": [cue(c) for c in un_r],
+        "films": [
+            {
+                "film": film,
+                "prediction": str(pf),
+                "reference": str(rf),
+                "predictions": len(preds),
+                "references": len(refs),
+                "matched": len(matches),
+            }
+            for film, pf, rf, preds, refs, matches, _, _ in per_film
+        ],
+        "films_without_reference": missing,
+        "unmatched_predictions": [cue(c, f[0]) for f in per_film for c in f[6]],
+        "unmatched_references": [cue(c, f[0]) for f in per_film for c in f[7]],
         "pairs": [
-            {"prediction": cue(m.prediction), "reference": cue(m.reference), "iou": m.iou}
-            for m in matches
+            {
+                "film": film,
+                "prediction": {
+                    "start": m.prediction.start,
+                    "end": m.prediction.end,
+                    "text": m.prediction.text,
+                },
+                "reference": {
+                    "start": m.reference.start,
+                    "end": m.reference.end,
+                    "text": m.reference.text,
+                },
+                "iou": m.iou,
+            }
+            for film, m in pairs
         ],
         "settings": {
             "bert_model": bert_model,
@@ -191,9 +264,11 @@ def report_table(report: dict[str, Any]):
     """A rich Table of the scores, unavailable metrics with their reason."""
     from rich.table import Table
 
+    films = len(report["films"])
     table = Table(
         title=f"{report['matched']} matched of {report['predictions']} predictions / "
         f"{report['references']} references (IoU ≥ {report['min_iou']})"
+        + (f", {films} films" if films > 1 else "")
     )
     table.add_column("metric")
     table.add_column("score", justify="right")

@@ -159,7 +159,7 @@ def test_evaluate_report(tmp_path):
     )
     assert (report["predictions"], report["references"], report["matched"]) == (5, 4, 4)
     assert report["unmatched_predictions"] == [
-        {"start": 90.0, "end": 93.0, "text": "Nobody said this."}
+        {"film": "film", "start": 90.0, "end": 93.0, "text": "Nobody said this."}
     ]
     assert report["unmatched_references"] == []
     direct = coco_scores(PREDS, REFS, ["cider", "bleu", "rouge"])
@@ -168,7 +168,7 @@ def test_evaluate_report(tmp_path):
     # first words: A/A, She/She, The/A, Tom/Tom → (1 + 1 + .5 + 1) / 4
     assert report["metrics"]["BertScore"] == pytest.approx(87.5)
     assert pair_calls == [4]  # one batched call
-    assert report["unavailable"] == {"R@5/16": "needs at least 16 matched slots in a film (got 4)"}
+    assert report["unavailable"] == {"R@5/16": "needs at least 16 matched slots in a film"}
     out = write_report(report, tmp_path / "report.json")
     assert json.loads(out.read_text())["metrics"]["CIDEr"] == pytest.approx(direct["CIDEr"])
 
@@ -248,3 +248,34 @@ def test_empty_prediction_is_scored_not_skipped(tmp_path):
     assert report["matched"] == 1
     assert report["metrics"]["BLEU-1"] == pytest.approx(0.0, abs=1e-6)
     assert report["metrics"]["ROUGE-L"] == 0.0
+
+
+def test_evaluate_folders_pools_films(tmp_path):
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    pred_dir.mkdir()
+    ref_dir.mkdir()
+    for f, film in enumerate(["alpha", "beta"]):
+        ids = range(5 * f, 5 * f + 5)
+        slots = [{"start": 10.0 * i, "end": 10.0 * i + 2, "text": f"p{i}"} for i in ids]
+        (pred_dir / f"{film}.ad.json").write_text(json.dumps({"slots": slots}))
+        rows = "".join(f"{10.0 * i},{10.0 * i + 2},r{i}\n" for i in ids)
+        (ref_dir / f"{film}.ad.csv").write_text("start,end,text\n" + rows)
+    (pred_dir / "gamma.ad.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nx\n")
+    m = np.full((10, 10), 0.1)
+    np.fill_diagonal(m, 0.5)
+    m[6, 7] = 0.9  # film beta, its row 1: another reference ranks first
+    report = evaluate(
+        pred_dir,
+        ref_dir,
+        metrics="recall",
+        recall_similarity=_matrix_similarity(m),
+        recall_k=1,
+        recall_n=4,
+    )
+    assert [(f["film"], f["matched"]) for f in report["films"]] == [("alpha", 5), ("beta", 5)]
+    assert report["films_without_reference"] == ["gamma"]
+    assert report["matched"] == 10
+    # one window of 4 per film (stride 8): 8 rows, one miss
+    assert report["metrics"] == {"R@1/4": 87.5}
+    with pytest.raises(LocomadError, match="two files or two folders"):
+        evaluate(pred_dir, ref_dir / "alpha.ad.csv", metrics="recall")
