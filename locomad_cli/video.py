@@ -14,9 +14,10 @@ import math
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,6 +153,9 @@ class FramePlan:
     """Seconds from the first frame's start to the last frame's end (decord's timestamps)."""
     indices: np.ndarray
     """Decoded-frame index for every output frame, non-decreasing."""
+    reader: Any = field(default=None, repr=False, compare=False)
+    """The decord reader opened while planning, reused for decoding (opening one reads the
+    container's whole index again)."""
 
     @property
     def frames(self) -> int:
@@ -209,7 +213,6 @@ def plan_frames(info: VideoInfo, fps: float, short_side: int) -> FramePlan:
     if n == 0:
         raise LocomadError(f"{info.path}: video stream has no frames")
     stamps = np.asarray(reader.get_frame_timestamp(np.arange(n)), dtype=np.float64)
-    del reader
     starts = stamps[:, 0]
     order_ok = bool(np.all(np.diff(starts) >= 0))
     if not order_ok:  # never seen from decord, but searchsorted needs sorted starts
@@ -223,7 +226,7 @@ def plan_frames(info: VideoInfo, fps: float, short_side: int) -> FramePlan:
             f"{info.path}: video is {duration:.3f} s long, shorter than one frame at {fps:g} FPS"
         )
     indices = sample_indices(starts, fps, count)
-    return FramePlan(info, fps, width, height, duration, indices)
+    return FramePlan(info, fps, width, height, duration, indices, reader)
 
 
 def iter_chunks(
@@ -233,7 +236,7 @@ def iter_chunks(
     frames, in order, skipping chunk numbers in `skip` (already done). Only one chunk is in
     memory at a time: a 2-hour film streams through."""
     skip = skip or set()
-    reader = _open_reader(plan.info.path, plan.width, plan.height)
+    reader = plan.reader or _open_reader(plan.info.path, plan.width, plan.height)
     n_chunks = math.ceil(plan.frames / chunk_frames)
     for c in range(n_chunks):
         if c in skip:

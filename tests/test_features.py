@@ -98,7 +98,9 @@ def test_encode_text(encoder):
 
 def test_extract_values_metadata_and_skip(encoder, films, tmp_path):
     card = tiny_card()
+    threads = torch.get_num_threads()
     res = extract_features([films["a"]], card, out_dir=tmp_path, device="cpu", chunk_frames=8)
+    assert torch.get_num_threads() == threads  # the decode thread's core is given back
     assert [r.status for r in res] == ["done"]
     out = tmp_path / "a.features.safetensors"
     assert res[0].output == out == output_path(films["a"], tmp_path)
