@@ -248,6 +248,50 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+class _Gathered:
+    """The model as save_model sees it, with FSDP's gathered full weights: under FSDP the
+    live modules hold only shards, so state_dict() answers from the gathered copy and every
+    other attribute (card, tokenizers, LLM config) from the model itself."""
+
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]):
+        self._model, self._state = model, state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+
+def _model_to_save(
+    accelerator: Any, wrapped: nn.Module, scalars: dict[str, torch.Size] | None = None
+) -> Any:
+    """The LoCoMAD to hand to save_model (all processes must call this under FSDP)."""
+    inner = accelerator.unwrap_model(wrapped).model
+    if accelerator.distributed_type.name != "FSDP":
+        return inner
+    state = accelerator.get_state_dict(wrapped)  # full weights, on the main process only
+    state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    for name, shape in (scalars or {}).items():
+        if name in state:
+            state[name] = state[name].reshape(shape)
+    return _Gathered(inner, state)
+
+
+def _unscalar(model: nn.Module) -> dict[str, torch.Size]:
+    """FSDP cannot shard 0-dim parameters (the PME's and DSM's learnable temperatures): under
+    FSDP they train as 1-element vectors (they only divide, so broadcasting is unchanged) and
+    get their own shape back in the saved model folder."""
+    shapes: dict[str, torch.Size] = {}
+    for mod_name, module in model.named_modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.ndim == 0:
+                new = nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad)
+                setattr(module, name, new)
+                shapes[f"{mod_name}.{name}" if mod_name else name] = p.shape
+    return shapes
+
+
 def _validate(cfg, accelerator, wrapped, model, val: ClipDataset, card, step) -> dict[str, float]:
     """Stage 2: generate on the val split (oracle context: the reference descriptions) and
     score CIDEr and ROUGE-L; stage 1: the validation loss."""
@@ -272,10 +316,12 @@ def _validate(cfg, accelerator, wrapped, model, val: ClipDataset, card, step) ->
                 results.append((idx[0], (len(idx), {k: float(v) for k, v in out.items()})))
             else:
                 ctx = contextlib.nullcontext()
-                if fsdp:  # sharded weights: gather them to generate (writeback off)
+                if fsdp:
+                    # generate() bypasses the root's forward: gather the root's own shards
+                    # (PME, DSM, embeddings); wrapped layers still gather theirs as they run
                     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-                    ctx = FSDP.summon_full_params(wrapped, writeback=False)
+                    ctx = FSDP.summon_full_params(wrapped, recurse=False, writeback=False)
                 with ctx, accelerator.autocast():
                     gens = model.generate(batch, setting="context")
                 results += [(j, g.text) for j, g in zip(idx, gens, strict=True)]
@@ -296,7 +342,11 @@ def _validate(cfg, accelerator, wrapped, model, val: ClipDataset, card, step) ->
     hyps = [preds[j].strip() or "<empty>" for j in order]
     refs = [val.anns[j].text for j in order]
     scores = coco_scores(hyps, refs, metrics=("cider", "rouge"))
-    out = {f"val/{k}": v for k, v in scores.items() if not isinstance(v, Unavailable)}
+    # a metric that cannot run here (no Java for the PTB tokenizer) is logged with its reason
+    out: dict[str, Any] = {
+        f"val/{k}": f"unavailable: {v.reason}" if isinstance(v, Unavailable) else v
+        for k, v in scores.items()
+    }
     out["val/clips"] = len(order)
     out["val/example"] = f"{hyps[0]} || {refs[0]}"
     return out
@@ -366,6 +416,7 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     eval_every = cfg.eval_every or steps_per_epoch
     save_every = cfg.save_every or eval_every
 
+    scalars = _unscalar(model) if accelerator.distributed_type.name == "FSDP" else {}
     # Parameters: only what the stage trains gets gradients and an optimizer slot.
     trainable = dict(model.trainable_parameters(cfg.stage))
     for name, p in model.named_parameters():
@@ -428,11 +479,11 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
             accelerator.save_state(str(tmp / "state"))
         finally:
             noisy.setLevel(level)
+        to_save = _model_to_save(accelerator, wrapped, scalars)  # collective under FSDP
         if main:
             from locomad_cli.model.checkpoint import save_model
 
-            unwrapped = accelerator.unwrap_model(wrapped).model
-            save_model(unwrapped, tmp / "model")
+            save_model(to_save, tmp / "model")
             trainer = {
                 "step": at,
                 "best": best,
@@ -539,10 +590,12 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
                 file=sys.stderr,
             )
         raise
+    to_save = _model_to_save(accelerator, wrapped, scalars)
     if main:
         from locomad_cli.model.checkpoint import save_model
 
-        save_model(accelerator.unwrap_model(wrapped).model, run_dir / "model")
+        save_model(to_save, run_dir / "model")
+    # No end_training(): it tears down the process group, and a script may call train()
+    # again (stage 1, then stage 2) in the same processes.
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     return TrainResult(run_dir=run_dir, step=step, best=best, history=history)
