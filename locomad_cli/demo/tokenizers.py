@@ -1,0 +1,99 @@
+"""Tokenizers for the demo card, trained with `tokenizers` on the demo corpus.
+
+The demo's language is small (a few hundred words and the name pool), so a byte-level BPE of
+~1k tokens learns every name as one token: the decoder can copy a name from its context in one
+step. Two are made, as the real cards use two: a lower-casing BERT-style one for the PME's text
+side and an OPT-style one for the decoder; both load with `AutoTokenizer.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from locomad_cli.demo.world import LOOKS, NAMES
+from locomad_cli.utils import LocomadError
+
+
+def demo_corpus(root: str | Path) -> list[str]:
+    """Every AD and dialogue line of the training films (plus the name pool, so every name
+    is a token even if a small data set never drew it)."""
+    texts: list[str] = []
+    for path in sorted((Path(root) / "train").glob("*.world.json")):
+        world = json.loads(path.read_text(encoding="utf-8"))
+        texts += [s["text"] for s in world["slots"]]
+        texts += [ln["text"] for ln in world["lines"]]
+    if not texts:
+        raise LocomadError(f"{root}/train: no demo films to train a tokenizer on")
+    texts += [f"{n}, {n}. {n}!" for n in NAMES] * 4
+    texts += [look.phrase for look in LOOKS]
+    return texts
+
+
+def train_tokenizer(texts: list[str], role: str, vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE for `role` 'pme' (lower-cased, [CLS] … [SEP]) or 'llm' (OPT's specials)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+
+    if role == "pme":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        unk = "[UNK]"
+    else:
+        specials = ["<s>", "<pad>", "</s>", "<unk>"]
+        unk = "<unk>"
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    if role == "pme":
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    if role == "pme":
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def make_tokenizers(root: str | Path, out_dir: str | Path, vocab_size: int = 1000) -> list[Path]:
+    """Train both demo tokenizers on root/train and save them as tokenizer-pme/ and
+    tokenizer-llm/ under out_dir."""
+    texts = demo_corpus(root)
+    out = []
+    for role in ("pme", "llm"):
+        folder = Path(out_dir) / f"tokenizer-{role}"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # written beside, then swapped in: a reader never sees half a tokenizer folder
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+            staged = Path(tmp) / "tok"
+            train_tokenizer(texts, role, vocab_size).save_pretrained(str(staged))
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staged, folder)
+        out.append(folder)
+    return out
