@@ -226,7 +226,8 @@ def train_cmd(
         result = train(cfg)
     except LocomadError as e:
         fail(str(e))
-    typer.echo(f"trained to step {result.step}: {result.run_dir / 'model'}", err=True)
+    if result.is_main:
+        typer.echo(f"trained to step {result.step}: {result.run_dir / 'model'}", err=True)
 
 
 @app.command("evaluate")

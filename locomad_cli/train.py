@@ -101,7 +101,8 @@ class TrainResult:
     step: int
     best: float | None
     history: list[dict[str, Any]]
-    """Every line written to metrics.jsonl by this call."""
+    """Every line written to metrics.jsonl by this call (main process; empty elsewhere)."""
+    is_main: bool = True
 
 
 class WarmupCosine:
@@ -545,13 +546,13 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
                         optimizer.zero_grad()
                     for k, v in out.items():
                         parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                lr = scheduler.get_last_lr()[0]  # the rate this step used
                 scheduler.step()
                 step += 1
                 reduced = accelerator.reduce(
                     torch.tensor(list(parts.values()), device=accelerator.device), "mean"
                 )
                 logs = {k: float(v) for k, v in zip(parts, reduced, strict=True)}
-                lr = scheduler.get_last_lr()[0]
                 speed = (step - start_step) / max(time.monotonic() - started, 1e-9)
                 progress.update(
                     task, completed=step, loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}",
@@ -598,4 +599,4 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     # No end_training(): it tears down the process group, and a script may call train()
     # again (stage 1, then stage 2) in the same processes.
     accelerator.wait_for_everyone()
-    return TrainResult(run_dir=run_dir, step=step, best=best, history=history)
+    return TrainResult(run_dir=run_dir, step=step, best=best, history=history, is_main=main)

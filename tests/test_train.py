@@ -162,6 +162,11 @@ def test_stage1_then_stage2_learn_and_validate(films, tmp_path, one_thread):
 def test_resume_after_ctrl_c_continues_the_same_run(films, tmp_path, one_thread):
     root, card = films
     full = train(_cfg(root, card, tmp_path / "full"))
+    lrs = _losses(full.history, "lr")  # the rate each step used: warm-up from 1e-8, then cosine
+    assert lrs[1] == pytest.approx(1e-8) and lrs[2] == pytest.approx((1e-8 + 1e-3) / 2)
+    assert lrs[3] == pytest.approx(1e-3) and lrs[6] == pytest.approx(
+        1e-3 * (1 + math.cos(0.75 * math.pi)) / 2
+    )
 
     def interrupt(step, logs):
         if step == 3:
