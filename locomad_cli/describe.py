@@ -202,6 +202,33 @@ def _append(f, row: dict[str, Any]) -> None:
 # --- the loop ---------------------------------------------------------------------------------
 
 
+@dataclass
+class Film:
+    """One film's inputs to the loop."""
+
+    name: str
+    slots: list[Slot]
+    subtitles: list[Cue]
+    references: list[Cue]
+    features: torch.Tensor | None = None
+    """[T, D] frame features; None until extracted."""
+    fps: float = 5.0
+
+    def record(self, slot: Slot, context: list[ContextItem], cache: TextFeatureCache):
+        """The ClipRecord of a slot with the given context proposal."""
+        return ClipRecord(
+            film=self.name,
+            start=slot.start,
+            end=slot.end,
+            features=slot_frames(self.features, self.fps, slot.start, slot.end),
+            subtitle=overlapping_text(self.subtitles, slot.start, slot.end),
+            context=context,
+            context_features=cache.get([c.text for c in context]) if context else None,
+            index=slot.index,
+            source=slot.source,
+        )
+
+
 def describe(
     video: str | Path,
     opts: DescribeOptions,
@@ -213,7 +240,7 @@ def describe(
 
     `model` (a LoCoMAD) and `encode_text` replace loading them from the card (tests, and
     library users who describe many films with one model). `on_description` sees each slot's
-    result as it is written."""
+    result as it is written. Every input is checked before anything is loaded or written."""
     video = Path(video)
     if opts.setting not in SETTINGS:
         raise LocomadError(f"unknown setting '{opts.setting}' (choose {', '.join(SETTINGS)})")
@@ -224,7 +251,6 @@ def describe(
     formats = ",".join(parse_formats(opts.formats))
     card = model.card if model is not None else load_card(opts.model, opts.overrides)
     out_dir = Path(opts.output_dir) if opts.output_dir else video.parent
-    stem = video.stem
     subtitles = read_cues(opts.subs, opts.subs_encoding) if opts.subs else []
     refs = [c for c in read_timed(opts.reference) if c.text] if opts.reference else []
     if opts.setting == "oracle" and not refs:
@@ -239,65 +265,80 @@ def describe(
         _check_features(Path(opts.features), meta, card)
     elif not video.is_file():
         raise LocomadError(f"{video}: no such video file")
-    duration = _film_duration(video, meta, features)
-    slots = plan_slots(opts, subtitles, duration)
-    check_writable_dir(out_dir)
-    progress_path = out_dir / f"{stem}.ad.progress.jsonl"
-    identity = _identity(video, card, opts, slots)
-    done: list[dict[str, Any]] = []
-    if opts.resume and progress_path.is_file():
-        done = _read_progress(progress_path, identity)
-    elif progress_path.is_file():
-        raise LocomadError(
-            f"{progress_path} holds an unfinished run: pass --resume to continue it, or delete it"
-        )
+    slots = plan_slots(opts, subtitles, _film_duration(video, meta, features))
+    film = Film(
+        video.stem, slots, subtitles, refs, features, float((meta or {}).get("fps") or card.fps)
+    )
 
-    device = resolve_device(opts.device)
-    if model is None:
-        model = _load_model(opts, card, device)
-    if features is None:
-        features, meta = _features_for(video, card, out_dir, device, opts)
-    if encode_text is None:
-        from locomad_cli.clip import load_clip
+    with _no_trace_on_bad_input(out_dir):
+        progress_path = out_dir / f"{film.name}.ad.progress.jsonl"
+        identity = _identity(video, card, opts, slots)
+        done: list[dict[str, Any]] = []
+        if opts.resume and progress_path.is_file():
+            done = _read_progress(progress_path, identity)
+        elif progress_path.is_file():
+            raise LocomadError(
+                f"{progress_path} holds an unfinished run: pass --resume to continue it, "
+                "or delete it"
+            )
+        device = resolve_device(opts.device)
+        if model is None:
+            model = _load_model(opts, card, device)
+        if film.features is None:
+            film.features, meta = _features_for(video, card, out_dir, device, opts)
+            film.fps = float(meta.get("fps") or card.fps)
+        if encode_text is None:
+            from locomad_cli.clip import load_clip
 
-        encode_text = load_clip(card, device=device).encode_text
-
-    cache = TextFeatureCache(encode_text)
-    fps = float(meta.get("fps") or card.fps)
-    track = {
-        "film": stem,
-        "card": card.name,
-        "setting": opts.setting,
-        "tool": "locomad",
-        "version": __version__,
-        "weights": card.weights,
-        "subtitles_file": str(opts.subs) if opts.subs else None,
-        "slots": [],
-    }
-    writer = get_writer(formats, out_dir)
-    mode = "a" if done else "w"
-    try:
-        with open(progress_path, mode, encoding="utf-8") as pf, _progress(opts, len(slots)) as bar:
-            if not done:
-                _append(pf, {"identity": identity})
-            track["slots"].extend(done)
-            bar(len(done), None)
-            runner = _run_recurrent if opts.setting == "recurrent" else _run_batched
-            for row in runner(
-                model, card, slots, subtitles, refs, features, fps, cache, opts, done, stem
+            encode_text = load_clip(card, device=device).encode_text
+        track = {
+            "film": film.name,
+            "card": card.name,
+            "setting": opts.setting,
+            "tool": "locomad",
+            "version": __version__,
+            "weights": card.weights,
+            "subtitles_file": str(opts.subs) if opts.subs else None,
+            "slots": [],
+        }
+        runner = _run_recurrent if opts.setting == "recurrent" else _run_batched
+        rows = runner(model, film, TextFeatureCache(encode_text), opts, done)
+        try:
+            with (
+                open(progress_path, "a" if done else "w", encoding="utf-8") as pf,
+                _progress(opts, len(slots)) as bar,
             ):
-                _append(pf, row)
-                track["slots"].append(row)
-                bar(len(track["slots"]), row)
-                if on_description is not None:
-                    on_description(row)
-        paths = writer(track, stem)
-    except LocomadError:
-        if not track["slots"]:  # bad input found by the model: leave nothing behind
-            progress_path.unlink(missing_ok=True)
-        raise
-    progress_path.unlink()
+                if not done:
+                    _append(pf, {"identity": identity})
+                track["slots"].extend(done)
+                bar(len(done), None)
+                for row in rows:
+                    _append(pf, row)
+                    track["slots"].append(row)
+                    bar(len(track["slots"]), row)
+                    if on_description is not None:
+                        on_description(row)
+            paths = get_writer(formats, out_dir)(track, film.name)
+        except LocomadError:
+            if not track["slots"]:  # bad input found by the model: leave nothing behind
+                progress_path.unlink(missing_ok=True)
+            raise
+        progress_path.unlink()
     return track, paths
+
+
+@contextlib.contextmanager
+def _no_trace_on_bad_input(out_dir: Path):
+    """Bad input found late (weights, model, features) leaves no output folder behind."""
+    created = not out_dir.exists()
+    check_writable_dir(out_dir)
+    try:
+        yield
+    except LocomadError:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only when empty
+        raise
 
 
 def _features_for(video: Path, card: ModelCard, out_dir: Path, device: str, opts):
@@ -313,28 +354,6 @@ def _features_for(video: Path, card: ModelCard, out_dir: Path, device: str, opts
     features, meta = load_features(results[0].output)
     _check_features(results[0].output, meta, card)
     return features, meta
-
-
-def _record(
-    slot: Slot,
-    stem: str,
-    features: torch.Tensor,
-    fps: float,
-    subtitles: list[Cue],
-    context: list[ContextItem],
-    cache: TextFeatureCache,
-) -> ClipRecord:
-    return ClipRecord(
-        film=stem,
-        start=slot.start,
-        end=slot.end,
-        features=slot_frames(features, fps, slot.start, slot.end),
-        subtitle=overlapping_text(subtitles, slot.start, slot.end),
-        context=context,
-        context_features=cache.get([c.text for c in context]) if context else None,
-        index=slot.index,
-        source=slot.source,
-    )
 
 
 def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
@@ -359,26 +378,27 @@ def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
     }
 
 
-def _generate(model, card: ModelCard, records: list[ClipRecord], setting: str):
+def _generate(model, records: list[ClipRecord], setting: str):
+    card = model.card
     batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
     return model.generate(batch, setting="local" if setting == "local" else "context")
 
 
-def _run_recurrent(model, card, slots, subtitles, refs, features, fps, cache, opts, done, stem):
+def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):
     """One slot at a time: each description joins the proposal of the next ones."""
+    p = model.card.dsm.proposal_len
     history = [ContextItem(r["text"], r.get("subtitles", ""), r["start"], r["end"]) for r in done]
-    for slot in slots[len(done) :]:
-        context = history[-card.dsm.proposal_len :] if card.dsm.proposal_len > 0 else []
-        record = _record(slot, stem, features, fps, subtitles, context, cache)
-        gen = _generate(model, card, [record], "recurrent")[0]
-        row = _row(slot, record, gen)
+    for slot in film.slots[len(done) :]:
+        record = film.record(slot, history[-p:] if p > 0 else [], cache)
+        row = _row(slot, record, _generate(model, [record], "recurrent")[0])
         history.append(ContextItem(row["text"], row["subtitles"], slot.start, slot.end))
         yield row
 
 
-def _run_batched(model, card, slots, subtitles, refs, features, fps, cache, opts, done, stem):
+def _run_batched(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):
     """Oracle and local: slots do not depend on each other, so they go in batches."""
-    todo = slots[len(done) :]
+    p = model.card.dsm.proposal_len
+    todo = film.slots[len(done) :]
     for i in range(0, len(todo), opts.batch_size):
         chunk = todo[i : i + opts.batch_size]
         records = []
@@ -386,12 +406,15 @@ def _run_batched(model, card, slots, subtitles, refs, features, fps, cache, opts
             context = []
             if opts.setting == "oracle":
                 context = [
-                    ContextItem(r.text, overlapping_text(subtitles, r.start, r.end), r.start, r.end)
-                    for r in oracle_context(refs, slot, card.dsm.proposal_len)
+                    ContextItem(
+                        r.text, overlapping_text(film.subtitles, r.start, r.end), r.start, r.end
+                    )
+                    for r in oracle_context(film.references, slot, p)
                 ]
-            records.append(_record(slot, stem, features, fps, subtitles, context, cache))
-        gens = _generate(model, card, records, opts.setting)
-        for slot, record, gen in zip(chunk, records, gens, strict=True):
+            records.append(film.record(slot, context, cache))
+        for slot, record, gen in zip(
+            chunk, records, _generate(model, records, opts.setting), strict=True
+        ):
             yield _row(slot, record, gen)
 
 

@@ -235,7 +235,7 @@ def test_bad_input_leaves_no_files(film, tiny_model, encoder):
     def fails(match, **kw):
         with pytest.raises(LocomadError, match=match):
             describe(film / "film.mp4", _opts(film, model=card_path, **kw))
-        assert not out.exists() or list(out.iterdir()) == []
+        assert not out.exists()
 
     # subtitles over the whole film and no --ad-times: nowhere to speak
     (film / "talk.srt").write_text(_srt([(0.0, 10.0, "Talk."), (11.0, 20.0, "More.")]))
