@@ -485,7 +485,8 @@ def _extract_all(
     if todo:
         dev = resolve_device(device)
         if dev == "cuda" and world > 1:
-            dev = f"cuda:{local_rank}"
+            # several processes may share a GPU: decoding, not the GPU, is then the limit
+            dev = f"cuda:{local_rank % torch.cuda.device_count()}"
         encoder = load_clip(card, dev, resolve_dtype(dtype, dev))
         # Reading every film's frame index first catches unreadable films before any work.
         plans = {i: plan_frames(infos[i], fps, encoder.decode_short_side) for i in todo}
