@@ -214,7 +214,7 @@ class Film:
     """[T, D] frame features; None until extracted."""
     fps: float = 5.0
 
-    def record(self, slot: Slot, context: list[ContextItem], cache: TextFeatureCache):
+    def record(self, slot: Slot, context: list[ContextItem], cache: TextFeatureCache) -> ClipRecord:
         """The ClipRecord of a slot with the given context proposal."""
         return ClipRecord(
             film=self.name,
