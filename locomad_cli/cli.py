@@ -188,6 +188,9 @@ def train_cmd(
     ),
     log_every: int = typer.Option(10, "--log-every", help="metrics.jsonl every N. Default: 10."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar. Default: shown."),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Also log to RUN_DIR/tensorboard. Default: off."
+    ),
 ) -> None:
     """Train stage 1 or 2 (plain, one GPU, or under `accelerate launch` for DDP/FSDP)."""
     from locomad_cli.train import TrainConfig, train
@@ -221,6 +224,7 @@ def train_cmd(
         cache_dir=cache_dir,
         log_every=log_every,
         progress=not quiet,
+        tensorboard=tensorboard,
     )
     try:
         result = train(cfg)
@@ -473,6 +477,43 @@ def demo_features_cmd(
     except LocomadError as e:
         fail(str(e))
     typer.echo(f"{n} films have features", err=True)
+
+
+@demo_app.command("train")
+def demo_train_cmd(
+    work: str = typer.Argument(..., help="Folder for the demo data and the training runs."),
+    weights: str = typer.Option(
+        "weights/demo", "--weights", help="Where the model goes. Default: weights/demo."
+    ),
+    seed: int = typer.Option(0, "--seed", help="World and training seed. Default: 0."),
+    films: int = typer.Option(60, "--films", help="Films in all. Default: 60."),
+    clip_steps: int = typer.Option(600, "--clip-steps", help="CLIP steps. Default: 600."),
+    s1_epochs: int = typer.Option(12, "--s1-epochs", help="Stage-1 epochs. Default: 12."),
+    s2_epochs: int = typer.Option(12, "--s2-epochs", help="Stage-2 epochs. Default: 12."),
+    measure: bool = typer.Option(
+        True, "--measure/--no-measure", help="Measure on held-out films. Default: on."
+    ),
+) -> None:
+    """Train the demo model from nothing: data, tokenizers, CLIP, stage 1, stage 2, measure."""
+    from locomad_cli.demo.pipeline import DemoTrainConfig, train_demo
+
+    cfg = DemoTrainConfig(
+        work=work,
+        weights=weights,
+        seed=seed,
+        films=films,
+        clip_steps=clip_steps,
+        s1_epochs=s1_epochs,
+        s2_epochs=s2_epochs,
+        measure=measure,
+        progress=True,
+    )
+    try:
+        result = train_demo(cfg)
+    except LocomadError as e:
+        fail(str(e))
+    for setting, row in result.get("test", {}).items():
+        typer.echo(f"{setting:10s} CIDEr {row['CIDEr']:.3f}  name accuracy {row['name_acc']:.3f}")
 
 
 def main() -> None:

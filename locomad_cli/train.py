@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -93,6 +94,8 @@ class TrainConfig:
     """Where the CLIP text-feature cache goes (default: beside the data)."""
     log_every: int = 10
     progress: bool = True
+    tensorboard: bool = False
+    """Also log to TensorBoard in RUN_DIR/tensorboard (needs the tensorboard package)."""
 
 
 @dataclass
@@ -306,15 +309,23 @@ def _validate(cfg, accelerator, wrapped, model, val: ClipDataset, card, step) ->
     results: list[tuple[int, Any]] = []
     wrapped.eval()
     fsdp = accelerator.distributed_type.name == "FSDP"
+    # Every process runs the same number of batches (DDP may sync buffers in a forward, FSDP
+    # gathers shards): a process with fewer clips runs one-clip batches that are thrown away.
+    ebs = cfg.eval_batch_size
+    batches = [mine[i : i + ebs] for i in range(0, len(mine), ebs)]
+    most = math.ceil(math.ceil(n / accelerator.num_processes) / ebs)
+    batches += [None] * (most - len(batches))
     with torch.no_grad():
-        for i in range(0, len(mine), cfg.eval_batch_size):
-            idx = mine[i : i + cfg.eval_batch_size]
+        for idx in batches:
+            dummy = idx is None
+            idx = [mine[-1] if mine else 0] if dummy else idx
             batch = make([val[j] for j in idx]).to(accelerator.device)
             torch.manual_seed(micro_seed(cfg.seed, step, idx[0]))
             if cfg.stage == 1:
                 with accelerator.autocast():
                     out = wrapped(batch)
-                results.append((idx[0], (len(idx), {k: float(v) for k, v in out.items()})))
+                if not dummy:
+                    results.append((idx[0], (len(idx), {k: float(v) for k, v in out.items()})))
             else:
                 ctx = contextlib.nullcontext()
                 if fsdp:
@@ -325,7 +336,8 @@ def _validate(cfg, accelerator, wrapped, model, val: ClipDataset, card, step) ->
                     ctx = FSDP.summon_full_params(wrapped, recurse=False, writeback=False)
                 with ctx, accelerator.autocast():
                     gens = model.generate(batch, setting="context")
-                results += [(j, g.text) for j, g in zip(idx, gens, strict=True)]
+                if not dummy:
+                    results += [(j, g.text) for j, g in zip(idx, gens, strict=True)]
     wrapped.train()
     if accelerator.num_processes > 1:
         results = gather_object(results)
@@ -369,8 +381,12 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     # No GPU: say so, so that processes started by `accelerate launch --multi_gpu` (torchrun)
     # join a gloo process group on the CPU instead of each running alone.
     no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise LocomadError("--tensorboard needs the tensorboard package (pip install tensorboard)")
     accelerator = Accelerator(
         cpu=no_gpu,
+        log_with="tensorboard" if cfg.tensorboard else None,
+        project_dir=str(run_dir),
         mixed_precision=_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.grad_accum,
         step_scheduler_with_optimizer=False,
@@ -404,6 +420,8 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     train_ds, val_ds = datasets["train"], datasets["val"]
     if main:
         report_problems(train_ds.split.skipped)
+        if val_ds is not None:
+            report_problems(val_ds.split.skipped)
 
     n = len(train_ds)
     per_step = batch_size * cfg.grad_accum * world
@@ -456,12 +474,18 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     best_key = "val/CIDEr" if cfg.stage == 2 else "val/loss"
     history: list[dict[str, Any]] = []
 
+    if cfg.tensorboard:
+        accelerator.init_trackers("tensorboard")
+
     def log(entry: dict[str, Any]) -> None:
         if not main:
             return
         history.append(entry)
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
+        if cfg.tensorboard:
+            numbers = {k: v for k, v in entry.items() if k != "step" and isinstance(v, float)}
+            accelerator.log(numbers, step=entry["step"])
 
     def save(at: int, is_best: bool = False, collective: bool = True) -> None:
         ckpts = run_dir / "checkpoints"
@@ -598,5 +622,7 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         save_model(to_save, run_dir / "model")
     # No end_training(): it tears down the process group, and a script may call train()
     # again (stage 1, then stage 2) in the same processes.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     accelerator.wait_for_everyone()
     return TrainResult(run_dir=run_dir, step=step, best=best, history=history, is_main=main)

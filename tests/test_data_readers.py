@@ -133,6 +133,20 @@ def test_h5_frames_are_read_lazily_per_process(tmp_path):
     assert state["_file"] is None  # a pickled copy (DataLoader worker) opens its own handle
 
 
+def test_h5_frames_in_dataloader_workers(tmp_path, card):
+    from functools import partial
+
+    from locomad_cli.data.records import collate
+
+    ds = load_split(f"mad:{_mad(tmp_path)}", card, "train", encode=fake_encode)
+    make = partial(collate, max_frames=64, proposal_len=10)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=make)
+    (batch,) = list(loader)
+    assert batch.frames[1, :13, 0].tolist() == list(range(20, 33))  # slot 4.0-6.5 s, film 1001
+    assert batch.frame_mask.sum(1).tolist() == [10, 13, 10]  # [start*5, ceil(end*5))
+    assert batch.context_mask[1].tolist() == [True] + [False] * 9
+
+
 LSMDC_ROWS = [
     "0001_Movie_A_00.00.01.000-00.00.03.000\t00.00.01.000\t00.00.03.000\t00.00.01.000"
     "\t00.00.03.000\tSOMEONE walks in.",

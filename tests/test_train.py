@@ -122,6 +122,19 @@ def test_refusals(films, tmp_path):
         train(_cfg(root, card, tmp_path / "r", val_data=f"folder:{tmp_path / 'nothing'}"))
 
 
+def test_tensorboard_is_optional(films, tmp_path, one_thread):
+    import importlib.util
+
+    root, card = films
+    cfg = _cfg(root, card, tmp_path / "tb", max_steps=1, tensorboard=True)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(LocomadError, match="--tensorboard needs the tensorboard package"):
+            train(cfg)
+    else:
+        train(cfg)
+        assert list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
 @pytest.mark.slow
 def test_stage1_then_stage2_learn_and_validate(films, tmp_path, one_thread):
     from safetensors.torch import load_file
@@ -202,7 +215,9 @@ def test_two_processes_follow_the_single_process_loss_curve(films, tmp_path, one
     unless mpirun is set up.)"""
     root, card = films
     single = train(_cfg(root, card, tmp_path / "one", batch_size=2, grad_accum=2, max_steps=4))
-    cfg = _cfg(root, card, tmp_path / "two", batch_size=2, grad_accum=1, max_steps=4)
+    # validation at the end, 7 clips over 2 processes in batches of 3: uneven batch counts
+    val = dict(val_data=None, val_max_clips=7, eval_batch_size=3)
+    cfg = _cfg(root, card, tmp_path / "two", batch_size=2, grad_accum=1, max_steps=4, **val)
     script = tmp_path / "run_train.py"
     script.write_text(
         "import json, sys\n"
@@ -233,3 +248,5 @@ def test_two_processes_follow_the_single_process_loss_curve(films, tmp_path, one
     assert sorted(b) == [1, 2, 3, 4]
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-4)
+    val_loss = _losses(two, "val/loss")
+    assert list(val_loss) == [4] and 0 < val_loss[4] < 100
