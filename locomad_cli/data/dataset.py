@@ -201,10 +201,13 @@ class SubtitleIndex:
     def __init__(self, cues: list[tuple[float, float, str]]) -> None:
         self.cues = sorted(cues)
         self.starts = [c[0] for c in self.cues]
+        self.longest = max((c[1] - c[0] for c in self.cues), default=0.0)
 
     def overlapping(self, start: float, end: float) -> str:
+        # only cues starting in [start - longest cue, end) can overlap: a window, not a scan
+        lo = bisect.bisect_left(self.starts, start - self.longest)
         hi = bisect.bisect_left(self.starts, end)
-        texts = [c[2] for c in self.cues[:hi] if c[1] > start]
+        texts = [c[2] for c in self.cues[lo:hi] if c[1] > start]
         return " ".join(t.strip() for t in texts if t.strip())
 
 

@@ -55,8 +55,10 @@ def _read_cache(path: Path) -> tuple[dict[bytes, int], torch.Tensor | None]:
 
 def _default_encoder(card: ModelCard) -> Encoder:
     from locomad_cli.clip import load_clip
+    from locomad_cli.utils import resolve_device
 
-    clip = load_clip(card)
+    # 264K MAD descriptions through ViT-L/14's text tower: on the GPU when there is one
+    clip = load_clip(card, device=resolve_device("auto"))
     return clip.encode_text
 
 
