@@ -107,10 +107,14 @@ def test_generation_cap_and_special_tokens_never_generated(card):
     model = LoCoMAD.from_card(card)
     dec = model.decoder
     q = torch.randn(2, card.pme.num_queries, card.pme.hidden_size)
+
     # make the six added tokens the model's favourites: suppression must still hold
-    with torch.no_grad():
-        out_emb = dec.llm.get_output_embeddings().weight
-        out_emb[dec.special_ids] = out_emb.abs().max() * 50
+    def favour_special(module, args, logits):
+        logits = logits.clone()
+        logits[..., dec.special_ids] += 1000.0
+        return logits
+
+    dec.llm.get_output_embeddings().register_forward_hook(favour_special)
     rows = dec.generate_ids(q, [[], []], ["hello", "a longer line of dialogue"])
     assert [len(r) for r in rows] == [36, 36]
     assert not any(t in dec.special_ids for r in rows for t in r)

@@ -136,6 +136,18 @@ def test_padding_is_invisible(card):
     assert torch.equal(c, d)
 
 
+def test_frame_order_matters_through_fixed_positions(card):
+    pme = _pme(card)
+    frames, fmask, _, _ = _inputs(card)
+    vt = pme.prepare_frames(frames, fmask)
+    expected = F.layer_norm(frames + sinusoid_positions(7, card.clip.dim), (card.clip.dim,))
+    assert torch.allclose(vt, expected, atol=1e-5)  # frame_norm starts as a plain LayerNorm
+    # cross-attention alone is blind to order; the positions make a reversed clip differ
+    q = pme.encode_queries(frames, fmask)
+    assert _differ(q, pme.encode_queries(frames.flip(1), fmask))
+    assert not any(n.startswith("frame_pos") for n, _ in pme.named_parameters())
+
+
 def test_sinusoid_positions_are_fixed_values():
     pe = sinusoid_positions(3, 4)
     assert torch.allclose(pe[0], torch.tensor([0.0, 1.0, 0.0, 1.0]))
