@@ -461,6 +461,11 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
                         f"--resume: {key} was {state[key]} in {ckpt}; resume with the same value"
                     )
             accelerator.load_state(str(ckpt / "state"))
+            # a new --max-steps moves the schedule's end: recompute the rate of the next step
+            schedule.total = total
+            inner = scheduler.scheduler
+            for group, base in zip(optimizer.param_groups, inner.base_lrs, strict=True):
+                group["lr"] = base * schedule(inner.last_epoch)
             best = state.get("best")
             if main:
                 print(f"locomad: resuming {run_dir} at step {step}", file=sys.stderr)
@@ -570,7 +575,7 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
                         optimizer.zero_grad()
                     for k, v in out.items():
                         parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-                lr = scheduler.get_last_lr()[0]  # the rate this step used
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
                 scheduler.step()
                 step += 1
                 reduced = accelerator.reduce(
@@ -606,6 +611,9 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         if world == 1:
             if all(s != step for s, _ in _checkpoints(run_dir)):
                 print(f"locomad: interrupted at step {step}; saving a checkpoint", file=sys.stderr)
+                # a half-accumulated step is dropped: its gradients are not part of the state,
+                # and accelerate's micro-batch counter must restart at a step boundary
+                accelerator.step = 0
                 save(step, collective=False)
         elif main:
             last = _checkpoints(run_dir)

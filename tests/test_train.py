@@ -174,7 +174,8 @@ def test_stage1_then_stage2_learn_and_validate(films, tmp_path, one_thread):
 @pytest.mark.slow
 def test_resume_after_ctrl_c_continues_the_same_run(films, tmp_path, one_thread):
     root, card = films
-    full = train(_cfg(root, card, tmp_path / "full"))
+    acc = dict(batch_size=2, grad_accum=2)  # accumulation's counter must survive the resume too
+    full = train(_cfg(root, card, tmp_path / "full", **acc))
     lrs = _losses(full.history, "lr")  # the rate each step used: warm-up from 1e-8, then cosine
     assert lrs[1] == pytest.approx(1e-8) and lrs[2] == pytest.approx((1e-8 + 1e-3) / 2)
     assert lrs[3] == pytest.approx(1e-3) and lrs[6] == pytest.approx(
@@ -187,14 +188,20 @@ def test_resume_after_ctrl_c_continues_the_same_run(films, tmp_path, one_thread)
 
     run = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(root, card, run, save_every=100), callback=interrupt)
+        train(_cfg(root, card, run, save_every=100, **acc), callback=interrupt)
     assert (run / "checkpoints" / "step-0000003" / "state").is_dir()  # written by the Ctrl-C
-    resumed = train(_cfg(root, card, run, resume=True))
+    with pytest.raises(LocomadError, match="batch_size was 2"):
+        train(_cfg(root, card, run, resume=True))
+    resumed = train(_cfg(root, card, run, resume=True, **acc))
     assert resumed.step == 6
     a, b = _losses(full.history), _losses(resumed.history)
     assert sorted(b) == [4, 5, 6]
     for step in (4, 5, 6):
         assert b[step] == pytest.approx(a[step], abs=1e-5)
+    # a longer run from there: the cosine stretches to the new end
+    longer = train(_cfg(root, card, run, resume=True, max_steps=8, **acc))
+    lr7 = _losses(longer.history, "lr")[7]
+    assert lr7 == pytest.approx(1e-3 * (1 + math.cos(math.pi * 4 / 6)) / 2)
     state = Path("checkpoints", "step-0000006", "state", "optimizer.bin")
     wa = torch.load(tmp_path / "full" / state, weights_only=True)
     wb = torch.load(run / state, weights_only=True)
