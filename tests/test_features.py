@@ -332,3 +332,43 @@ def test_clip_offline_hub_is_a_clear_error(monkeypatch):
         LocomadError, match="not in the local cache and the model hub is unreachable"
     ):
         load_clip(card)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(films, tmp_path):
+    """A real SIGKILL in a child process right after chunk 1 reached the disk."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import locomad_cli
+
+    root = str(Path(locomad_cli.__file__).resolve().parent.parent)
+
+    script = (
+        "import os, signal, sys\n"
+        "from locomad_cli.card import tiny_card\n"
+        "from locomad_cli.features import extract_features\n"
+        "def kill(path, chunk, n):\n"
+        "    if chunk == 1:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "extract_features([sys.argv[1]], tiny_card(), out_dir=sys.argv[2], chunk_frames=6,\n"
+        "                 on_chunk=kill)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": root}
+    proc = subprocess.run([sys.executable, "-c", script, str(films["a"]), str(tmp_path)], env=env)
+    assert proc.returncode == -9
+    out = tmp_path / "a.features.safetensors"
+    assert not out.exists()
+    assert len(list(partial_dir(out).glob("chunk-*.safetensors"))) == 2
+    done = []
+    res = extract_features(
+        [films["a"]],
+        tiny_card(),
+        out_dir=tmp_path,
+        chunk_frames=6,
+        on_chunk=lambda p, c, n: done.append(c),
+    )
+    assert res[0].status == "resumed" and done == [2, 3]
+    assert load_features(out)[0].shape == (20, 32)
