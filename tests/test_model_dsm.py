@@ -39,6 +39,9 @@ def test_top_k_exact_film_order_and_never_masked():
     assert p[0, 3].item() == 0.0
     assert p[0, :3].sum().item() == pytest.approx(1.0)
     assert top_k_in_order(p, mask2, 2) == [[1, 2]]
+    # ties go to the newer items
+    flat = torch.full((1, 5), 0.2)
+    assert top_k_in_order(flat, torch.ones(1, 5, dtype=torch.bool), 2) == [[3, 4]]
     # fewer real items than k: all of them; none: nothing (and no NaN)
     assert top_k_in_order(p, mask2, 5) == [[0, 1, 2]]
     empty = torch.zeros(1, 4, dtype=torch.bool)
