@@ -546,6 +546,7 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         num_workers=cfg.num_workers,
         pin_memory=accelerator.device.type == "cuda",
     )
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -554,6 +555,7 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         TextColumn("{task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} it/s"),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         disable=not (main and cfg.progress),
     )
     task = progress.add_task("train", total=total, completed=step, loss="-", lr="-", speed="-")

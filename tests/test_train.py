@@ -122,6 +122,20 @@ def test_refusals(films, tmp_path):
         train(_cfg(root, card, tmp_path / "r", val_data=f"folder:{tmp_path / 'nothing'}"))
 
 
+def test_cli_errors_are_one_line(films, tmp_path):
+    from typer.testing import CliRunner
+
+    from locomad_cli.cli import app
+
+    root, card = films
+    args = ["train", "--stage", "2", "--data", str(root), "-o", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "locomad: error: stage 2 starts from a stage-1 checkpoint: pass --init STAGE1_RUN_DIR"
+    )
+
+
 def test_tensorboard_is_optional(films, tmp_path, one_thread):
     import importlib.util
 
