@@ -106,3 +106,7 @@ def test_bad_inputs_are_clear_errors(card):
     batch.frames = torch.zeros(2, 3, 7)
     with pytest.raises(LocomadError, match="7-d"):
         model.generate(batch)
+    batch = batch_of(card, 3)
+    batch.context_features = torch.zeros(3, card.dsm.proposal_len, 5)
+    with pytest.raises(LocomadError, match="5-d"):
+        model.select_context(batch)

@@ -129,6 +129,12 @@ class LoCoMAD(nn.Module):
         return out, out_mask
 
     def _context(self, batch: ClipBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = batch.context_features.shape[2]
+        if dim != self.card.clip.dim and batch.context_mask.any():
+            raise LocomadError(
+                f"context text features are {dim}-d but model card '{self.card.name}' "
+                f"expects {self.card.clip.dim}-d CLIP text embeddings ({self.card.clip.model})"
+            )
         return (
             batch.context_features.to(self.device).float(),
             batch.context_mask.to(self.device).bool(),
