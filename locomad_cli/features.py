@@ -136,6 +136,20 @@ def _chunk_file(part: Path, c: int) -> Path:
     return part / f"chunk-{c:05d}.safetensors"
 
 
+def _chunk_rows(path: Path) -> int | None:
+    """Rows in a finished chunk file, None when it is missing or unreadable (a rename survives
+    a killed process, but a power cut may leave an empty file behind it)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(f.get_slice("features").get_shape()[0])
+    except Exception:
+        return None
+
+
 def _prepare_partial(part: Path, state: dict[str, str], n_chunks: int) -> set[int]:
     """Chunks already finished by an earlier run of the same film and settings; a partial
     folder from anything else is cleared."""
@@ -146,7 +160,12 @@ def _prepare_partial(part: Path, state: dict[str, str], n_chunks: int) -> set[in
         except (OSError, json.JSONDecodeError):
             old = None
         if old == state:
-            return {c for c in range(n_chunks) if _chunk_file(part, c).is_file()}
+            frames, size = int(state["frames"]), int(state["chunk_frames"])
+            return {
+                c
+                for c in range(n_chunks)
+                if _chunk_rows(_chunk_file(part, c)) == min(size, frames - c * size)
+            }
     if part.exists():
         shutil.rmtree(part)
     part.mkdir(parents=True)

@@ -156,6 +156,7 @@ def test_resume_after_crash(films, tmp_path):
         "state.json",
     ]
     (part / ".chunk-00002.safetensors.half.tmp").write_bytes(b"half-written")  # killed mid-write
+    (part / "chunk-00001.safetensors").write_bytes(b"")  # emptied by a power cut: redone
 
     done = []
     res = extract_features(
@@ -165,8 +166,8 @@ def test_resume_after_crash(films, tmp_path):
         chunk_frames=6,
         on_chunk=lambda p, c, n: done.append((c, n)),
     )
-    assert res[0].status == "resumed" and res[0].computed_frames == 8
-    assert done == [(2, 6), (3, 2)]
+    assert res[0].status == "resumed" and res[0].computed_frames == 14
+    assert done == [(1, 6), (2, 6), (3, 2)]
     assert not part.exists()
     resumed, _ = load_features(out)
 
