@@ -46,3 +46,17 @@ def test_unreachable_hub_names_the_tokenizer(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LocomadError, match="'no-such-org/no-such-tok'.*unreachable"):
         load_tokenizer("no-such-org/no-such-tok", "llm")
+
+
+def test_card_paths_resolve_beside_the_card(card, tmp_path, monkeypatch):
+    from locomad_cli.model.locomad import LoCoMAD, card_path
+
+    load_tokenizer("tiny", "pme").save_pretrained(tmp_path / "cards" / "tok-pme")
+    card.source = str(tmp_path / "cards" / "mine.yaml")
+    card.pme.tokenizer = "tok-pme"
+    monkeypatch.chdir(tmp_path)  # not where the tokenizer is
+    assert card_path(card, "tok-pme") == str(tmp_path / "cards" / "tok-pme")
+    assert card_path(card, "facebook/opt-350m") == "facebook/opt-350m"
+    assert card_path(card, "tiny") == "tiny"
+    model = LoCoMAD.from_card(card)
+    assert model.pme_tokenizer.get_vocab() == load_tokenizer("tiny", "pme").get_vocab()

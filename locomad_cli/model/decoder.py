@@ -45,10 +45,12 @@ def load_llm(
     dtype: torch.dtype,
     pretrained: bool = True,
     config_dir: Path | None = None,
+    name: str | None = None,
 ) -> PreTrainedModel:
     """The card's causal LM: random-init from `card.llm.config` (tiny/demo), from a saved
-    config (checkpoints that carry the LLM weights), or `from_pretrained(card.llm.name)`."""
-    name = card.llm.name
+    config (checkpoints that carry the LLM weights), or `from_pretrained(name)` (default
+    card.llm.name)."""
+    name = name or card.llm.name
     try:
         if card.llm.config is not None:
             cfg = dict(card.llm.config)

@@ -8,12 +8,13 @@ Entry points take a `ClipBatch` (data/records.py) and tokenize text themselves:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from locomad_cli.card import ModelCard
+from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
 from locomad_cli.model.decoder import Decoder, load_llm
 from locomad_cli.model.dsm import DSM, Selection
@@ -69,13 +70,20 @@ class LoCoMAD(nn.Module):
             pme_tok = load_tokenizer(f"{tokenizer_dir}/pme", "pme")
             llm_tok = load_tokenizer(f"{tokenizer_dir}/llm", "llm")
         else:
-            pme_tok = load_tokenizer(card.pme.tokenizer, "pme")
-            llm_tok = load_tokenizer(card.llm.tokenizer or card.llm.name, "llm")
+            pme_tok = load_tokenizer(card_path(card, card.pme.tokenizer), "pme")
+            llm_tok = load_tokenizer(card_path(card, card.llm.tokenizer or card.llm.name), "llm")
         dtype = resolve_dtype(card.llm.dtype, device)
-        llm = load_llm(card, llm_tok, dtype, pretrained=pretrained, config_dir=llm_config_dir)
+        llm = load_llm(
+            card,
+            llm_tok,
+            dtype,
+            pretrained=pretrained,
+            config_dir=llm_config_dir,
+            name=card_path(card, card.llm.name),
+        )
         model = cls(card, pme_tok, llm_tok, llm)
         if (pretrained if pme_init is None else pme_init) and card.pme.init:
-            model.pme.load_bert(card.pme.init)
+            model.pme.load_bert(card_path(card, card.pme.init))
         return model.to(device)
 
     @property
@@ -240,6 +248,18 @@ class LoCoMAD(nn.Module):
             Generation(text=t, selected=i, scores=s)
             for t, i, s in zip(texts, idx, scores, strict=True)
         ]
+
+
+def card_path(card: ModelCard, spec: str) -> str:
+    """A card's local path (tokenizer folder, BERT or LLM folder) relative to where the card
+    lives, as `ModelCard.weights_path` does, when it is not found from the working
+    directory; hub ids and 'tiny' pass through unchanged."""
+    p = Path(spec).expanduser()
+    if spec == "tiny" or p.is_absolute() or p.exists():
+        return spec
+    card_dir = Path(card.source).resolve().parent if card.source else MODELS_DIR
+    base = MODELS_DIR.parent if card_dir == MODELS_DIR else card_dir
+    return str(base / p) if (base / p).exists() else spec
 
 
 def _pick(contexts: list[list[ContextItem]], indices: list[list[int]]) -> list[list[ContextItem]]:
