@@ -54,6 +54,8 @@ def test_local_is_the_context_path_with_no_items(card):
     # an override is used as given (sorted into film order)
     over = model.generate(batch, "context", selection_override=[[], [0], [1, 0]])
     assert [g.selected for g in over] == [[], [0], [0, 1]]
+    probs = model.select_context(batch).probs
+    assert [g.scores for g in over] == [[], [probs[1, 0].item()], probs[2, :2].tolist()]
     # and it is what reaches the prompt: the same as handing the decoder those items
     q = model.pme.encode_queries(batch.frames, batch.frame_mask)
     items = [[], [batch.contexts[1][0]], batch.contexts[2][:2]]

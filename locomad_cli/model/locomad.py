@@ -31,7 +31,7 @@ class Generation:
     selected: list[int]
     """Indices into the clip's `batch.contexts[i]` (film order) used in the prompt."""
     scores: list[float]
-    """Sampler scores of the selected items (empty for `local` and overrides)."""
+    """The DSM's scores of the selected items (also for overrides; empty for `local`)."""
 
 
 class LoCoMAD(nn.Module):
@@ -203,10 +203,16 @@ class LoCoMAD(nn.Module):
 
     @torch.no_grad()
     def select_context(self, batch: ClipBatch, k: int | None = None) -> Selection:
-        """The DSM's top-k (card.dsm.top_k by default) proposal items per clip, film order."""
-        frames, fmask = self._frames(batch)
-        ctx, cmask = self._context(batch)
-        sel = self.dsm.select(ctx, cmask, frames, fmask, k)
+        """The DSM's top-k (card.dsm.top_k by default) proposal items per clip, film order
+        (eval mode: no dropout in the scores, whatever mode the model is in)."""
+        was = self.dsm.training
+        self.dsm.eval()
+        try:
+            frames, fmask = self._frames(batch)
+            ctx, cmask = self._context(batch)
+            sel = self.dsm.select(ctx, cmask, frames, fmask, k)
+        finally:
+            self.dsm.train(was)
         sel.probs = sel.probs.detach()
         return sel
 
@@ -237,7 +243,8 @@ class LoCoMAD(nn.Module):
                 for i, s in enumerate(idx):
                     if any(j < 0 or j >= len(batch.contexts[i]) for j in s):
                         raise LocomadError(f"selection_override for clip {i} is out of range")
-                scores = [[] for _ in range(n)]
+                probs = self.select_context(batch).probs
+                scores = [[float(probs[i, j]) for j in s] for i, s in enumerate(idx)]
             else:
                 sel = self.select_context(batch)
                 idx, scores = sel.indices, sel.scores
