@@ -487,9 +487,9 @@ def demo_train_cmd(
     ),
     seed: int = typer.Option(0, "--seed", help="World and training seed. Default: 0."),
     films: int = typer.Option(60, "--films", help="Films in all. Default: 60."),
-    clip_steps: int = typer.Option(600, "--clip-steps", help="CLIP steps. Default: 600."),
-    s1_epochs: int = typer.Option(12, "--s1-epochs", help="Stage-1 epochs. Default: 12."),
-    s2_epochs: int = typer.Option(12, "--s2-epochs", help="Stage-2 epochs. Default: 12."),
+    clip_steps: int = typer.Option(400, "--clip-steps", help="CLIP steps. Default: 400."),
+    s1_epochs: int = typer.Option(10, "--s1-epochs", help="Stage-1 epochs. Default: 10."),
+    s2_epochs: int = typer.Option(15, "--s2-epochs", help="Stage-2 epochs. Default: 15."),
     measure: bool = typer.Option(
         True, "--measure/--no-measure", help="Measure on held-out films. Default: on."
     ),

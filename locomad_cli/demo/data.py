@@ -34,8 +34,10 @@ class DemoDataConfig:
     scenes: int = 3
     window: int = 8
     """Every name an AD uses is (re)introduced within this many earlier AD items."""
-    dialogue_intro: float = 0.2
-    """Chance that a newcomer is named by a line of dialogue instead of by the AD."""
+    dialogue_intro: float = 0.0
+    """Chance that a newcomer is named by a line of dialogue instead of by the AD. Off by
+    default: slots take the subtitles that overlap them, and AD sits between dialogue, so a
+    greeting in the gap never reaches the model (docs/demo.md)."""
 
 
 def film_split(i: int, cfg: DemoDataConfig) -> str:

@@ -1,0 +1,187 @@
+"""What the demo measures on held-out films: CIDEr and character-name accuracy, per setting.
+
+Settings (the paper's ablations, on the demo world):
+- `recurrent`: slots in film order, each description joins the context of the next ones and
+  the DSM picks the top-k of the last `proposal_len` items (what `locomad describe` does);
+- `oracle`: the same, but the context holds the reference descriptions (the paper's oracle
+  setting): the names the films introduce are in it, so this is where the DSM can show that
+  it finds the item that names the character on screen;
+- `recurrent-last-k`, `oracle-last-k`: the DSM replaced by the k most recent items (Table 6,
+  w/o DSM);
+- `local`: no context at all;
+- `stage1`: the PME alone writes the description with its VTG head after stage 1 (Table 4's
+  "Stage1" row: generation without the LLM stage).
+
+Name accuracy: among reference ADs that name a cast member, the fraction whose prediction
+names the same character first (compared lower-cased, as the PME's tokenizer lower-cases).
+A model without the right context item can only guess from the pool of 48 names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from locomad_cli.data.records import ClipRecord, ContextItem, collate
+from locomad_cli.demo.world import NAMES
+from locomad_cli.utils import LocomadError
+
+SETTINGS = ("oracle", "oracle-last-k", "recurrent", "recurrent-last-k", "local", "stage1")
+_NAME_SET = {n.lower() for n in NAMES}
+
+
+def first_name(text: str) -> str | None:
+    """The first word of `text` that is a pool name (lower-cased), or None."""
+    for word in re.findall(r"[A-Za-z]+", text):
+        if word.lower() in _NAME_SET:
+            return word.lower()
+    return None
+
+
+def name_accuracy(predictions: list[str], references: list[str]) -> tuple[float, int]:
+    """(accuracy, how many references name someone)."""
+    pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if first_name(r)]
+    if not pairs:
+        return 0.0, 0
+    hits = sum(first_name(p) == first_name(r) for p, r in pairs)
+    return hits / len(pairs), len(pairs)
+
+
+@dataclass
+class DemoFilm:
+    name: str
+    features: torch.Tensor
+    fps: float
+    slots: list[tuple[float, float, str]]
+    """(start, end, reference text) in film order."""
+    subtitles: list[tuple[float, float, str]]
+
+
+def load_films(root: str | Path, split: str = "test") -> list[DemoFilm]:
+    """The films of a split with features (see `locomad demo make-data`)."""
+    from locomad_cli.features import load_features
+
+    films = []
+    for world_path in sorted((Path(root) / split).glob("*.world.json")):
+        world = json.loads(world_path.read_text(encoding="utf-8"))
+        feats_path = world_path.with_name(world["name"] + ".features.safetensors")
+        if not feats_path.is_file():
+            raise LocomadError(f"{feats_path}: missing (run `locomad demo features {root}`)")
+        feats, meta = load_features(feats_path)
+        films.append(
+            DemoFilm(
+                world["name"],
+                feats.float(),
+                float(meta["fps"]),
+                [(s["start"], s["end"], s["text"]) for s in world["slots"]],
+                [(ln["start"], ln["end"], ln["text"]) for ln in world["lines"]],
+            )
+        )
+    if not films:
+        raise LocomadError(f"{root}/{split}: no demo films")
+    return films
+
+
+def _overlapping(subs: list[tuple[float, float, str]], start: float, end: float) -> str:
+    return " ".join(t for s, e, t in subs if s < end and e > start)
+
+
+def describe_film(model, film: DemoFilm, setting: str, encode_text) -> list[str]:
+    """Descriptions of every slot of `film` under `setting`, one slot at a time in film
+    order, with records built as `locomad describe` builds them."""
+    from locomad_cli.describe import slot_frames
+
+    card = model.card
+    oracle = setting.startswith("oracle")
+    with_context = setting.startswith(("oracle", "recurrent"))
+    history: list[ContextItem] = []
+    cache: dict[str, torch.Tensor] = {}
+    out: list[str] = []
+    for start, end, reference in film.slots:
+        context = history[-card.dsm.proposal_len :] if with_context else []
+        missing = [c.text for c in context if c.text not in cache]
+        if missing:
+            cache.update(zip(missing, encode_text(missing), strict=True))
+        record = ClipRecord(
+            film=film.name,
+            start=start,
+            end=end,
+            features=slot_frames(film.features, film.fps, start, end),
+            subtitle=_overlapping(film.subtitles, start, end),
+            context=context,
+            context_features=torch.stack([cache[c.text] for c in context]) if context else None,
+        )
+        batch = collate([record], card.pme.max_frames, card.dsm.proposal_len)
+        if setting == "stage1":
+            text = pme_generate(model, batch)[0]
+        elif not with_context:
+            text = model.generate(batch, setting="local")[0].text
+        elif setting.endswith("last-k"):
+            k = min(card.dsm.top_k, len(context))
+            last = list(range(len(context) - k, len(context)))
+            text = model.generate(batch, selection_override=[last])[0].text
+        else:
+            text = model.generate(batch, setting="context")[0].text
+        text = text.strip()
+        out.append(text)
+        history.append(ContextItem(reference if oracle else text, record.subtitle, start, end))
+    return out
+
+
+@torch.no_grad()
+def pme_generate(model, batch, max_len: int | None = None) -> list[str]:
+    """Greedy captioning with the PME's VTG head (BLIP-2's stage-1 captioner): [DEC] then one
+    token at a time under the causal VTG mask, until [SEP]. Hand-written because the PME is
+    only trained in the library, never asked to write; this is what Table 4's "Stage1" row
+    measures."""
+    pme, tok = model.pme, model.pme_tokenizer
+    max_len = max_len or model.card.pme.max_text_len
+    was = pme.training
+    pme.eval()
+    frames, fmask = model._frames(batch)
+    ids = torch.full((frames.shape[0], 1), tok.bos_token_id, device=frames.device)
+    done = torch.zeros(frames.shape[0], dtype=torch.bool, device=frames.device)
+    for _ in range(max_len - 1):
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        _, t = pme.encode(frames, fmask, ids, mask, "vtg")
+        nxt = pme.lm_head(t[:, -1]).argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        done |= nxt == tok.sep_token_id
+        if bool(done.all()):
+            break
+    pme.train(was)
+    return [tok.decode(row[1:], skip_special_tokens=True).strip() for row in ids.tolist()]
+
+
+def measure(
+    model, root: str | Path, settings=SETTINGS, split: str = "test", encode_text=None
+) -> dict[str, dict[str, float]]:
+    """CIDEr and name accuracy of `model` on the demo films of `split`, per setting."""
+    from locomad_cli.metrics import Unavailable, coco_scores
+
+    if encode_text is None:
+        from locomad_cli.clip import load_clip
+
+        encode_text = load_clip(model.card).encode_text
+    films = load_films(root, split)
+    refs = [t for f in films for _, _, t in f.slots]
+    results: dict[str, dict[str, float]] = {}
+    model.eval()
+    for setting in settings:
+        if setting not in SETTINGS:
+            raise LocomadError(f"unknown demo setting {setting!r} (choose {', '.join(SETTINGS)})")
+        preds = [p for f in films for p in describe_film(model, f, setting, encode_text)]
+        cider = coco_scores([p or "<empty>" for p in preds], refs, metrics=("cider",))["CIDEr"]
+        acc, named = name_accuracy(preds, refs)
+        results[setting] = {
+            "CIDEr": float("nan") if isinstance(cider, Unavailable) else float(cider),
+            "name_acc": acc,
+            "named_refs": named,
+            "slots": len(refs),
+        }
+    return results

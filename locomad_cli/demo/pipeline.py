@@ -1,0 +1,174 @@
+"""`locomad demo train`: the whole demo model, from nothing, with the project's own tools.
+
+1. render the demo films (`make_data`, no features yet);
+2. train both tokenizers on the training films' text;
+3. train the card's small CLIP on training frames (open_clip's contrastive loss);
+4. extract frame features for every film with that CLIP (`locomad_cli.features`);
+5. `locomad train --stage 1` (PME) then `--stage 2` (DSM + OPT), the same `train()` users run;
+6. copy the best stage-2 checkpoint into the weights folder and measure it on held-out films.
+
+The shipped `weights/demo/` is this function's output with the defaults (scripts/train_demo.sh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from locomad_cli.card import MODELS_DIR, load_card
+from locomad_cli.utils import LocomadError, atomic_open
+
+REPO = MODELS_DIR.parent
+
+
+@dataclass
+class DemoTrainConfig:
+    work: str
+    """Folder for the rendered data and the training runs."""
+    weights: str = "weights/demo"
+    """Where the CLIP, tokenizers and final checkpoint go."""
+    card: str = "demo"
+    seed: int = 0
+    films: int = 60
+    val: int = 6
+    test: int = 6
+    clip_steps: int = 400
+    clip_batch: int = 64
+    s1_epochs: int = 10
+    s1_batch: int = 32
+    s1_lr: float = 5e-4
+    s2_epochs: int = 15
+    s2_batch: int = 16
+    s2_lr: float = 1e-3
+    s2_eval_epochs: int = 3
+    """Validate (generate on val clips, CIDEr) every this many stage-2 epochs."""
+    warmup_steps: int = 50
+    val_clips: int = 48
+    """Stage-2 validation generates for this many val clips (picks the best checkpoint)."""
+    measure: bool = True
+    progress: bool = False
+
+
+def _card_file(cfg: DemoTrainConfig, weights: Path) -> str:
+    """The card to train with. For the shipped folder, the shipped card as it is (its paths
+    are relative to the repository root); elsewhere a copy pointing at `weights`."""
+    card = load_card(cfg.card)
+    if weights.resolve() == (REPO / "weights" / "demo").resolve() and cfg.card == "demo":
+        if Path.cwd().resolve() != REPO.resolve():
+            raise LocomadError(f"train the shipped demo weights from the repository root ({REPO})")
+        return cfg.card
+    data = card.to_dict()
+    data["clip"]["pretrained"] = str((weights / "clip.safetensors").resolve())
+    data["pme"]["tokenizer"] = str((weights / "tokenizer-pme").resolve())
+    data["llm"]["tokenizer"] = str((weights / "tokenizer-llm").resolve())
+    data["weights"] = str(weights.resolve())
+    path = Path(cfg.work) / "card.yaml"
+    with atomic_open(path) as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    return str(path)
+
+
+def train_demo(cfg: DemoTrainConfig) -> dict:
+    """Run every step; returns what was measured (also written to WORK/measure.json)."""
+    from locomad_cli.demo.clip_train import train_clip
+    from locomad_cli.demo.data import DemoDataConfig, extract_demo_features, make_data
+    from locomad_cli.demo.tokenizers import make_tokenizers
+    from locomad_cli.train import TrainConfig, train
+
+    work, weights = Path(cfg.work), Path(cfg.weights)
+    data = work / "data"
+    weights.mkdir(parents=True, exist_ok=True)
+    card_file = _card_file(cfg, weights)
+    say = print if cfg.progress else (lambda *a, **k: None)
+
+    dcfg = DemoDataConfig(seed=cfg.seed, films=cfg.films, val=cfg.val, test=cfg.test)
+    say(f"[1/6] rendering {cfg.films} films into {data}", flush=True)
+    make_data(data, dcfg, features=False)
+    say("[2/6] tokenizers", flush=True)
+    make_tokenizers(data, weights)
+    say(f"[3/6] CLIP: {cfg.clip_steps} steps", flush=True)
+    clip = train_clip(
+        data,
+        load_card(card_file),
+        weights / "clip.safetensors",
+        steps=cfg.clip_steps,
+        batch_size=cfg.clip_batch,
+        seed=cfg.seed,
+        log_every=100 if cfg.progress else 0,
+    )
+    say(
+        f"      val caption->frame R@1: random {clip['val_r1_random']:.2f}, "
+        f"trained {clip['val_r1_trained']:.2f}",
+        flush=True,
+    )
+    say("[4/6] frame features", flush=True)
+    extract_demo_features(data, card_file)
+    common = dict(
+        data=f"folder:{data}",
+        model=card_file,
+        warmup_steps=cfg.warmup_steps,
+        seed=cfg.seed,
+        num_workers=0,
+        progress=cfg.progress,
+        mixed_precision="no",
+        log_every=20,
+    )
+    say("[5/6] locomad train --stage 1", flush=True)
+    s1 = train(
+        TrainConfig(
+            stage=1,
+            out=str(work / "stage1"),
+            epochs=cfg.s1_epochs,
+            batch_size=cfg.s1_batch,
+            lr=cfg.s1_lr,
+            **common,
+        )
+    )
+    say("[5/6] locomad train --stage 2", flush=True)
+    clips = sum(
+        len(json.loads(p.read_text(encoding="utf-8"))["slots"])
+        for p in (data / "train").glob("*.world.json")
+    )
+    eval_every = max(1, clips // cfg.s2_batch) * cfg.s2_eval_epochs
+    s2 = train(
+        TrainConfig(
+            stage=2,
+            out=str(work / "stage2"),
+            init=str(s1.run_dir),
+            epochs=cfg.s2_epochs,
+            batch_size=cfg.s2_batch,
+            lr=cfg.s2_lr,
+            val_max_clips=cfg.val_clips,
+            eval_batch_size=16,
+            eval_every=eval_every,
+            **common,
+        )
+    )
+    best = s2.run_dir / ("best" if (s2.run_dir / "best").is_dir() else "model")
+    for item in best.iterdir():
+        target = weights / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+    result: dict = {
+        "clip": clip,
+        "stage1_step": s1.step,
+        "stage2_step": s2.step,
+        "stage2_best_val_cider": s2.best,
+        "config": dataclasses.asdict(cfg),
+    }
+    if cfg.measure:
+        say("[6/6] measuring on held-out films", flush=True)
+        from locomad_cli.demo.measure import measure
+        from locomad_cli.model.checkpoint import load_model
+
+        model = load_model(load_card(card_file))
+        result["test"] = measure(model, data)
+    with atomic_open(work / "measure.json") as f:
+        json.dump(result, f, indent=1)
+    return result
