@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from locomad_cli.card import MODELS_DIR, ModelCard
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, hub_reachable
 
 _PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -203,6 +203,8 @@ def load_clip(
                 tokenizer = open_clip.get_tokenizer(source)
             else:
                 tag = None if weights_file is not None else pretrained
+                if tag and not hub_reachable():
+                    tag = _cached_pretrained(name, tag)
                 model = open_clip.create_model(name, pretrained=tag, **kwargs)
                 tokenizer = open_clip.get_tokenizer(name)
             if weights_file is not None:
@@ -220,6 +222,34 @@ def load_clip(
             f"card says clip.dim={card.clip.dim} but {name} makes {dim}-wide features"
         )
     return ClipEncoder(model, cfg, transform, tokenizer, device, dtype, name, pretrained, dim)
+
+
+def _cached_pretrained(name: str, tag: str) -> str:
+    """With the hub unreachable, the local file open_clip would otherwise download for
+    `name`/`tag` (its Hugging Face cache or its download folder), so it loads at once instead
+    of retrying the network for a minute; a clear error when it was never fetched."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        return tag  # not a tag: open_clip itself reports the unknown name or tag
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if repo:
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            hit = try_to_load_from_cache(repo, filename)
+            if isinstance(hit, str):
+                return hit
+    url = cfg.get("url") or ""
+    if url:
+        local = Path.home() / ".cache" / "clip" / Path(url).name
+        if local.is_file():
+            return str(local)
+    raise LocomadError(
+        f"CLIP weights {name}/{tag} are not in the local cache and the model hub is "
+        f"unreachable; fetch them once on a connected machine (open_clip.create_model('{name}', "
+        f"pretrained='{tag}')) or set clip.pretrained to a local .safetensors"
+    )
 
 
 def _explain(e: Exception, name: str, pretrained: str | None, weights_file: Path | None) -> str:

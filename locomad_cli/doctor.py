@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 
 from locomad_cli.card import load_card
+from locomad_cli.utils import hub_reachable
 
 
 def _version_line(cmd: list[str]) -> str:
@@ -17,16 +16,6 @@ def _version_line(cmd: list[str]) -> str:
         return ""
     text = (out.stdout or out.stderr).strip().splitlines()
     return text[0] if text else ""
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def run_checks(model: str = "opt-2.7b") -> list[tuple[str, bool, str]]:
@@ -53,7 +42,7 @@ def run_checks(model: str = "opt-2.7b") -> list[tuple[str, bool, str]]:
     rows.append(
         ("java (METEOR)", bool(java), _version_line(["java", "-version"]) if java else "not found")
     )
-    hub = _hub_reachable()
+    hub = hub_reachable()
     rows.append(("model hub", hub, "huggingface.co reachable" if hub else "unreachable (offline)"))
     card = load_card(model)
     wpath = card.weights_path()

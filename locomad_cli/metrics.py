@@ -155,11 +155,11 @@ def resolve_hf_model(name: str) -> Path:
         return p
     from huggingface_hub import snapshot_download
 
-    from locomad_cli.utils import hub_offline_hint
+    from locomad_cli.utils import hf_load_kwargs, hub_offline_hint
 
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "merges.txt", "vocab.*"]
     try:
-        return Path(snapshot_download(name, allow_patterns=patterns))
+        return Path(snapshot_download(name, allow_patterns=patterns, **hf_load_kwargs(name)))
     except Exception:
         raise OSError(hub_offline_hint(name)) from None
 

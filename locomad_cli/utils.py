@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlparse
 
 
 class LocomadError(Exception):
@@ -85,3 +88,27 @@ def hub_offline_hint(name: str) -> str:
         "weights are not in the local cache; download it on a connected machine "
         "(huggingface-cli download) or point the model card at a local copy"
     )
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers at all. Checked once per process because
+    huggingface_hub retries an unreachable host for ~50 s before giving up; knowing up front
+    lets every loader ask the local cache only and fail at once with a clear line."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hf_load_kwargs(name: str | Path) -> dict[str, Any]:
+    """Extra `from_pretrained` arguments for `name`: none for a local folder or a reachable
+    hub, `local_files_only=True` otherwise (use the cache, fail fast)."""
+    if Path(str(name)).expanduser().exists() or hub_reachable():
+        return {}
+    return {"local_files_only": True}

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 from locomad_cli.card import ModelCard
 from locomad_cli.data.records import ContextItem
 from locomad_cli.model.tokenizer import LLM_SPECIAL_TOKENS
-from locomad_cli.utils import LocomadError, hub_offline_hint
+from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_offline_hint
 
 QUERY = -1
 """Placeholder id in prompt sequences where a visual query embedding goes."""
@@ -70,9 +70,10 @@ def load_llm(
                 AutoConfig.from_pretrained(config_dir), dtype=dtype
             )
         elif pretrained:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **hf_load_kwargs(name))
         else:
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(name), dtype=dtype)
+            config = AutoConfig.from_pretrained(name, **hf_load_kwargs(name))
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except OSError:
         raise LocomadError(f"language model {hub_offline_hint(name)}") from None
     except (KeyError, ValueError) as e:

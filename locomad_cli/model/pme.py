@@ -22,7 +22,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredict
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerEncoder
 
 from locomad_cli.card import ModelCard
-from locomad_cli.utils import LocomadError, hub_offline_hint
+from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_offline_hint
 
 MASK_MODES = ("vtc", "vtm", "vtg")
 TEMP_RANGE = (0.001, 0.5)
@@ -179,7 +179,7 @@ class PME(nn.Module):
         from transformers import BertForMaskedLM
 
         try:
-            bert = BertForMaskedLM.from_pretrained(name)
+            bert = BertForMaskedLM.from_pretrained(name, **hf_load_kwargs(name))
         except OSError:
             raise LocomadError(f"PME init {hub_offline_hint(name)}") from None
         cfg = bert.config

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from locomad_cli.utils import LocomadError, hub_offline_hint
+from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_offline_hint
 
 DEC_TOKEN = "[DEC]"
 """Start token of the Q-Former's generation task (VTG), in place of [CLS] (as in BLIP-2)."""
@@ -104,7 +104,7 @@ def load_tokenizer(spec: str, role: str) -> PreTrainedTokenizerBase:
         tok = _train_tiny_bpe(role)
     else:
         try:
-            tok = AutoTokenizer.from_pretrained(spec)
+            tok = AutoTokenizer.from_pretrained(spec, **hf_load_kwargs(spec))
         except (OSError, ValueError) as e:
             if Path(spec).expanduser().exists():
                 raise LocomadError(f"cannot read the tokenizer in {spec}: {e}") from None
