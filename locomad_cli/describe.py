@@ -31,7 +31,7 @@ from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
 from locomad_cli.data.records import ClipRecord, ContextItem, collate
 from locomad_cli.slots import Slot, propose_slots, slots_from_times
-from locomad_cli.subtitles import Cue, read_cues, read_timed
+from locomad_cli.subtitles import Cue, dialogue_text, dialogue_windows, read_cues, read_timed
 from locomad_cli.utils import LocomadError, atomic_open, check_writable_dir, resolve_device
 from locomad_cli.writers import get_writer, parse_formats
 
@@ -82,11 +82,6 @@ class TextFeatureCache:
             if t not in self.features:
                 self.features[t] = self.encode([t]).detach().float().cpu()[0]
         return torch.stack([self.features[t] for t in texts])
-
-
-def overlapping_text(cues: list[Cue], start: float, end: float) -> str:
-    """Subtitles said during [start, end], joined (what the model sees as the slot's dialogue)."""
-    return " ".join(c.text for c in cues if c.start < end and c.end > start)
 
 
 def slot_frames(features: torch.Tensor, fps: float, start: float, end: float) -> torch.Tensor:
@@ -214,6 +209,19 @@ class Film:
     """[T, D] frame features; None until extracted."""
     fps: float = 5.0
 
+    def __post_init__(self) -> None:
+        # each slot's and each reference's dialogue, computed once (cost per slot stays flat)
+        self._dialogue: dict[int, str] = {}
+        for spans in (self.slots, self.references):
+            begins = dialogue_windows([(x.start, x.end) for x in spans])
+            for x, begin in zip(spans, begins, strict=True):
+                self._dialogue[id(x)] = dialogue_text(self.subtitles, begin, x.start, x.end)
+
+    def dialogue(self, item: Slot | Cue) -> str:
+        """The dialogue that goes with a slot or reference of this film (see
+        subtitles.dialogue_windows)."""
+        return self._dialogue[id(item)]
+
     def record(self, slot: Slot, context: list[ContextItem], cache: TextFeatureCache) -> ClipRecord:
         """The ClipRecord of a slot with the given context proposal."""
         return ClipRecord(
@@ -221,7 +229,7 @@ class Film:
             start=slot.start,
             end=slot.end,
             features=slot_frames(self.features, self.fps, slot.start, slot.end),
-            subtitle=overlapping_text(self.subtitles, slot.start, slot.end),
+            subtitle=self.dialogue(slot),
             context=context,
             context_features=cache.get([c.text for c in context]) if context else None,
             index=slot.index,
@@ -406,9 +414,7 @@ def _run_batched(model, film: Film, cache: TextFeatureCache, opts: DescribeOptio
             context = []
             if opts.setting == "oracle":
                 context = [
-                    ContextItem(
-                        r.text, overlapping_text(film.subtitles, r.start, r.end), r.start, r.end
-                    )
+                    ContextItem(r.text, film.dialogue(r), r.start, r.end)
                     for r in oracle_context(film.references, slot, p)
                 ]
             records.append(film.record(slot, context, cache))

@@ -40,6 +40,39 @@ class Cue:
     """Line of the source file where the cue's block starts (0 when unknown)."""
 
 
+DIALOGUE_LOOKBACK = 10.0
+"""Seconds of dialogue before a slot that go with it (at most; never past the previous slot)."""
+
+
+def dialogue_windows(
+    spans: list[tuple[float, float]], lookback: float = DIALOGUE_LOOKBACK
+) -> list[float]:
+    """Where the dialogue that goes with each AD slot begins (spans in film order).
+
+    AD is placed in the gaps between lines, so the lines that overlap a slot are usually none;
+    the dialogue that belongs to a description is the lines that start since the previous slot
+    ended (at most `lookback` seconds back), plus any line the slot overlaps. Training,
+    `describe` and the context prompt's `[b_s s_i e_s]` all use this one rule."""
+    begins: list[float] = []
+    prev_end: float | None = None
+    for start, end in spans:
+        begin = start - lookback if prev_end is None else max(start - lookback, prev_end)
+        begins.append(min(begin, start))
+        prev_end = end if prev_end is None else max(prev_end, end)
+    return begins
+
+
+def belongs(cue_start: float, cue_end: float, begin: float, start: float, end: float) -> bool:
+    """A line goes with the slot [start, end] whose dialogue begins at `begin` when it starts
+    in [begin, end) or overlaps the slot itself."""
+    return (begin <= cue_start < end) or (cue_start < end and cue_end > start)
+
+
+def dialogue_text(cues: list[Cue], begin: float, start: float, end: float) -> str:
+    """The lines that go with a slot (see `belongs`), joined with spaces."""
+    return " ".join(c.text for c in cues if belongs(c.start, c.end, begin, start, end))
+
+
 # --- decoding ---------------------------------------------------------------------------------
 
 _BOMS = [

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from locomad_cli.data.records import ClipRecord, ContextItem
+from locomad_cli.subtitles import belongs, dialogue_windows
 from locomad_cli.utils import LocomadError
 
 SPLITS = ("train", "val", "test")
@@ -203,20 +204,30 @@ class SubtitleIndex:
         self.starts = [c[0] for c in self.cues]
         self.longest = max((c[1] - c[0] for c in self.cues), default=0.0)
 
-    def overlapping(self, start: float, end: float) -> str:
-        # only cues starting in [start - longest cue, end) can overlap: a window, not a scan
-        lo = bisect.bisect_left(self.starts, start - self.longest)
+    def dialogue(self, begin: float, start: float, end: float) -> str:
+        """The lines that go with the slot [start, end] (subtitles.belongs)."""
+        # only cues starting in [min(begin, start - longest cue), end) can qualify: a window
+        lo = bisect.bisect_left(self.starts, min(begin, start - self.longest))
         hi = bisect.bisect_left(self.starts, end)
-        texts = [c[2] for c in self.cues[lo:hi] if c[1] > start]
+        texts = [c[2] for c in self.cues[lo:hi] if belongs(c[0], c[1], begin, start, end)]
         return " ".join(t.strip() for t in texts if t.strip())
 
 
 def attach_subtitles(anns: list[Annotation], subs: dict[str, SubtitleIndex]) -> None:
-    """Set each slot's subtitle to the cues of its film that overlap it."""
+    """Set each slot's subtitle to the dialogue that goes with it: the cues since the film's
+    previous slot ended up to this slot's end (subtitles.dialogue_windows), the same rule
+    `describe` applies."""
+    by_film: dict[str, list[Annotation]] = {}
     for ann in anns:
-        index = subs.get(ann.film)
-        if index is not None:
-            ann.subtitle = index.overlapping(ann.start, ann.end)
+        by_film.setdefault(ann.film, []).append(ann)
+    for film, film_anns in by_film.items():
+        index = subs.get(film)
+        if index is None:
+            continue
+        film_anns.sort(key=lambda a: (a.start, a.end))
+        begins = dialogue_windows([(a.start, a.end) for a in film_anns])
+        for ann, begin in zip(film_anns, begins, strict=True):
+            ann.subtitle = index.dialogue(begin, ann.start, ann.end)
 
 
 @dataclass

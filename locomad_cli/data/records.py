@@ -1,7 +1,7 @@
 """The clip record every dataset yields and every model entry point consumes.
 
 A record is one AD slot of one film: its frame features, its ground-truth description
-(empty at inference), the subtitles overlapping it, and its context proposal — the previous
+(empty at inference), the dialogue that goes with it, and its context proposal — the previous
 descriptions of the same film (oldest first) with their subtitles and cached CLIP text
 features. `collate` pads a list of records into tensors; the model tokenizes text itself.
 """
@@ -33,7 +33,7 @@ class ClipRecord:
     text: str = ""
     """Ground-truth description ('' when generating)."""
     subtitle: str = ""
-    """Subtitles overlapping the slot, joined with spaces."""
+    """The dialogue that goes with the slot (subtitles.dialogue_windows), joined with spaces."""
     context: list[ContextItem] = field(default_factory=list)
     """Up to `proposal_len` earlier items of the same film, oldest first, never from the future."""
     context_features: torch.Tensor | None = None
