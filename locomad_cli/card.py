@@ -169,7 +169,7 @@ def load_card(name_or_path: str | Path, overrides: list[str] | None = None) -> M
     """Load a card by shipped name (`opt-2.7b`, `demo`) or YAML path, then apply overrides
     of the form `section.key=value` (values parsed as YAML scalars)."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():
         path = p
     else:
         path = MODELS_DIR / f"{name_or_path}.yaml"

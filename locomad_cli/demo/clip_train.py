@@ -121,8 +121,8 @@ def train_clip(
         if rng.random() < 0.5:
             x = x.flip(-1)  # mirror: looks and actions read the same either way round
         tokens = encoder.tokenizer(texts)
-        out = model(x, tokens)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        res = model(x, tokens)
+        loss = loss_fn(res["image_features"], res["text_features"], res["logit_scale"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -87,8 +87,18 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
     say = print if cfg.progress else (lambda *a, **k: None)
 
     dcfg = DemoDataConfig(seed=cfg.seed, films=cfg.films, val=cfg.val, test=cfg.test)
-    say(f"[1/6] rendering {cfg.films} films into {data}", flush=True)
-    make_data(data, dcfg, features=False)
+    made = sorted(p.name for s in ("train", "val", "test") for p in (data / s).glob("*.world.json"))
+    if (
+        len(made) == cfg.films
+        and (work / "data.json").is_file()
+        and json.loads((work / "data.json").read_text()) == dataclasses.asdict(dcfg)
+    ):
+        say(f"[1/6] reusing the {cfg.films} films in {data}", flush=True)
+    else:
+        say(f"[1/6] rendering {cfg.films} films into {data}", flush=True)
+        make_data(data, dcfg, features=False)
+        with atomic_open(work / "data.json") as f:
+            json.dump(dataclasses.asdict(dcfg), f)
     say("[2/6] tokenizers", flush=True)
     make_tokenizers(data, weights)
     say(f"[3/6] CLIP: {cfg.clip_steps} steps", flush=True)
