@@ -18,7 +18,6 @@ import contextlib
 import functools
 import importlib.util
 import json
-import logging
 import math
 import os
 import re
@@ -37,6 +36,16 @@ from locomad_cli.card import ModelCard, load_card
 from locomad_cli.data import load_split
 from locomad_cli.data.dataset import ClipDataset, report_problems
 from locomad_cli.data.records import collate
+from locomad_cli.train_state import FORMAT as TRAIN_STATE_FORMAT
+from locomad_cli.train_state import (
+    load_optimizer_state,
+    optimizer_state,
+    read_state,
+    refuse_pickles,
+    rng_state,
+    set_rng_state,
+    write_state,
+)
 from locomad_cli.utils import LocomadError, atomic_open, check_writable_dir
 
 # The authors' settings (REFERENCE-NOTES.md): 10 epochs at batch 64 for stage 1, 5 epochs at
@@ -211,25 +220,30 @@ def _model_dir(path: str) -> Path:
     return p
 
 
-def build_model(cfg: TrainConfig, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
+def build_model(
+    cfg: TrainConfig, device: str = "cpu", weights: Path | None = None
+) -> tuple[nn.Module, ModelCard]:
     """The model to train: from the card (stage 1), or from the --init checkpoint (stage 2;
-    with --model, that card's runtime settings apply and its architecture must match)."""
+    with --model, that card's runtime settings apply and its architecture must match), or
+    from `weights` (the model folder of the checkpoint a --resume continues)."""
     from locomad_cli.model.checkpoint import load_model
     from locomad_cli.model.locomad import LoCoMAD
 
     if cfg.stage == 2 and not cfg.init:
         raise LocomadError("stage 2 starts from a stage-1 checkpoint: pass --init STAGE1_RUN_DIR")
+    source = _model_dir(cfg.init) if cfg.init else None
+    source = weights if weights is not None else source
     if cfg.model is None:
-        if not cfg.init:
+        if source is None:
             raise LocomadError("pass --model CARD (or --init CHECKPOINT to reuse its card)")
         if cfg.overrides:
             raise LocomadError("--set needs --model (the card to override)")
-        model = load_model(_model_dir(cfg.init), device)
+        model = load_model(source, device)
         return model, model.card
     card = load_card(cfg.model, cfg.overrides)
-    if not cfg.init:
+    if source is None:
         return LoCoMAD.from_card(card, device), card
-    card.weights = str(_model_dir(cfg.init).resolve())
+    card.weights = str(source.resolve())
     return load_model(card, device), card
 
 
@@ -240,6 +254,24 @@ def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         if m and (p / "trainer.json").is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def _resumable(ckpt: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's trainer.json, once its state is known to be pickle-free and its
+    settings are the ones this run has."""
+    refuse_pickles(ckpt)
+    try:
+        state = json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LocomadError(f"--resume: cannot read {ckpt / 'trainer.json'}: {e}") from None
+    if state.get("format") != TRAIN_STATE_FORMAT:
+        raise LocomadError(f"--resume: {ckpt} has no training state this locomad can read")
+    for key, value in expected.items():
+        if state.get(key) != value:
+            raise LocomadError(
+                f"--resume: {key} was {state.get(key)} in {ckpt}; resume with the same value"
+            )
+    return state
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -397,8 +429,21 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         check_writable_dir(run_dir)
         if not cfg.resume and _checkpoints(run_dir):
             raise LocomadError(f"{run_dir} already holds a run: pass --resume or another -o")
+    # FSDP shards the optimizer state: it is gathered to write it and re-sharded to load it
+    fsdp = accelerator.distributed_type.name == "FSDP"
+    step, best, ckpt, resumed = 0, None, None, {}
+    if cfg.resume:
+        found = _checkpoints(run_dir)
+        if found:
+            step, ckpt = found[-1]
+            expected = {"stage": cfg.stage, "seed": cfg.seed, "batch_size": batch_size}
+            expected |= {"grad_accum": cfg.grad_accum, "world": world, "fsdp": fsdp}
+            resumed = _resumable(ckpt, expected)
+        elif main:
+            print(f"locomad: nothing to resume in {run_dir}; starting at step 0", file=sys.stderr)
     set_seed(cfg.seed)
-    model, card = build_model(cfg, str(accelerator.device))
+    # a resumed run's weights are its checkpoint's model folder (safetensors)
+    model, card = build_model(cfg, str(accelerator.device), ckpt / "model" if ckpt else None)
 
     # Datasets: the main process fills the text-feature cache first, the others then read it.
     val_spec = cfg.val_data or cfg.data
@@ -449,28 +494,23 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     wrapped, optimizer, scheduler = accelerator.prepare(wrapped_model, optimizer, scheduler)
 
-    step, best = 0, None
-    if cfg.resume:
-        found = _checkpoints(run_dir)
-        if found:
-            step, ckpt = found[-1]
-            state = json.loads((ckpt / "trainer.json").read_text())
-            for key in ("stage", "seed", "batch_size", "grad_accum", "world"):
-                if state[key] != {**asdict(cfg), "batch_size": batch_size, "world": world}[key]:
-                    raise LocomadError(
-                        f"--resume: {key} was {state[key]} in {ckpt}; resume with the same value"
-                    )
-            accelerator.load_state(str(ckpt / "state"))
-            # a new --max-steps moves the schedule's end: recompute the rate of the next step
-            schedule.total = total
-            inner = scheduler.scheduler
-            for group, base in zip(optimizer.param_groups, inner.base_lrs, strict=True):
-                group["lr"] = base * schedule(inner.last_epoch)
-            best = state.get("best")
-            if main:
-                print(f"locomad: resuming {run_dir} at step {step}", file=sys.stderr)
-        elif main:
-            print(f"locomad: nothing to resume in {run_dir}; starting at step 0", file=sys.stderr)
+    if ckpt is not None:
+        state_dir = ckpt / "state"
+        opt_state = read_state(state_dir / "optimizer")
+        load_optimizer_state(wrapped, optimizer.optimizer, opt_state, fsdp)
+        scheduler.scheduler.load_state_dict(read_state(state_dir / "scheduler"))
+        if accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(read_state(state_dir / "scaler"))
+        set_rng_state(read_state(state_dir / f"rng-{rank}"))
+        accelerator.step = resumed["micro_step"]  # accumulation's micro-batch counter
+        # a new --max-steps moves the schedule's end: recompute the rate of the next step
+        schedule.total = total
+        inner = scheduler.scheduler
+        for group, base in zip(optimizer.param_groups, inner.base_lrs, strict=True):
+            group["lr"] = base * schedule(inner.last_epoch)
+        best = resumed.get("best")
+        if main:
+            print(f"locomad: resuming {run_dir} at step {step}", file=sys.stderr)
 
     if main:
         with atomic_open(run_dir / "config.json") as f:
@@ -495,35 +535,42 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     def save(at: int, is_best: bool = False, collective: bool = True) -> None:
         ckpts = run_dir / "checkpoints"
         tmp = ckpts / f".tmp-step-{at:07d}"
+        state_dir = tmp / "state"
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            state_dir.mkdir(parents=True)
         if collective:
             accelerator.wait_for_everyone()
-        # accelerate warns about every tied weight (LM heads) it leaves out of the file; the
-        # tie is rebuilt by the model itself on load, so the warning is noise here
-        noisy = logging.getLogger("accelerate.utils.other")
-        level = noisy.level
-        noisy.setLevel(logging.ERROR)
-        try:
-            accelerator.save_state(str(tmp / "state"))
-        finally:
-            noisy.setLevel(level)
+        # No accelerate.save_state: it pickles (see train_state.py). Each process writes its
+        # RNG streams; the main process the optimizer (gathered first under FSDP), scheduler,
+        # loss scaler and the model folder, from which a resume takes the weights.
+        write_state(state_dir / f"rng-{rank}", rng_state())
+        opt_state = optimizer_state(wrapped, optimizer.optimizer, fsdp) if fsdp or main else None
         to_save = _model_to_save(accelerator, wrapped, scalars)  # collective under FSDP
         if main:
             from locomad_cli.model.checkpoint import save_model
 
+            write_state(state_dir / "optimizer", opt_state)
+            write_state(state_dir / "scheduler", scheduler.scheduler.state_dict())
+            if accelerator.scaler is not None:
+                write_state(state_dir / "scaler", accelerator.scaler.state_dict())
             save_model(to_save, tmp / "model")
             trainer = {
+                "format": TRAIN_STATE_FORMAT,
                 "step": at,
                 "best": best,
+                "micro_step": accelerator.step,
                 "stage": cfg.stage,
                 "seed": cfg.seed,
                 "batch_size": batch_size,
                 "grad_accum": cfg.grad_accum,
                 "world": world,
+                "fsdp": fsdp,
             }
             (tmp / "trainer.json").write_text(json.dumps(trainer))
+        if collective:
+            accelerator.wait_for_everyone()  # every process's RNG file is in before the rename
+        if main:
             _replace_dir(tmp, ckpts / f"step-{at:07d}")
             if is_best:
                 best_tmp = run_dir / ".best.tmp"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_data_fixtures import simple_films, write_film_folder, write_splits
 
 from locomad_cli.card import tiny_card
@@ -24,6 +26,7 @@ from locomad_cli.train import (
     param_groups,
     train,
 )
+from locomad_cli.train_state import PICKLE_SUFFIXES as PICKLED
 from locomad_cli.utils import LocomadError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,8 +154,6 @@ def test_tensorboard_is_optional(films, tmp_path, one_thread):
 
 @pytest.mark.slow
 def test_stage1_then_stage2_learn_and_validate(films, tmp_path, one_thread):
-    from safetensors.torch import load_file
-
     root, card = films
     run1 = tmp_path / "run1"
     r1 = train(_cfg(root, card, run1, max_steps=8, eval_every=4, val_data=None, keep_last=1))
@@ -204,22 +205,80 @@ def test_resume_after_ctrl_c_continues_the_same_run(films, tmp_path, one_thread)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(root, card, run, save_every=100, **acc), callback=interrupt)
     assert (run / "checkpoints" / "step-0000003" / "state").is_dir()  # written by the Ctrl-C
+    assert not (run / "checkpoints" / "step-0000006").exists()
     with pytest.raises(LocomadError, match="batch_size was 2"):
         train(_cfg(root, card, run, resume=True))
     resumed = train(_cfg(root, card, run, resume=True, **acc))
     assert resumed.step == 6
     a, b = _losses(full.history), _losses(resumed.history)
     assert sorted(b) == [4, 5, 6]
-    for step in (4, 5, 6):
-        assert b[step] == pytest.approx(a[step], abs=1e-5)
+    assert [b[step] for step in (4, 5, 6)] == [a[step] for step in (4, 5, 6)]  # bit-equal
+    weights = Path("model", "model.safetensors")
+    wa, wb = load_file(tmp_path / "full" / weights), load_file(run / weights)
+    assert sorted(wa) == sorted(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
     # a longer run from there: the cosine stretches to the new end
     longer = train(_cfg(root, card, run, resume=True, max_steps=8, **acc))
     lr7 = _losses(longer.history, "lr")[7]
     assert lr7 == pytest.approx(1e-3 * (1 + math.cos(math.pi * 4 / 6)) / 2)
-    state = Path("checkpoints", "step-0000006", "state", "optimizer.bin")
-    wa = torch.load(tmp_path / "full" / state, weights_only=True)
-    wb = torch.load(run / state, weights_only=True)
-    assert torch.allclose(wa["state"][0]["exp_avg"], wb["state"][0]["exp_avg"], atol=1e-6)
+    # the resume state is safetensors + JSON: no pickle anywhere in either run folder
+    for folder in (tmp_path / "full", run):
+        files = [p.relative_to(folder) for p in folder.rglob("*") if p.is_file()]
+        assert files and not [p for p in files if p.suffix in PICKLED], files
+    state = Path("checkpoints", "step-0000006", "state")
+    assert sorted(p.name for p in (run / state).iterdir()) == [
+        "optimizer.json",
+        "optimizer.safetensors",
+        "rng-0.json",
+        "rng-0.safetensors",
+        "scheduler.json",
+    ]
+    wa = load_file(tmp_path / "full" / state / "optimizer.safetensors")
+    wb = load_file(run / state / "optimizer.safetensors")
+    assert "state/0/exp_avg" in wa and sorted(wa) == sorted(wb)
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-6), key
+    # a pickle planted in the newest checkpoint: refused before anything is loaded
+    (run / "checkpoints" / "step-0000008" / "state" / "random_states_0.pkl").write_bytes(b"x")
+    with pytest.raises(LocomadError, match="older locomad with pickled state"):
+        train(_cfg(root, card, run, resume=True, max_steps=9, **acc))
+
+
+class _Planted:
+    """Unpickling this creates a folder: proof, if it ever exists, that a pickle was opened."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.sentinel),))
+
+
+def test_old_pickled_run_folder_is_refused_in_one_line(films, tmp_path):
+    """A run folder as accelerate.save_state left it (older locomad): exit 2, one line, and
+    none of its pickles opened."""
+    from typer.testing import CliRunner
+
+    from locomad_cli.cli import app
+
+    root, card = films
+    run = tmp_path / "old"
+    ckpt = run / "checkpoints" / "step-0000004"
+    (ckpt / "state").mkdir(parents=True)
+    (ckpt / "model").mkdir()
+    trainer = {"step": 4, "best": None, "stage": 1, "seed": 2023, "batch_size": 4}
+    (ckpt / "trainer.json").write_text(json.dumps({**trainer, "grad_accum": 1, "world": 1}))
+    sentinel = tmp_path / "unpickled"
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        (ckpt / "state" / name).write_bytes(pickle.dumps(_Planted(sentinel)))
+    args = ["train", "--stage", "1", "--model", str(card), "--data", str(root), "-o", str(run)]
+    args += ["--resume", "--batch-size", "4", "--val-data", "none", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("locomad: error: "), result.output
+    assert "written by an older locomad with pickled state (state/optimizer.bin)" in lines[0]
+    assert f"--init {ckpt / 'model'}" in lines[0]
+    assert not sentinel.exists()
 
 
 def _free_port() -> int:
@@ -233,12 +292,12 @@ def test_two_processes_follow_the_single_process_loss_curve(films, tmp_path, one
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without a GPU (torchrun
     underneath, gloo on the CPU), 2 clips each, against one process with 2 micro-batches of
     2: the same global batch of 4 at every step. (`--cpu` alone starts a single process
-    unless mpirun is set up.)"""
+    unless mpirun is set up.) The two-process run stops after 2 steps and resumes: each
+    process writes and reads back its own RNG state."""
     root, card = films
     single = train(_cfg(root, card, tmp_path / "one", batch_size=2, grad_accum=2, max_steps=4))
     # validation at the end, 7 clips over 2 processes in batches of 3: uneven batch counts
     val = dict(val_data=None, val_max_clips=7, eval_batch_size=3)
-    cfg = _cfg(root, card, tmp_path / "two", batch_size=2, grad_accum=1, max_steps=4, **val)
     script = tmp_path / "run_train.py"
     script.write_text(
         "import json, sys\n"
@@ -247,27 +306,31 @@ def test_two_processes_follow_the_single_process_loss_curve(films, tmp_path, one
         "if r.history:\n"
         "    json.dump(r.history, open(sys.argv[2], 'w'))\n"
     )
-    out = tmp_path / "history.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        "--multi_gpu",
-    ]
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["--main_process_port", str(_free_port())]
-    cmd += [str(script), json.dumps(asdict(cfg)), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads(out.read_text())
-    assert all(h.get("world", 2) == 2 for h in two)
+    two: list[dict] = []
+    for max_steps, resume in ((2, False), (4, True)):
+        cfg = _cfg(root, card, tmp_path / "two", batch_size=2, max_steps=max_steps, **val)
+        cfg.resume = resume
+        out = tmp_path / f"history-{max_steps}.json"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no"]
+        cmd += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+        cmd += [str(script), json.dumps(asdict(cfg)), str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        two += json.loads(out.read_text())
+        if not resume:
+            state = tmp_path / "two" / "checkpoints" / "step-0000002" / "state"
+            assert sorted(p.name for p in state.glob("rng-*")) == [
+                "rng-0.json",
+                "rng-0.safetensors",
+                "rng-1.json",
+                "rng-1.safetensors",
+            ]
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world"] == 2
     a, b = _losses(single.history), _losses(two)
     assert sorted(b) == [1, 2, 3, 4]
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-4)
     val_loss = _losses(two, "val/loss")
-    assert list(val_loss) == [4] and 0 < val_loss[4] < 100
+    assert list(val_loss) == [2, 4] and 0 < val_loss[4] < 100  # validated at each run's end
