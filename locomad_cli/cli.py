@@ -401,6 +401,11 @@ def demo_make_data_cmd(
     test: int = typer.Option(6, "--test", help="Held-out films (the last ones). Default: 6."),
     cast: int = typer.Option(3, "--cast", help="Characters per film (1-4). Default: 3."),
     fps: float = typer.Option(10.0, "--fps", help="Frame rate of the MP4s. Default: 10."),
+    dialogue_intro: float = typer.Option(
+        0.0,
+        "--dialogue-intro",
+        help="Chance a newcomer is named by dialogue instead of the AD. Default: 0.",
+    ),
     features: bool = typer.Option(
         True, "--features/--no-features", help="Extract frame features too. Default: on."
     ),
@@ -409,7 +414,15 @@ def demo_make_data_cmd(
     """Render demo films (MP4 + subtitles + reference AD) in the folder-of-films layout."""
     from locomad_cli.demo.data import DemoDataConfig, make_data
 
-    cfg = DemoDataConfig(seed=seed, films=films, val=val, test=test, cast=cast, fps=fps)
+    cfg = DemoDataConfig(
+        seed=seed,
+        films=films,
+        val=val,
+        test=test,
+        cast=cast,
+        fps=fps,
+        dialogue_intro=dialogue_intro,
+    )
     try:
         out = make_data(out_dir, cfg, features=features, card=model, progress=True)
     except LocomadError as e:
@@ -487,9 +500,9 @@ def demo_train_cmd(
     ),
     seed: int = typer.Option(0, "--seed", help="World and training seed. Default: 0."),
     films: int = typer.Option(60, "--films", help="Films in all. Default: 60."),
-    clip_steps: int = typer.Option(400, "--clip-steps", help="CLIP steps. Default: 400."),
-    s1_epochs: int = typer.Option(10, "--s1-epochs", help="Stage-1 epochs. Default: 10."),
-    s2_epochs: int = typer.Option(15, "--s2-epochs", help="Stage-2 epochs. Default: 15."),
+    clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps. Default: 2000."),
+    s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs. Default: 20."),
+    s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs. Default: 30."),
     measure: bool = typer.Option(
         True, "--measure/--no-measure", help="Measure on held-out films. Default: on."
     ),

@@ -6,8 +6,8 @@ features) has nothing to find; `docs/demo.md` gives the retrieval figures before
 
 Frames come through exactly the extraction path (locomad_cli.video decoding at the card's FPS,
 `ClipEncoder.preprocess`), paired with the slot's look-only caption ("The woman in the red
-dress picks up the blue cup.") or, half of the time, its reference AD with the names, so the
-text tower learns that names carry no visual meaning.
+dress picks up the blue cup.") or, a fifth of the time, its reference AD with the names, so
+the text tower learns that names carry no visual meaning.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def train_clip(
     lr: float = 1e-3,
     seed: int = 0,
     log_every: int = 100,
+    caption_share: float = 0.8,
 ) -> dict[str, float]:
     """Train the card's CLIP (from random init) on root/train and save it to `out` as fp16
     safetensors; returns validation caption→frame R@1 before and after."""
@@ -116,7 +117,7 @@ def train_clip(
         for j in pick:
             s = train[int(j)]
             imgs.append(s.frames[int(rng.integers(len(s.frames)))])
-            texts.append(s.caption if rng.random() < 0.5 else s.text)
+            texts.append(s.caption if rng.random() < caption_share else s.text)
         x = encoder.preprocess(torch.stack(imgs))
         if rng.random() < 0.5:
             x = x.flip(-1)  # mirror: looks and actions read the same either way round

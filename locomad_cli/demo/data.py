@@ -133,6 +133,8 @@ def make_data(
         raise LocomadError(f"--cast must be between 1 and 4, got {cfg.cast}")
     if cfg.fps <= 0:
         raise LocomadError(f"--fps must be positive, got {cfg.fps:g}")
+    if not 0.0 <= cfg.dialogue_intro <= 1.0:
+        raise LocomadError(f"--dialogue-intro is a chance in [0, 1], got {cfg.dialogue_intro:g}")
     root = check_writable_dir(out_dir)
     out: dict[str, list[Path]] = {s: [] for s in SPLITS}
     for i in range(cfg.films):
@@ -149,9 +151,9 @@ def make_data(
     return out
 
 
-def extract_demo_features(root: str | Path, card: str = "demo") -> int:
+def extract_demo_features(root: str | Path, card: str = "demo", overwrite: bool = False) -> int:
     """Frame features for every MP4 under root/{train,val,test} with `card`'s CLIP (skips
-    films already done); returns how many films have features."""
+    films already done unless `overwrite`); returns how many films have features."""
     from locomad_cli.card import load_card
     from locomad_cli.features import extract_features
 
@@ -165,7 +167,12 @@ def extract_demo_features(root: str | Path, card: str = "demo") -> int:
         if vids:
             done += len(
                 extract_features(
-                    vids, model_card, out_dir=Path(root) / split, device="cpu", dtype="fp32"
+                    vids,
+                    model_card,
+                    out_dir=Path(root) / split,
+                    device="cpu",
+                    dtype="fp32",
+                    overwrite=overwrite,
                 )
             )
     return done

@@ -37,21 +37,24 @@ class DemoTrainConfig:
     films: int = 60
     val: int = 6
     test: int = 6
-    clip_steps: int = 400
+    clip_steps: int = 2000
     clip_batch: int = 64
-    s1_epochs: int = 10
+    s1_epochs: int = 20
     s1_batch: int = 32
     s1_lr: float = 5e-4
-    s2_epochs: int = 15
+    s2_epochs: int = 30
     s2_batch: int = 16
     s2_lr: float = 1e-3
-    s2_eval_epochs: int = 3
+    s2_eval_epochs: int = 5
     """Validate (generate on val clips, CIDEr) every this many stage-2 epochs."""
     warmup_steps: int = 50
     val_clips: int = 48
     """Stage-2 validation generates for this many val clips (picks the best checkpoint)."""
     measure: bool = True
     progress: bool = False
+    threads: int = 1
+    """torch CPU threads. One: these models are so small that a second thread mostly waits,
+    and on a shared machine two threads per process ran 30x slower than one (docs/demo.md)."""
 
 
 def _card_file(cfg: DemoTrainConfig, weights: Path) -> str:
@@ -75,11 +78,14 @@ def _card_file(cfg: DemoTrainConfig, weights: Path) -> str:
 
 def train_demo(cfg: DemoTrainConfig) -> dict:
     """Run every step; returns what was measured (also written to WORK/measure.json)."""
+    import torch
+
     from locomad_cli.demo.clip_train import train_clip
     from locomad_cli.demo.data import DemoDataConfig, extract_demo_features, make_data
     from locomad_cli.demo.tokenizers import make_tokenizers
     from locomad_cli.train import TrainConfig, train
 
+    torch.set_num_threads(cfg.threads)
     work, weights = Path(cfg.work), Path(cfg.weights)
     data = work / "data"
     weights.mkdir(parents=True, exist_ok=True)
@@ -101,23 +107,43 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
             json.dump(dataclasses.asdict(dcfg), f)
     say("[2/6] tokenizers", flush=True)
     make_tokenizers(data, weights)
-    say(f"[3/6] CLIP: {cfg.clip_steps} steps", flush=True)
-    clip = train_clip(
-        data,
-        load_card(card_file),
-        weights / "clip.safetensors",
-        steps=cfg.clip_steps,
-        batch_size=cfg.clip_batch,
-        seed=cfg.seed,
-        log_every=100 if cfg.progress else 0,
-    )
+    clip_key = {
+        "steps": cfg.clip_steps,
+        "batch": cfg.clip_batch,
+        "seed": cfg.seed,
+        "data": dataclasses.asdict(dcfg),
+        "clip": dataclasses.asdict(load_card(card_file).clip),
+    }
+    clip_file, clip_done = weights / "clip.safetensors", work / "clip.json"
+    done = json.loads(clip_done.read_text()) if clip_done.is_file() else {}
+    fresh = not (clip_file.is_file() and done.get("key") == clip_key)
+    if fresh:
+        say(f"[3/6] CLIP: {cfg.clip_steps} steps", flush=True)
+        clip = train_clip(
+            data,
+            load_card(card_file),
+            clip_file,
+            steps=cfg.clip_steps,
+            batch_size=cfg.clip_batch,
+            seed=cfg.seed,
+            log_every=100 if cfg.progress else 0,
+        )
+        with atomic_open(clip_done) as f:
+            json.dump({"key": clip_key, "result": clip}, f)
+    else:
+        say(f"[3/6] reusing the CLIP trained before ({clip_file})", flush=True)
+        clip = done["result"]
     say(
         f"      val caption->frame R@1: random {clip['val_r1_random']:.2f}, "
         f"trained {clip['val_r1_trained']:.2f}",
         flush=True,
     )
     say("[4/6] frame features", flush=True)
-    extract_demo_features(data, card_file)
+    # Features and the cached CLIP text features name the CLIP by its card, not by its
+    # weights: after (re)training it, both are made again rather than trusted.
+    for cache in data.glob("locomad-text-*.safetensors"):
+        cache.unlink()
+    extract_demo_features(data, card_file, overwrite=True)
     common = dict(
         data=f"folder:{data}",
         model=card_file,
