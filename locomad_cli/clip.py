@@ -13,6 +13,8 @@ tensors on the device instead of one PIL image at a time.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import tempfile
@@ -142,6 +144,30 @@ def _resolve_file(card: ModelCard, value: str) -> Path | None:
     if p.suffix in (".safetensors", ".pt", ".pth", ".bin") or "/" in value:
         raise LocomadError(f"CLIP weights file not found: {value}")
     return None
+
+
+def weights_id(card: ModelCard) -> str:
+    """What identifies the CLIP's weights for caches of its features: the pretrained tag, or
+    for a local weights file its size and a hash of its content, so features made before the
+    file was retrained (the demo's CLIP, a fine-tuned encoder) are never reused by mistake."""
+    pretrained = card.clip.pretrained
+    if not pretrained:
+        return "random-init"
+    path = _resolve_file(card, pretrained)
+    if path is None:
+        return str(pretrained)
+    stat = path.stat()
+    return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """Size + SHA-256 of a file, once per (path, size, mtime) in a process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{size}-{digest.hexdigest()[:16]}"
 
 
 def _inline_config(card: ModelCard) -> dict[str, Any] | None:

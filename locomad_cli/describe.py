@@ -113,11 +113,19 @@ def _film_duration(video: Path, meta: dict[str, Any] | None, features: torch.Ten
 
 
 def _check_features(path: Path, meta: dict[str, Any], card: ModelCard) -> None:
+    from locomad_cli.clip import weights_id
+
     model = meta.get("clip_model")
     if model and model != card.clip.model:
         raise LocomadError(
             f"{path}: features were made with CLIP '{model}', but model card '{card.name}' "
             f"uses '{card.clip.model}'"
+        )
+    made_with = meta.get("clip_weights")
+    if made_with and made_with != weights_id(card):
+        raise LocomadError(
+            f"{path}: features were made with other weights of CLIP '{card.clip.model}' than "
+            f"model card '{card.name}' uses ({card.clip.pretrained}); extract them again"
         )
     fps = meta.get("fps")
     if fps and abs(float(fps) - card.fps) > 1e-6:

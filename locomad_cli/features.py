@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from locomad_cli.card import ModelCard
-from locomad_cli.clip import ClipEncoder, load_clip
+from locomad_cli.clip import ClipEncoder, load_clip, weights_id
 from locomad_cli.utils import (
     LocomadError,
     atomic_open,
@@ -49,7 +49,14 @@ FORMAT = "locomad-features-1"
 SUFFIX = ".features.safetensors"
 CHUNK_FRAMES = 250
 """Output frames per resumable chunk: 50 s of film at 5 FPS, ~70 MB of decoded 224p frames."""
-MATCH_KEYS = ("source_size", "source_sha256_1mib", "clip_model", "clip_pretrained", "fps")
+MATCH_KEYS = (
+    "source_size",
+    "source_sha256_1mib",
+    "clip_model",
+    "clip_pretrained",
+    "clip_weights",
+    "fps",
+)
 """Metadata that must agree for an existing output (or partial state) to count as this film's."""
 
 
@@ -117,6 +124,7 @@ def _identity(card: ModelCard, fps: float, fingerprint: dict[str, str]) -> dict[
         **fingerprint,
         "clip_model": card.clip.model,
         "clip_pretrained": str(card.clip.pretrained),
+        "clip_weights": weights_id(card),
         "fps": f"{fps:g}",
     }
 

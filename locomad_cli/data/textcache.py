@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from locomad_cli.card import ModelCard
+from locomad_cli.clip import weights_id
 from locomad_cli.utils import LocomadError, atomic_path
 
 Encoder = Callable[[list[str]], torch.Tensor]
@@ -26,7 +27,7 @@ Encoder = Callable[[list[str]], torch.Tensor]
 def encoder_id(card: ModelCard) -> str:
     """What identifies the text encoder: name, weights and (for inline configs) its shape."""
     c = card.clip
-    ident = json.dumps([c.model, c.pretrained, c.dim, c.config], sort_keys=True)
+    ident = json.dumps([c.model, c.pretrained, weights_id(card), c.dim, c.config], sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
