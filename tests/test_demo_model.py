@@ -1,0 +1,186 @@
+"""The demo model: its tokenizers, its CLIP training, its measurements, a reduced training from
+scratch that must learn, and the shipped weights that must keep the figures of docs/demo.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from locomad_cli.card import MODELS_DIR, load_card, tiny_card
+from locomad_cli.demo.measure import first_name, name_accuracy
+from locomad_cli.demo.tokenizers import train_tokenizer
+from locomad_cli.demo.world import LOOKS, NAMES
+
+REPO = MODELS_DIR.parent
+DOCS = REPO / "docs" / "demo.md"
+
+
+def test_first_name_and_name_accuracy():
+    assert first_name("A man in a green coat, Tom, enters the kitchen.") == "tom"
+    assert first_name("mira hands tom the red key") == "mira"
+    assert first_name("The kitchen is empty.") is None
+    preds = ["Tom sits down.", "Mira waves at Tom.", "The man sits.", "Rain falls."]
+    refs = ["Tom sits down.", "Tom waves at Mira.", "Leo sits down.", "Rain falls."]
+    acc, named = name_accuracy(preds, refs)
+    assert named == 3
+    assert acc == pytest.approx(1 / 3)
+
+
+def test_tokenizers_keep_every_name_whole():
+    texts = ["A man in a green coat, Tom, enters the kitchen.", "Mira hands Tom the red key."]
+    texts += [f"{n}, {n}. {n}!" for n in NAMES] * 4 + [look.phrase for look in LOOKS]
+    llm = train_tokenizer(texts, "llm", vocab_size=500)
+    pme = train_tokenizer(texts, "pme", vocab_size=500)
+    for name in NAMES:
+        assert len(llm.tokenize(f" {name}")) == 1, name
+    ids = llm("Mira hands Tom the red key.")["input_ids"]
+    assert llm.decode(ids, skip_special_tokens=True).strip() == "Mira hands Tom the red key."
+    enc = pme("Mira hands Tom the red key.")["input_ids"]
+    assert enc[0] == pme.cls_token_id and enc[-1] == pme.sep_token_id
+    assert pme.decode(enc, skip_special_tokens=True).strip() == "mira hands tom the red key."
+
+
+def test_pme_generate_writes_text_from_the_vtg_head():
+    from locomad_cli.data.records import ClipRecord, collate
+    from locomad_cli.demo.measure import pme_generate
+    from locomad_cli.model.locomad import LoCoMAD
+
+    torch.manual_seed(0)
+    card = tiny_card()
+    model = LoCoMAD.from_card(card)
+    recs = [ClipRecord("f", 0, 1, torch.randn(6, card.clip.dim)) for _ in range(2)]
+    batch = collate(recs, card.pme.max_frames, card.dsm.proposal_len)
+    out = pme_generate(model, batch, max_len=6)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    # greedy: the same input gives the same words
+    assert out == pme_generate(model, batch, max_len=6)
+    # one step = the VTG head's argmax after [DEC], under the causal VTG mask
+    tok = model.pme_tokenizer
+    frames, fmask = model._frames(batch)
+    dec = torch.full((2, 1), tok.bos_token_id)
+    with torch.no_grad():
+        _, t = model.pme.encode(frames, fmask, dec, torch.ones_like(dec, dtype=torch.bool), "vtg")
+    first = model.pme.lm_head(t[:, -1]).argmax(-1).tolist()
+    expected = [tok.decode([i], skip_special_tokens=True).strip() for i in first]
+    assert pme_generate(model, batch, max_len=2) == expected
+
+
+@pytest.mark.slow
+def test_clip_training_learns_and_saves_loadable_weights(tmp_path):
+    from locomad_cli.clip import load_clip
+    from locomad_cli.demo.clip_train import train_clip
+    from locomad_cli.demo.data import DemoDataConfig, make_data
+
+    make_data(tmp_path / "d", DemoDataConfig(seed=1, films=4, val=1, test=1), features=False)
+    card = load_card("demo")
+    out = tmp_path / "clip.safetensors"
+    r = train_clip(tmp_path / "d", card, out, steps=30, batch_size=32, log_every=0)
+    assert out.is_file()
+    assert 0.0 <= r["val_r1_random"] <= 1.0 and 0.0 <= r["val_r1_trained"] <= 1.0
+    # the file loads through the same code as ViT-L/14's weights, and text features are real
+    trained = dataclasses.replace(card, clip=dataclasses.replace(card.clip, pretrained=str(out)))
+    enc = load_clip(trained)
+    random_init = load_clip(
+        dataclasses.replace(card, clip=dataclasses.replace(card.clip, pretrained=None))
+    )
+    texts = ["A man in a green coat enters the kitchen.", "The beach is quiet."]
+    a, b = enc.encode_text(texts), random_init.encode_text(texts)
+    assert a.shape == (2, card.clip.dim)
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.slow
+def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
+    """A few minutes of the real pipeline (data, tokenizers, CLIP, features, stage 1, stage 2)
+    must leave a model clearly better than the same architecture untrained."""
+    from locomad_cli.demo.measure import measure
+    from locomad_cli.demo.pipeline import DemoTrainConfig, train_demo
+    from locomad_cli.model.checkpoint import load_model
+    from locomad_cli.model.locomad import LoCoMAD
+
+    cfg = DemoTrainConfig(
+        work=str(tmp_path / "work"),
+        weights=str(tmp_path / "weights"),
+        films=12,
+        val=1,
+        test=2,
+        clip_steps=60,
+        s1_epochs=4,
+        s2_epochs=10,
+        s2_eval_epochs=10,
+        val_clips=8,
+        measure=False,
+    )
+    train_demo(cfg)
+    card = load_card(str(tmp_path / "work" / "card.yaml"))
+    trained = load_model(card)
+    torch.manual_seed(0)
+    untrained = LoCoMAD.from_card(card)
+    data = tmp_path / "work" / "data"
+    settings = ("oracle", "local")
+    got = measure(trained, data, settings)
+    base = measure(untrained, data, settings)
+    # CIDEr is on the usual ×100 scale; a working run gets 20-30 here, an untrained one ~0
+    for s in settings:
+        assert got[s]["CIDEr"] > base[s]["CIDEr"] + 10, (s, got, base)
+
+
+def _documented() -> dict:
+    """The machine-readable figures block of docs/demo.md."""
+    text = DOCS.read_text(encoding="utf-8")
+    block = re.search(r"<!-- figures\n(.*?)\n-->", text, re.S)
+    assert block, "docs/demo.md lacks its figures block"
+    return json.loads(block.group(1))
+
+
+@pytest.mark.slow
+def test_shipped_weights_keep_the_documented_figures(tmp_path):
+    from locomad_cli.demo.data import DemoDataConfig, extract_demo_features, make_film, write_film
+    from locomad_cli.demo.measure import measure
+    from locomad_cli.model.checkpoint import load_model
+
+    doc = _documented()
+    cfg = DemoDataConfig(**doc["data"])
+    # the held-out films of the shipped training, rebuilt from their seed
+    for i in range(cfg.films - cfg.test, cfg.films):
+        write_film(make_film(i, cfg), tmp_path / "test", cfg.fps)
+    extract_demo_features(tmp_path, "demo")
+    model = load_model(load_card("demo"))
+    settings = tuple(doc["test"])
+    got = measure(model, tmp_path, settings)
+    tol = doc["tolerance"]
+    for s in settings:
+        for key in ("CIDEr", "name_acc"):
+            floor = doc["test"][s][key] - tol[key]
+            assert got[s][key] >= floor, (s, key, got[s], doc["test"][s])
+    # Table 4's direction: stage 1+2 writes better than the PME alone, in every setting
+    for s in ("oracle", "recurrent", "local"):
+        assert got[s]["CIDEr"] > got["stage1"]["CIDEr"] + 20
+    # context carries the names: far above guessing (no context, or the PME alone)
+    assert got["oracle"]["name_acc"] > 5 * max(got["local"]["name_acc"], 0.02)
+    # Table 6's direction holds only in the recurrent setting here (docs/demo.md says why)
+    assert got["recurrent"]["name_acc"] >= got["recurrent-last-k"]["name_acc"]
+
+
+def test_shipped_demo_film_is_small_and_complete():
+    folder = REPO / "demo"
+    mp4s = sorted(folder.glob("*.mp4"))
+    assert len(mp4s) == 1
+    mp4 = mp4s[0]
+    assert mp4.stat().st_size <= 3_000_000
+    assert mp4.with_suffix(".srt").is_file()
+    # the reference AD doubles as --ad-times; not NAME.ad.srt, which describe writes
+    assert Path(str(mp4.with_suffix("")) + ".ad-times.srt").is_file()
+
+
+def test_shipped_weights_are_small_safetensors():
+    folder = REPO / "weights" / "demo"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25_000_000
+    assert (folder / "model.safetensors").is_file() and (folder / "clip.safetensors").is_file()
+    assert not [p for p in files if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
