@@ -161,10 +161,13 @@ def test_shipped_weights_keep_the_documented_figures(tmp_path):
     # Table 4's direction: stage 1+2 writes better than the PME alone, in every setting
     for s in ("oracle", "recurrent", "local"):
         assert got[s]["CIDEr"] > got["stage1"]["CIDEr"] + 20
-    # context carries the names: far above guessing (no context, or the PME alone)
-    assert got["oracle"]["name_acc"] > 5 * max(got["local"]["name_acc"], 0.02)
-    # Table 6's direction holds only in the recurrent setting here (docs/demo.md says why)
-    assert got["recurrent"]["name_acc"] >= got["recurrent-last-k"]["name_acc"]
+    # context carries the names: above guessing (no context, or the PME alone)
+    assert got["oracle"]["name_acc"] > got["local"]["name_acc"] + 0.05
+    assert got["oracle"]["name_acc"] > got["stage1"]["name_acc"] + 0.05
+    # Table 6's direction: the DSM's choice beats the last k items, on names and on CIDEr
+    for s in ("oracle", "recurrent"):
+        assert got[s]["name_acc"] > got[f"{s}-last-k"]["name_acc"], s
+        assert got[s]["CIDEr"] > got[f"{s}-last-k"]["CIDEr"], s
 
 
 def test_shipped_demo_film_is_small_and_complete():
