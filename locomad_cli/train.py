@@ -19,7 +19,6 @@ import functools
 import importlib.util
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -46,7 +45,7 @@ from locomad_cli.train_state import (
     set_rng_state,
     write_state,
 )
-from locomad_cli.utils import LocomadError, atomic_open, check_writable_dir
+from locomad_cli.utils import LocomadError, atomic_open, check_writable_dir, replace_dir
 
 # The authors' settings (REFERENCE-NOTES.md): 10 epochs at batch 64 for stage 1, 5 epochs at
 # batch 32 per GPU for stage 2; AdamW (0.9, 0.999), wd 0.05; warm-up 500 steps from 1e-8 to
@@ -272,16 +271,6 @@ def _resumable(ckpt: Path, expected: dict[str, Any]) -> dict[str, Any]:
                 f"--resume: {key} was {state.get(key)} in {ckpt}; resume with the same value"
             )
     return state
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Put a finished folder in place: readers see the old one or the new one, never half."""
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class _Gathered:
@@ -571,13 +560,13 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         if collective:
             accelerator.wait_for_everyone()  # every process's RNG file is in before the rename
         if main:
-            _replace_dir(tmp, ckpts / f"step-{at:07d}")
+            replace_dir(tmp, ckpts / f"step-{at:07d}")
             if is_best:
                 best_tmp = run_dir / ".best.tmp"
                 shutil.rmtree(best_tmp, ignore_errors=True)
                 shutil.copytree(ckpts / f"step-{at:07d}" / "model", best_tmp)
                 (best_tmp / "best.json").write_text(json.dumps({"step": at, best_key: best}))
-                _replace_dir(best_tmp, run_dir / "best")
+                replace_dir(best_tmp, run_dir / "best")
             for _, old in _checkpoints(run_dir)[: -cfg.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         if collective:

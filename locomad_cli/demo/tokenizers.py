@@ -9,15 +9,12 @@ side and an OPT-style one for the decoder; both load with `AutoTokenizer.from_pr
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
 from locomad_cli.demo.world import LOOKS, NAMES
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, atomic_dir
 
 
 def demo_corpus(root: str | Path) -> list[str]:
@@ -87,13 +84,8 @@ def make_tokenizers(root: str | Path, out_dir: str | Path, vocab_size: int = 100
     out = []
     for role in ("pme", "llm"):
         folder = Path(out_dir) / f"tokenizer-{role}"
-        folder.parent.mkdir(parents=True, exist_ok=True)
         # written beside, then swapped in: a reader never sees half a tokenizer folder
-        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
-            staged = Path(tmp) / "tok"
-            train_tokenizer(texts, role, vocab_size).save_pretrained(str(staged))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(staged, folder)
+        with atomic_dir(folder) as tmp:
+            train_tokenizer(texts, role, vocab_size).save_pretrained(str(tmp))
         out.append(folder)
     return out

@@ -11,9 +11,6 @@ loaded from card.llm.name again, which keeps checkpoints small (OPT-2.7B is 5 GB
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from locomad_cli.card import ModelCard, card_from_dict
 from locomad_cli.model.locomad import LoCoMAD
-from locomad_cli.utils import LocomadError, atomic_path, hub_offline_hint
+from locomad_cli.utils import LocomadError, atomic_dir, atomic_path, hub_offline_hint
 
 FORMAT = "locomad-weights-1"
 WEIGHTS = "model.safetensors"
@@ -80,9 +77,7 @@ def save_model(model: LoCoMAD, path: str | Path) -> Path:
     """Write the model's folder at `path`, replacing an old one only once the new one is
     complete (a crash leaves the old folder, never half of a new one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         (tmp / "card.yaml").write_text(model.card.to_yaml(), encoding="utf-8")
         meta = {"format": FORMAT, "card": model.card.name, "llm_saved": str(saves_llm(model.card))}
         save_file(_state_to_save(model), tmp / WEIGHTS, metadata=meta)
@@ -90,16 +85,6 @@ def save_model(model: LoCoMAD, path: str | Path) -> Path:
         model.llm_tokenizer.save_pretrained(tmp / "tokenizers" / "llm")
         if saves_llm(model.card):
             model.decoder.llm.config.save_pretrained(tmp / "llm_config")
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
