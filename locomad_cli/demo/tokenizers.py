@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from locomad_cli.demo.world import LOOKS, NAMES
+from locomad_cli.model.tokenizer import train_bpe
 from locomad_cli.utils import LocomadError, atomic_dir
 
 
@@ -33,47 +34,14 @@ def demo_corpus(root: str | Path) -> list[str]:
 
 
 def train_tokenizer(texts: list[str], role: str, vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A byte-level BPE for `role` 'pme' (lower-cased, [CLS] … [SEP]) or 'llm' (OPT's specials)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import BpeTrainer
-
-    if role == "pme":
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        unk = "[UNK]"
-    else:
-        specials = ["<s>", "<pad>", "</s>", "<unk>"]
-        unk = "<unk>"
-    tok = Tokenizer(models.BPE(unk_token=unk))
-    if role == "pme":
-        tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    if role == "pme":
-        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-        )
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            pad_token="[PAD]",
-            unk_token="[UNK]",
-            cls_token="[CLS]",
-            sep_token="[SEP]",
-            mask_token="[MASK]",
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="</s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
+    """A byte-level BPE for `role` 'pme' (lower-cased, [CLS] … [SEP]) or 'llm' (OPT's specials).
+    A space is put before the first word so a name is the same token at a line's start."""
+    return train_bpe(
+        texts,
+        role,
+        vocab_size,
+        add_prefix_space=True,
+        llm_specials=("<s>", "<pad>", "</s>", "<unk>"),
     )
 
 

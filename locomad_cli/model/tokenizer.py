@@ -54,25 +54,37 @@ _TINY_CORPUS = [
 
 
 def _train_tiny_bpe(role: str) -> PreTrainedTokenizerFast:
+    return train_bpe(_TINY_CORPUS, role, TINY_VOCAB_SIZE)
+
+
+def train_bpe(
+    texts: list[str],
+    role: str,
+    vocab_size: int,
+    add_prefix_space: bool = False,
+    llm_specials: tuple[str, ...] = ("<pad>", "</s>", "<unk>"),
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained offline on `texts` for `role` 'pme' (lower-cased like
+    bert-base-uncased, [CLS] … [SEP]) or 'llm' (OPT's specials: </s> begins and ends)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import BpeTrainer
 
     if role == "pme":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     else:
-        specials = ["<pad>", "</s>", "<unk>"]
-    tok = Tokenizer(models.BPE(unk_token=specials[1] if role == "pme" else "<unk>"))
+        specials = list(llm_specials)
+    tok = Tokenizer(models.BPE(unk_token="[UNK]" if role == "pme" else "<unk>"))
     if role == "pme":
         tok.normalizer = normalizers.Lowercase()  # the real PME tokenizer is bert-base-uncased
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tok.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     if role == "pme":
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
