@@ -27,7 +27,7 @@ from locomad_cli.metrics import (
     recall_hits,
 )
 from locomad_cli.subtitles import Cue, read_timed
-from locomad_cli.utils import LocomadError, atomic_open
+from locomad_cli.utils import LocomadError, atomic_open, parse_choice_list
 
 
 @dataclass
@@ -73,16 +73,7 @@ def match_by_time(
 def parse_metrics(spec: str | Sequence[str] | None) -> list[str]:
     if spec is None:
         return list(ALL_METRICS)
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [n.strip().lower() for n in names if n.strip()]
-    if "all" in names:
-        return list(ALL_METRICS)
-    bad = [n for n in names if n not in ALL_METRICS]
-    if bad or not names:
-        raise LocomadError(
-            f"unknown metric '{','.join(bad) or spec}' (choose from {', '.join(ALL_METRICS)}, all)"
-        )
-    return list(dict.fromkeys(names))
+    return parse_choice_list(spec, list(ALL_METRICS), "metric")
 
 
 def _load(path: str | Path, what: str, need_text: bool) -> list[Cue]:

@@ -118,6 +118,20 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return table[dtype]
 
 
+def parse_choice_list(spec: str | list[str], choices: list[str], what: str) -> list[str]:
+    """'a,b' (or a list) → the named choices in order, without repeats; 'all' → every choice.
+    Anything unknown, or nothing at all, is refused in one line naming the choices."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip().lower() for n in names if n.strip()]
+    if "all" in names:
+        return list(choices)
+    bad = [n for n in names if n not in choices]
+    if bad or not names:
+        shown = ",".join(bad) or (spec if isinstance(spec, str) else ",".join(spec))
+        raise LocomadError(f"unknown {what} '{shown}' (choose from {', '.join(choices)}, all)")
+    return list(dict.fromkeys(names))
+
+
 def hub_offline_hint(name: str) -> str:
     return (
         f"'{name}' is not a local folder and the Hugging Face hub is unreachable or the "

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, TextIO
 
-from locomad_cli.utils import LocomadError, atomic_open
+from locomad_cli.utils import atomic_open, parse_choice_list
 
 FORMATS = ("srt", "vtt", "json")
 
@@ -115,15 +115,7 @@ WRITERS: dict[str, type[ResultWriter]] = {"srt": WriteSRT, "vtt": WriteVTT, "jso
 
 def parse_formats(spec: str) -> list[str]:
     """'srt,vtt' → ['srt', 'vtt']; 'all' → every format."""
-    names = [x.strip().lower() for x in spec.split(",") if x.strip()]
-    if "all" in names:
-        return list(FORMATS)
-    bad = [n for n in names if n not in WRITERS]
-    if bad or not names:
-        raise LocomadError(
-            f"unknown output format '{','.join(bad) or spec}' (choose from srt, vtt, json, all)"
-        )
-    return list(dict.fromkeys(names))
+    return parse_choice_list(spec, list(FORMATS), "output format")
 
 
 def get_writer(output_format: str, output_dir: str | Path):
