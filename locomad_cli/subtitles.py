@@ -4,7 +4,12 @@ Real subtitle files are messy: old rips are cp1252 or latin-1, Windows tools wri
 a BOM, fansubs carry ASS override tags (`{\\an8}`) and HTML (`<i>`, `<font>`), cues overlap or
 come out of order, and one broken block is common. A film's subtitles are the only thing that
 keeps the AD from talking over dialogue, so one bad block must never lose the rest: it is
-skipped with a warning naming file:line, and everything else is read.
+skipped, and everything else is read. Skipped blocks are reported in one warning line per kind
+("skipped 16 malformed cue blocks, first at line 3"), not one line each.
+
+Every time read here is checked to be a finite number of sane size (utils.check_seconds):
+NaN, infinity and 400-digit numbers are refused with file:line where they enter, because
+later arithmetic (frame indices, slot planning) would either crash or silently misbehave.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import pysrt
 import webvtt
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, check_seconds
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +146,43 @@ def _mostly_high_byte_runs(data: bytes) -> bool:
     return high > 0 and in_runs > high / 2
 
 
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+"""Larger than any subtitle or AD-times file (a feature film's SRT is ~100 kB): a bigger file
+is the wrong file (a video given as --subs), refused before it is read into memory."""
+
+
+def looks_binary(head: bytes) -> bool:
+    """Whether the first bytes of a file are binary data rather than text in any encoding
+    decode_text reads: NUL bytes outside the UTF-16/32 patterns, or many control codes."""
+    if not head:
+        return False
+    if any(head.startswith(bom) for bom, _ in _BOMS):
+        return False
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    if len(head) >= 4 and max(even, odd) > len(head) // 4 and min(even, odd) == 0:
+        return False  # UTF-16 without a BOM
+    controls = sum(1 for b in head if b < 0x20 and b not in (0x09, 0x0A, 0x0C, 0x0D))
+    return controls > max(1, len(head) // 100)
+
+
 def read_text(path: str | Path, encoding: str | None = None) -> str:
+    """A text file's content, decoded (see decode_text), with Unix line ends. Binary files
+    and files far too large for subtitles are refused in one line."""
     path = Path(path)
     try:
+        if path.is_dir():
+            raise LocomadError(f"{path}: is a folder, not a file")
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise LocomadError(
+                f"{path}: {size / 2**20:.0f} MiB is far too large for a subtitle or times file "
+                "(is it the right file?)"
+            )
         data = path.read_bytes()
     except OSError as e:
         raise LocomadError(f"{path}: cannot read ({e.strerror or e})") from None
+    if encoding is None and looks_binary(data[:8192]):
+        raise LocomadError(f"{path}:1: no readable cue: binary data, not a text file")
     try:
         text, _ = decode_text(data, encoding)
     except LocomadError as e:
@@ -210,7 +246,7 @@ def _blocks(text: str) -> list[tuple[int, list[str]]]:
 
 
 def _srt_seconds(stamp: str) -> float:
-    return pysrt.SubRipTime.from_string(stamp.strip()).ordinal / 1000.0
+    return check_seconds(pysrt.SubRipTime.from_string(stamp.strip()).ordinal / 1000.0)
 
 
 def _parse_srt_block(lines: list[str]) -> Cue:
@@ -231,38 +267,77 @@ def _parse_vtt_block(lines: list[str]) -> Cue | None:
         raise ValueError("not a cue block")
     c = vtt.captions[0]
     return Cue(
-        c.start_time.in_milliseconds() / 1000.0,
-        c.end_time.in_milliseconds() / 1000.0,
+        check_seconds(c.start_time.in_milliseconds() / 1000.0),
+        check_seconds(c.end_time.in_milliseconds() / 1000.0),
         clean_text("\n".join(c.lines)),
     )
 
 
+_OTHER_FORMATS = (
+    ("[script info]", "ASS/SSA subtitles"),
+    ("<?xml", "XML (TTML/DFXP?) subtitles"),
+    ("<tt", "TTML subtitles"),
+    ("{", "JSON"),
+)
+
+
+def _other_format(text: str) -> str | None:
+    head = text.lstrip("\ufeff \t\n").lower()
+    return next((what for start, what in _OTHER_FORMATS if head.startswith(start)), None)
+
+
+def skipped_line(source: str, items: list[tuple[int, str]], one: str, many: str) -> str:
+    """One warning line for every skipped item of one kind: `items` are (line, why)."""
+    line, why = items[0]
+    if len(items) == 1:
+        return f"{source}:{line}: skipped {one}" + (f" ({why})" if why else "")
+    return f"{source}: skipped {len(items)} {many}, first at line {line}" + (
+        f" ({why})" if why else ""
+    )
+
+
 def _parse_blocks(text: str, source: str, vtt: bool) -> list[Cue]:
-    """Every readable cue block in file order, times and cleaned text as written; a malformed
-    block is skipped with a warning naming source:line."""
+    """Every readable cue block in file order, times and cleaned text as written; malformed
+    blocks are skipped and reported in one warning line (source:line of the first)."""
+    other = _other_format(text)
+    if other is not None:
+        raise LocomadError(
+            f"{source}:1: {other} are not read here; convert them to SRT first "
+            f"(e.g. ffmpeg -i {Path(source).name} {Path(source).stem}.srt)"
+            if other.endswith("subtitles")
+            else f"{source}:1: no readable cue: {other}, not SRT or WebVTT"
+        )
     blocks = _blocks(text.lstrip("\ufeff"))
     if vtt:
         if not blocks or not blocks[0][1][0].startswith("WEBVTT"):
             raise LocomadError(f"{source}:1: a WebVTT file starts with 'WEBVTT'")
         blocks = blocks[1:]
     cues: list[Cue] = []
+    skipped: list[tuple[int, str]] = []
     for line_no, lines in blocks:
         try:
             cue = _parse_vtt_block(lines) if vtt else _parse_srt_block(lines)
         except (
             ValueError,
+            OverflowError,
             StopIteration,
             pysrt.Error,
             MalformedCaptionError,
             MalformedFileError,
         ) as e:
-            log.warning("%s:%d: skipped a malformed cue block (%s)", source, line_no, _why(e))
+            skipped.append((line_no, _why(e)))
             continue
         if cue is not None:
             cue.line = line_no
             cues.append(cue)
     if not cues:
-        raise LocomadError(f"{source}:1: no readable cue (is it SRT or WebVTT?)")
+        what = "SRT" if not vtt else "WebVTT"
+        detail = (
+            f"; {len(skipped)} malformed block(s), first at line {skipped[0][0]}" if skipped else ""
+        )
+        raise LocomadError(f"{source}:1: no readable cue (is it {what}?{detail})")
+    if skipped:
+        log.warning(skipped_line(source, skipped, "a malformed cue block", "malformed cue blocks"))
     return cues
 
 
@@ -272,16 +347,26 @@ def parse_subtitles(text: str, source: str = "<text>", vtt: bool | None = None) 
     if vtt is None:
         vtt = text.lstrip("\ufeff").startswith("WEBVTT")
     cues = []
+    inverted: list[tuple[int, str]] = []
     for cue in _parse_blocks(text, source, vtt):
         if cue.end <= cue.start:
-            log.warning("%s:%d: skipped a cue that ends before it starts", source, cue.line)
+            inverted.append((cue.line, ""))
         elif cue.text:
             cues.append(cue)
+    if inverted:
+        log.warning(
+            skipped_line(
+                source,
+                inverted,
+                "a cue that ends before it starts",
+                "cues that end before they start",
+            )
+        )
     return sort_cues(cues)
 
 
 def _why(e: Exception) -> str:
-    msg = str(e).strip()
+    msg = " ".join(str(e).split())[:120]
     return msg if msg else e.__class__.__name__
 
 
@@ -316,20 +401,32 @@ _CLOCK = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:[.,]\d+)?)$")
 
 
 def parse_time(value: Any) -> float:
-    """Seconds from a number or a clock string ('HH:MM:SS.mmm', 'MM:SS,mmm', '12.5')."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a time: {value!r}")
+    """Seconds from a number or a clock string ('HH:MM:SS.mmm', 'MM:SS,mmm', '12.5'); finite
+    and of sane size (utils.check_seconds), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not a time: {_short(value)}")
     if isinstance(value, (int, float)):
-        return float(value)
-    s = str(value).strip()
+        return check_seconds(value)
+    s = value.strip()
+    if len(s) > 40:
+        raise ValueError(f"not a time: {_short(s)} ({len(s)} characters)")
     m = _CLOCK.match(s)
     if m:
         h, mi, sec = m.groups()
-        return int(h or 0) * 3600 + int(mi) * 60 + float(sec.replace(",", "."))
+        return check_seconds(int(h or 0) * 3600 + int(mi) * 60 + float(sec.replace(",", ".")))
     try:
-        return float(s)
+        seconds = float(s)
     except ValueError:
-        raise ValueError(f"not a time: {value!r}") from None
+        raise ValueError(f"not a time: {_short(value)}") from None
+    return check_seconds(seconds)
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: repr, cut to 40 characters (never a 400-digit line)."""
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -342,8 +439,11 @@ def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 def _row_cue(row: dict[str, Any], where: str) -> Cue:
     start, end = _pick(row, _START_KEYS), _pick(row, _END_KEYS)
-    if start is None and isinstance(row.get("timestamps"), (list, tuple)):
-        start, end = row["timestamps"][:2]  # MAD-v1 annotations
+    stamps = row.get("timestamps")
+    if start is None and isinstance(stamps, (list, tuple)):  # MAD-v1 annotations
+        if len(stamps) != 2:
+            raise LocomadError(f"{where}: 'timestamps' must be [start, end], got {len(stamps)}")
+        start, end = stamps
     if start is None or end is None:
         raise LocomadError(f"{where}: needs a start and an end (columns start,end)")
     try:
@@ -351,6 +451,8 @@ def _row_cue(row: dict[str, Any], where: str) -> Cue:
     except ValueError as err:
         raise LocomadError(f"{where}: {err}") from None
     text = _pick(row, _TEXT_KEYS)
+    if text is not None and not isinstance(text, (str, int, float)):
+        raise LocomadError(f"{where}: the text must be a string, not {_short(text)}")
     return Cue(s, e, clean_text(str(text)) if text is not None else "")
 
 
@@ -369,6 +471,10 @@ def read_timed_rows(path: str | Path) -> list[Cue]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise LocomadError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise LocomadError(f"{path}: not a times file (JSON nested too deeply)") from None
+        except ValueError as e:  # e.g. an integer of thousands of digits
+            raise LocomadError(f"{path}: not valid JSON ({_why(e)})") from None
         if isinstance(data, dict) and isinstance(data.get("slots"), list):
             rows = data["slots"]
         elif isinstance(data, dict):
@@ -385,12 +491,15 @@ def read_timed_rows(path: str | Path) -> list[Cue]:
             cues.append(cue)
         return cues
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames:
-        raise LocomadError(f"{path}:1: empty CSV (expected a header with start,end)")
-    for row in reader:
-        cue = _row_cue(row, f"{path}:{reader.line_num}")
-        cue.line = reader.line_num
-        cues.append(cue)
+    try:
+        if not reader.fieldnames:
+            raise LocomadError(f"{path}:1: empty CSV (expected a header with start,end)")
+        for row in reader:
+            cue = _row_cue(row, f"{path}:{reader.line_num}")
+            cue.line = reader.line_num
+            cues.append(cue)
+    except csv.Error as e:  # a field over csv's size limit, a stray NUL
+        raise LocomadError(f"{path}:{reader.line_num}: not a readable CSV ({_why(e)})") from None
     return cues
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import math
 import os
 import shutil
 import socket
@@ -17,6 +19,68 @@ from urllib.parse import urlparse
 class LocomadError(Exception):
     """A problem with the user's input or environment: the CLI prints it as one line on
     stderr and exits with code 2, without a traceback."""
+
+
+EXIT_USER = 2
+"""Exit code of a LocomadError: bad input or a missing resource, the user can fix it."""
+EXIT_INTERNAL = 70
+"""Exit code of any other exception: a bug in locomad (70 is sysexits' EX_SOFTWARE)."""
+DEBUG_ENV = "LOCOMAD_DEBUG"
+"""Set to 1 (or pass --debug) to see the traceback of an internal error."""
+
+MAX_SECONDS = 7 * 24 * 3600.0
+"""The largest time accepted anywhere (a week): bigger values are typos or garbage, and
+would overflow the frame arithmetic long before any film is that long."""
+
+
+def check_seconds(value: float, what: str = "time") -> float:
+    """`value` as a float when it is a finite time of sane size, else ValueError (readers turn
+    it into their own file:line error). NaN and infinity pass every `<`/`>` check silently,
+    hence this one place that refuses them."""
+    try:
+        x = float(value)
+    except (OverflowError, ValueError, TypeError):
+        raise ValueError(f"{what} {str(value)[:40]!r} is not a number of seconds") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{what} {x} is not a finite number of seconds")
+    if abs(x) > MAX_SECONDS:
+        raise ValueError(f"{what} {x:.4g} s is longer than any film (at most {MAX_SECONDS:g} s)")
+    return x
+
+
+WRITE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EFBIG: "the file is larger than this system allows",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.EIO: "input/output error",
+}
+"""OS errors that say something about the machine, not about locomad: reported in one line."""
+
+
+def os_error_line(e: OSError, path: str | Path | None = None) -> str | None:
+    """One line for an OSError of the kinds in WRITE_ERRNOS (None for any other): which file
+    (`path`, the file meant, rather than the temporary one the error names), what happened."""
+    why = WRITE_ERRNOS.get(e.errno or 0)
+    if why is None:
+        return None
+    where = path if path is not None else e.filename
+    return f"cannot write {where}: {why} ({e.strerror or e})" if where else f"{why} ({e})"
+
+
+@contextlib.contextmanager
+def write_errors(path: str | Path, hint: str = "") -> Iterator[None]:
+    """Turn disk-full, quota and permission errors while writing `path` into a LocomadError
+    (one line, exit 2); `hint` says what to do next (e.g. how to resume)."""
+    try:
+        yield
+    except OSError as e:
+        line = os_error_line(e, path)
+        if line is None:
+            raise
+        raise LocomadError(line + (f"; {hint}" if hint else "")) from None
 
 
 @contextlib.contextmanager
