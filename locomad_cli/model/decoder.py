@@ -23,6 +23,7 @@ tokens start at the mean of the vocabulary embeddings, not random, and are never
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +35,8 @@ from locomad_cli.data.records import ContextItem
 from locomad_cli.model.tokenizer import LLM_SPECIAL_TOKENS
 from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_offline_hint
 
+VisualHook = Callable[[torch.Tensor], torch.Tensor]
+"""Maps the projected visual prompt [B, Lq, W] to what enters the LLM instead."""
 QUERY = -1
 """Placeholder id in prompt sequences where a visual query embedding goes."""
 TRAIN_POLICIES = ("none", "new-tokens", "all")
@@ -155,9 +158,12 @@ class Decoder(nn.Module):
 
     # -- embeddings -------------------------------------------------------------------------
 
-    def embed(self, ids: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, ids: torch.Tensor, queries: torch.Tensor, visual: VisualHook | None = None
+    ) -> torch.Tensor:
         """Input embeddings for `ids` [B, L] (QUERY slots filled from `queries` [B, Lq, H] in
-        order; the added special tokens from `special_embeds`)."""
+        order; the added special tokens from `special_embeds`). `visual` may replace the
+        projected visual prompt [B, Lq, W] (ablations: zeroed, shuffled across slots)."""
         table = self.llm.get_input_embeddings()
         x = table(ids.clamp(min=0))
         special = torch.full_like(ids, -1)
@@ -165,7 +171,10 @@ class Decoder(nn.Module):
             special[ids == sid] = j
         sp = self.special_embeds.to(x.dtype)[special.clamp(min=0)]
         x = torch.where((special >= 0)[..., None], sp, x)
-        q = self.proj(queries.float()).to(x.dtype)
+        q = self.proj(queries.float())
+        if visual is not None:
+            q = visual(q)
+        q = q.to(x.dtype)
         return x.masked_scatter((ids == QUERY)[..., None], q)
 
     def prompts(self, items: list[list[ContextItem]], subtitles: list[str]) -> list[list[int]]:
@@ -213,7 +222,11 @@ class Decoder(nn.Module):
 
     @torch.no_grad()
     def generate_ids(
-        self, queries: torch.Tensor, items: list[list[ContextItem]], subtitles: list[str]
+        self,
+        queries: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        visual: VisualHook | None = None,
     ) -> list[list[int]]:
         """Batched generation (left-padded prompts, KV cache): at most max_new_tokens new
         token ids per clip, the end-of-sequence token and what follows removed."""
@@ -225,7 +238,7 @@ class Decoder(nn.Module):
         mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=dev)
         c = self.card.llm
         out = self.llm.generate(
-            inputs_embeds=self.embed(ids, queries),
+            inputs_embeds=self.embed(ids, queries, visual),
             attention_mask=mask,
             max_new_tokens=c.max_new_tokens,
             min_new_tokens=min(c.min_new_tokens, c.max_new_tokens),
@@ -244,9 +257,13 @@ class Decoder(nn.Module):
         return result
 
     def generate(
-        self, queries: torch.Tensor, items: list[list[ContextItem]], subtitles: list[str]
+        self,
+        queries: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        visual: VisualHook | None = None,
     ) -> list[str]:
         return [
             self.tok.decode(r, skip_special_tokens=True).strip()
-            for r in self.generate_ids(queries, items, subtitles)
+            for r in self.generate_ids(queries, items, subtitles, visual)
         ]

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
-from locomad_cli.model.decoder import Decoder, load_llm
+from locomad_cli.model.decoder import Decoder, VisualHook, load_llm
 from locomad_cli.model.dsm import DSM, Selection
 from locomad_cli.model.pme import PME
 from locomad_cli.model.tokenizer import load_tokenizer
@@ -222,9 +222,11 @@ class LoCoMAD(nn.Module):
         batch: ClipBatch,
         setting: str = "context",
         selection_override: list[list[int]] | None = None,
+        visual: VisualHook | None = None,
     ) -> list[Generation]:
         """Describe each clip. `context`: the DSM picks the items (or `selection_override`
-        gives indices into batch.contexts[i]); `local`: no context items, same path."""
+        gives indices into batch.contexts[i]); `local`: no context items, same path.
+        `visual` replaces the projected visual prompt (the demo's ablations)."""
         if setting not in SETTINGS:
             raise LocomadError(f"unknown setting '{setting}' (choose {', '.join(SETTINGS)})")
         was = self.training
@@ -248,7 +250,7 @@ class LoCoMAD(nn.Module):
             else:
                 sel = self.select_context(batch)
                 idx, scores = sel.indices, sel.scores
-            texts = self.decoder.generate(q, _pick(batch.contexts, idx), batch.subtitles)
+            texts = self.decoder.generate(q, _pick(batch.contexts, idx), batch.subtitles, visual)
         finally:
             self.train(was)
         return [
