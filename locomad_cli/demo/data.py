@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pysrt
 
-from locomad_cli.demo.render import encode_mp4, film_frames
+from locomad_cli.demo.render import encode_mp4, film_frames, film_soundtrack
 from locomad_cli.demo.world import Film, make_plot
 from locomad_cli.utils import LocomadError, atomic_open, atomic_path, check_writable_dir
 
@@ -106,7 +106,9 @@ def world_json(film: Film) -> dict:
 def write_film(film: Film, folder: Path, fps: float) -> Path:
     """Render and write one film's files; returns the MP4 path."""
     folder.mkdir(parents=True, exist_ok=True)
-    mp4 = encode_mp4(film_frames(film, fps), fps, folder / f"{film.name}.mp4")
+    mp4 = encode_mp4(
+        film_frames(film, fps), fps, folder / f"{film.name}.mp4", sound=film_soundtrack(film, fps)
+    )
     write_srt([(ln.start, ln.end, ln.text) for ln in film.lines], folder / f"{film.name}.srt")
     write_srt([(s.start, s.end, s.text) for s in film.slots], folder / f"{film.name}.ad.srt")
     with atomic_open(folder / f"{film.name}.world.json") as f:

@@ -5,14 +5,24 @@ surface; each character its body colour, outline, height, hair and hat; each pro
 and shape. Every AD slot's action is visible motion (walking in, falling over, a prop moving
 from one hand to another), so the frames ground the description.
 
-Hand-written because the demo needs a film whose every pixel follows its script; PIL does
-the drawing, ffmpeg (libx264) the encoding.
+The soundtrack is the film's dialogue (the subtitle lines the world writes) voiced with
+espeak-ng at the subtitle times, one voice per character, over a quiet noise bed: real
+synthesized speech for the voice-activity detector to find (slots.py must keep AD off it).
+Both are deterministic per film, and adding the sound leaves the H.264 stream byte for byte as
+it was without it.
+
+Hand-written because the demo needs a film whose every pixel and sample follows its script;
+PIL does the drawing, espeak-ng the voices, ffmpeg (libx264, AAC) the encoding.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
+import tempfile
+import wave
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -395,9 +405,118 @@ def film_frames(film: Film, fps: float) -> np.ndarray:
     return np.stack([_frame(film, stage, i / fps) for i in range(n)])
 
 
-def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 30) -> Path:
-    """Pipe raw RGB frames into ffmpeg's libx264; single-threaded so the bytes depend on
-    the frames only."""
+SOUND_RATE = 22050
+"""espeak-ng's own rate: the voices are used as it writes them, without resampling."""
+BED_DBFS = -50.0
+"""RMS level of the ambience bed: audible in a quiet room, far below any voice."""
+BASE_WPM = 165
+MAX_WPM = 320
+
+
+@dataclass
+class Soundtrack:
+    """A film's mono soundtrack and where each line of dialogue is really heard."""
+
+    samples: np.ndarray
+    """float32 in [-1, 1], SOUND_RATE per second, as long as the video."""
+    rate: int
+    voiced: list[tuple[float, float]]
+    """(start, end) in seconds of each line's audible speech, in film order: the truth that
+    the voice-activity detector is measured against."""
+
+
+def _voice(film: Film, speaker: int | None) -> tuple[str, int]:
+    """(espeak-ng voice, pitch 0-99) of a speaker: a look keeps its voice in every film."""
+    if speaker is None:
+        return "en+m2", 45
+    look = film.cast[speaker].look
+    variant = {
+        "man": "m3",
+        "old man": "m1",
+        "boy": "m4",
+        "woman": "f2",
+        "girl": "f4",
+    }[look.noun]
+    pitch = 30 + (zlib.crc32(look.garment.encode()) % 40)
+    if look.noun in ("boy", "girl"):
+        pitch = min(99, pitch + 30)
+    return f"en+{variant}", pitch
+
+
+def speak(text: str, voice: str = "en+m3", pitch: int = 50, wpm: int = BASE_WPM) -> np.ndarray:
+    """espeak-ng's speech for `text` at SOUND_RATE, float32, leading and trailing silence cut."""
+    cmd = ["espeak-ng", "--stdout", "-v", voice, "-p", str(pitch), "-s", str(wpm), text]
+    try:
+        proc = subprocess.run(cmd, capture_output=True)
+    except FileNotFoundError:
+        raise LocomadError(
+            "espeak-ng is not installed (apt-get install espeak-ng): the demo films' dialogue "
+            "is voiced with it"
+        ) from None
+    if proc.returncode != 0 or len(proc.stdout) <= 44:
+        msg = proc.stderr.decode(errors="replace").strip() or "no audio"
+        raise LocomadError(f"espeak-ng could not voice {text!r}: {msg}")
+    with wave.open(io.BytesIO(proc.stdout)) as w:
+        if w.getframerate() != SOUND_RATE or w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise LocomadError(f"espeak-ng wrote unexpected audio ({w.getparams()})")
+        pcm = w.readframes(w.getnframes())
+    x = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+    loud = np.flatnonzero(np.abs(x) > 1e-3)
+    return x[loud[0] : loud[-1] + 1] if len(loud) else x[:0]
+
+
+def _bed(film: Film, n: int) -> np.ndarray:
+    """Quiet pink noise (room tone), the same for the same film: seeded by its seed and name."""
+    rng = np.random.default_rng([film.seed, zlib.crc32(film.name.encode())])
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(len(spectrum), dtype=np.float64)
+    f[0] = 1.0
+    x = np.fft.irfft(spectrum / np.sqrt(f), n)
+    x *= 10 ** (BED_DBFS / 20) / max(float(np.sqrt(np.mean(x**2))), 1e-12)
+    return x.astype(np.float32)
+
+
+def film_soundtrack(film: Film, fps: float) -> Soundtrack:
+    """Every dialogue line voiced at its subtitle's start, sped up (up to MAX_WPM) when it
+    would outlast its subtitle, over the noise bed; as long as the film's `fps` video."""
+    n = int(round(int(round(film.duration * fps)) / fps * SOUND_RATE))
+    out = _bed(film, n)
+    voiced = []
+    for line in film.lines:
+        voice, pitch = _voice(film, line.speaker)
+        room = line.end - line.start
+        speech = speak(line.text, voice, pitch)
+        if len(speech) > room * SOUND_RATE:
+            wpm = min(MAX_WPM, math.ceil(BASE_WPM * len(speech) / (room * SOUND_RATE)) + 5)
+            speech = speak(line.text, voice, pitch, wpm)
+        a = int(round(line.start * SOUND_RATE))
+        speech = speech[: max(0, min(len(speech), int(room * SOUND_RATE), n - a))]
+        if len(speech) == 0:
+            continue
+        out[a : a + len(speech)] += speech
+        voiced.append((a / SOUND_RATE, (a + len(speech)) / SOUND_RATE))
+    return Soundtrack(np.clip(out, -1.0, 1.0), SOUND_RATE, voiced)
+
+
+def _write_wav(sound: Soundtrack, path: Path) -> None:
+    pcm = np.round(np.clip(sound.samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sound.rate)
+        w.writeframes(pcm.tobytes())
+
+
+def encode_mp4(
+    frames: np.ndarray,
+    fps: float,
+    path: Path,
+    crf: int = 30,
+    sound: Soundtrack | None = None,
+) -> Path:
+    """Pipe raw RGB frames into ffmpeg's libx264, with `sound` as an AAC track when given;
+    single-threaded and bit-exact so the bytes depend on the frames and samples only. The
+    video options are the same with or without sound, so is the H.264 stream."""
     n, h, w, _ = frames.shape
     cmd = [
         "ffmpeg",
@@ -414,27 +533,43 @@ def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 30) -> Pat
         f"{fps:g}",
         "-i",
         "-",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "medium",
-        "-crf",
-        str(crf),
-        "-pix_fmt",
-        "yuv420p",
-        "-threads",
-        "1",
-        "-g",
-        str(int(fps * 5)),
-        "-movflags",
-        "+faststart",
-        "-fflags",
-        "+bitexact",
-        "-flags:v",
-        "+bitexact",
-        "-map_metadata",
-        "-1",
     ]
+    with tempfile.TemporaryDirectory(prefix="locomad-sound-") as tmpdir:
+        if sound is not None:
+            wav = Path(tmpdir) / "sound.wav"
+            _write_wav(sound, wav)
+            cmd += ["-i", str(wav), "-map", "0:v", "-map", "1:a"]
+        cmd += [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "medium",
+            "-crf",
+            str(crf),
+            "-pix_fmt",
+            "yuv420p",
+            "-threads",
+            "1",
+            "-g",
+            str(int(fps * 5)),
+        ]
+        if sound is not None:
+            cmd += ["-c:a", "aac", "-b:a", "24k", "-ac", "1", "-flags:a", "+bitexact"]
+        cmd += [
+            "-movflags",
+            "+faststart",
+            "-fflags",
+            "+bitexact",
+            "-flags:v",
+            "+bitexact",
+            "-map_metadata",
+            "-1",
+        ]
+        _run_ffmpeg(cmd, frames, path)
+    return path
+
+
+def _run_ffmpeg(cmd: list[str], frames: np.ndarray, path: Path) -> None:
     with atomic_path(path) as tmp:
         try:
             proc = subprocess.run(
@@ -445,4 +580,3 @@ def encode_mp4(frames: np.ndarray, fps: float, path: Path, crf: int = 30) -> Pat
         if proc.returncode != 0:
             msg = proc.stderr.decode(errors="replace").strip().splitlines()
             raise LocomadError(f"ffmpeg could not encode {path}: {msg[-1] if msg else '?'}")
-    return path
