@@ -9,6 +9,9 @@ flags override single fields with dotted keys (`--set llm.num_beams=1`).
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,12 +139,151 @@ class ModelCard:
 _SECTIONS = {"clip": ClipCard, "pme": PMECard, "dsm": DSMCard, "llm": LLMCard}
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+_POSITIVE = {
+    "fps",
+    "clip.dim",
+    *(
+        f"pme.{k}"
+        for k in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "cross_attention_freq",
+            "num_queries",
+            "max_frames",
+            "embed_dim",
+            "max_text_len",
+            "vocab_size",
+            "temperature",
+        )
+    ),
+    *(f"dsm.{k}" for k in ("num_layers", "num_heads", "intermediate_size", "top_k", "temperature")),
+    *(
+        f"llm.{k}"
+        for k in ("max_context_tokens", "max_new_tokens", "num_beams", "max_target_tokens")
+    ),
+}
+"""Card fields that must be > 0 (sizes, counts, rates, temperatures)."""
+_NON_NEGATIVE = {"dsm.proposal_len", "llm.min_new_tokens"}
+_CHOICES = {
+    "llm.train": ("none", "new-tokens", "all"),
+    "llm.dtype": ("auto", "fp32", "fp16", "bf16"),
+}
+
+
+def _kind(hint: Any) -> str:
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a finite number"
+    if hint is str:
+        return "a string"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [_kind(a) for a in typing.get_args(hint) if a is not type(None)]
+        return " or ".join(kinds) + " or null"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(ok, value converted) for `value` against a field's type hint. YAML gives ints where a
+    float is meant (`fps: 5`), so ints are taken as floats; bools are never numbers."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return True, None
+        for arg in typing.get_args(hint):
+            if arg is not type(None):
+                ok, v = _typed(value, arg)
+                if ok:
+                    return True, v
+        return False, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        try:
+            return math.isfinite(float(value)), float(value)
+        except OverflowError:
+            return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin is dict or hint is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_field(key: str, value: Any, hint: Any, where: str) -> Any:
+    """A card value checked against its field type and range: one clear line naming the key
+    when it is wrong, because the model would otherwise fail deep inside generation."""
+    ok, value = _typed(value, hint)
+    if not ok:
+        raise LocomadError(f"{where}: {key} must be {_kind(hint)}, got {_shown(value)}")
+    if value is None or isinstance(value, bool):
+        return value
+    if key in _POSITIVE and isinstance(value, (int, float)) and not value > 0:
+        raise LocomadError(f"{where}: {key} must be greater than 0, got {_shown(value)}")
+    if key in _NON_NEGATIVE and isinstance(value, (int, float)) and value < 0:
+        raise LocomadError(f"{where}: {key} must be 0 or more, got {_shown(value)}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise LocomadError(
+            f"{where}: {key} must be one of {', '.join(_CHOICES[key])}, got {_shown(value)}"
+        )
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str, section: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise LocomadError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    return cls(**data)
+        shown = f" [{section}]" if section else ""
+        raise LocomadError(f"{where}{shown}: unknown key(s) {', '.join(map(str, unknown))}")
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for name, value in data.items():
+        if not section and name in _SECTIONS:
+            checked[name] = value  # a section, built and checked already
+        else:
+            key = f"{section}.{name}" if section else name
+            checked[name] = _check_field(key, value, hints[name], where)
+    return cls(**checked)
+
+
+def _check_card(card: ModelCard, where: str) -> None:
+    """Rules between fields, each of which the model relies on."""
+    pme, dsm, llm = card.pme, card.dsm, card.llm
+    if pme.hidden_size % pme.num_heads:
+        raise LocomadError(
+            f"{where}: pme.hidden_size ({pme.hidden_size}) must be a multiple of pme.num_heads "
+            f"({pme.num_heads})"
+        )
+    if card.clip.dim % dsm.num_heads:  # the DSM works at the width of the CLIP features
+        raise LocomadError(
+            f"{where}: clip.dim ({card.clip.dim}) must be a multiple of dsm.num_heads "
+            f"({dsm.num_heads})"
+        )
+    if llm.min_new_tokens > llm.max_new_tokens:
+        raise LocomadError(
+            f"{where}: llm.min_new_tokens ({llm.min_new_tokens}) is more than "
+            f"llm.max_new_tokens ({llm.max_new_tokens})"
+        )
+    if not 0 <= pme.label_smoothing < 1:
+        raise LocomadError(
+            f"{where}: pme.label_smoothing must be in [0, 1), got {pme.label_smoothing}"
+        )
 
 
 def card_from_dict(data: dict[str, Any], source: str | None = None) -> ModelCard:
@@ -154,9 +296,10 @@ def card_from_dict(data: dict[str, Any], source: str | None = None) -> ModelCard
         sub = data.get(key) or {}
         if not isinstance(sub, dict):
             raise LocomadError(f"{where}: '{key}' must be a mapping")
-        data[key] = _build(cls, sub, f"{where} [{key}]")
+        data[key] = _build(cls, sub, where, key)
     data.pop("source", None)
     card = _build(ModelCard, data, where)
+    _check_card(card, where)
     card.source = source
     return card
 
