@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from locomad_cli.subtitles import Cue, read_timed
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import MAX_SECONDS, LocomadError
 
 END_TOLERANCE = 0.05
 """Seconds a slot may pass the film's end (rounding of times written with milliseconds)."""
@@ -83,8 +83,14 @@ def propose_slots(
     seconds long, split evenly into the fewest slots of at most `max_len`. Nothing is placed
     past `duration`.
     """
-    if duration <= 0:
-        raise LocomadError(f"the film has no duration ({duration}s): no AD slot possible")
+    if not math.isfinite(duration) or duration <= 0 or duration > MAX_SECONDS:
+        # NaN passes every comparison and infinity overflows ceil(): refuse both here
+        raise LocomadError(f"the film's duration ({duration} s) is not usable: no AD slot possible")
+    if not all(math.isfinite(x) for x in (min_gap, margin, max_len)):
+        raise LocomadError(
+            f"slot sizes must be finite numbers (min_gap {min_gap}, margin {margin}, "
+            f"max_len {max_len})"
+        )
     if min_gap <= 0 or max_len <= 0 or margin < 0 or max_len < min_gap:
         raise LocomadError(
             f"slot sizes must satisfy 0 < min_gap ({min_gap}) <= max_len ({max_len}) "
