@@ -83,9 +83,11 @@ def propose_slots(
     seconds long, split evenly into the fewest slots of at most `max_len`. Nothing is placed
     past `duration`.
     """
-    if not math.isfinite(duration) or duration <= 0 or duration > MAX_SECONDS:
+    if not math.isfinite(duration) or duration > MAX_SECONDS:
         # NaN passes every comparison and infinity overflows ceil(): refuse both here
         raise LocomadError(f"the film's duration ({duration} s) is not usable: no AD slot possible")
+    if duration <= 0:
+        raise LocomadError(f"the film has no duration ({duration}s): no AD slot possible")
     if not all(math.isfinite(x) for x in (min_gap, margin, max_len)):
         raise LocomadError(
             f"slot sizes must be finite numbers (min_gap {min_gap}, margin {margin}, "
