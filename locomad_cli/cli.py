@@ -1,18 +1,30 @@
 """The `locomad` command: a thin Typer layer over the pipeline's functions.
 
 Every command turns a LocomadError (bad input, missing weights, offline hub) into one line
-on stderr and exit code 2; nothing here holds logic that tests cannot reach directly.
+on stderr and exit code 2; a full disk or a permission error while writing is one line and
+exit 2 as well; anything else is a bug of ours: one line saying so, exit code 70, and the
+traceback with `--debug` or LOCOMAD_DEBUG=1. Results go to stdout, progress and warnings to
+stderr. Nothing here holds logic that tests cannot reach directly.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import traceback
 
 import typer
 from rich.console import Console
 
 from locomad_cli import __version__
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import (
+    DEBUG_ENV,
+    EXIT_INTERNAL,
+    EXIT_USER,
+    LocomadError,
+    os_error_line,
+)
 
 app = typer.Typer(
     name="locomad",
@@ -20,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags show as flags, no boxes in pipes and logs
 )
 console = Console(stderr=True)
 
@@ -30,7 +43,22 @@ SET_HELP = "Override a card field, e.g. --set llm.num_beams=1 (repeatable)."
 def fail(message: str) -> None:
     """One clear line on stderr, exit code 2."""
     typer.echo(f"locomad: error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_USER)
+
+
+class _WarningLine(logging.Handler):
+    """locomad's own warnings as `locomad: warning: ...` on the stderr of the moment (so that
+    test runners that swap sys.stderr see them too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"locomad: warning: {record.getMessage()}", err=True)
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("locomad_cli")
+    if not any(isinstance(h, _WarningLine) for h in log.handlers):
+        log.addHandler(_WarningLine(logging.WARNING))
+        log.propagate = False
 
 
 def _version_callback(value: bool) -> None:
@@ -44,8 +72,16 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
     ),
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help=f"Show the traceback of an internal error (or set {DEBUG_ENV}=1). Default: off.",
+    ),
 ) -> None:
     """locomad: audio description for films (LoCo-MAD)."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+    _setup_logging()
 
 
 @app.command()
@@ -90,7 +126,9 @@ def extract_features_cmd(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo films whose features exist. Default: skip them."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars. Default: shown."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bars, no summary line. Default: shown."
+    ),
 ) -> None:
     """CLIP frame features at exact 1/fps timestamps into NAME.features.safetensors."""
     from locomad_cli.card import load_card
@@ -112,7 +150,8 @@ def extract_features_cmd(
         )
     except LocomadError as e:
         fail(str(e))
-    typer.echo(summary_line(results), err=True)
+    if not quiet:
+        typer.echo(summary_line(results), err=True)
 
 
 @app.command("convert-weights")
@@ -327,7 +366,10 @@ def describe_cmd(
         None, "--output-dir", "-o", help="Output folder. Default: beside the video."
     ),
     formats: str = typer.Option(
-        "srt,vtt,json", "--format", "-f", help="srt, vtt, json (comma list) or all. Default: all."
+        "srt,vtt,json",
+        "--format",
+        "-f",
+        help="srt, vtt, json (comma list) or all. Default: srt,vtt,json (all three).",
     ),
     features: str = typer.Option(
         None,
@@ -351,10 +393,15 @@ def describe_cmd(
         8.0, "--max-len", help="Longest slot; longer gaps are split (s). Default: 8.0."
     ),
     quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="No progress bar or live text. Default: shown."
+        False,
+        "--quiet",
+        "-q",
+        help="Nothing on stderr but warnings and errors (the descriptions still go to stdout). "
+        "Default: progress shown.",
     ),
 ) -> None:
-    """Write an audio-description track (SRT, WebVTT, JSON) for a film."""
+    """Write an audio-description track (SRT, WebVTT, JSON) for a film. Each description is
+    printed on stdout as it is made (one line: start --> end  text); progress on stderr."""
     from locomad_cli.describe import DescribeOptions, describe
 
     opts = DescribeOptions(
@@ -378,16 +425,27 @@ def describe_cmd(
         progress=not quiet,
     )
     try:
-        _, paths = describe(video, opts)
+        _, paths = describe(video, opts, on_description=_print_description)
     except LocomadError as e:
         fail(str(e))
-    for p in paths:
-        typer.echo(f"wrote {p}", err=True)
+    if not quiet:
+        for p in paths:
+            typer.echo(f"wrote {p}", err=True)
+
+
+def _print_description(row: dict) -> None:
+    """A result line on stdout, flushed at once (a pipe sees each description as it is made).
+    Plain print: rich would wrap long lines at 80 columns when stdout is not a terminal."""
+    from locomad_cli.writers import format_timestamp, one_line
+
+    when = f"{format_timestamp(row['start'])} --> {format_timestamp(row['end'])}"
+    print(f"{when}  {one_line(row['text'])}", flush=True)
 
 
 demo_app = typer.Typer(
     help="The embedded demo: a rendered film world, its data and its small model.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(demo_app, name="demo")
 
@@ -530,12 +588,33 @@ def demo_train_cmd(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: exit 0 done, 2 bad input or environment (one line), 70 an
+    internal error (one line; the traceback with --debug or LOCOMAD_DEBUG=1), 130 Ctrl-C."""
     try:
         app()
     except LocomadError as e:  # raised outside a command's own handling
         typer.echo(f"locomad: error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USER)
     except KeyboardInterrupt:
         typer.echo("locomad: interrupted", err=True)
         sys.exit(130)
+    except OSError as e:
+        line = os_error_line(e)  # a full disk or a permission problem: the machine's, not ours
+        if line is None:
+            _internal_error(e)
+        typer.echo(f"locomad: error: {line}", err=True)
+        sys.exit(EXIT_USER)
+    except Exception as e:
+        _internal_error(e)
+
+
+def _internal_error(e: BaseException) -> None:
+    if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on"):
+        traceback.print_exception(e)
+    what = " ".join(f"{e.__class__.__name__}: {e}".split())[:300]
+    typer.echo(
+        f"locomad: internal error (a bug in locomad, not in your input): {what}; run again "
+        f"with --debug or {DEBUG_ENV}=1 for the traceback, and please report it",
+        err=True,
+    )
+    sys.exit(EXIT_INTERNAL)

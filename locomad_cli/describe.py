@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,9 +34,16 @@ from locomad_cli.card import ModelCard, load_card
 from locomad_cli.data.records import ClipRecord, ContextItem, collate
 from locomad_cli.slots import Slot, propose_slots, slots_from_times
 from locomad_cli.subtitles import Cue, dialogue_text, dialogue_windows, read_cues, read_timed
-from locomad_cli.utils import LocomadError, atomic_open, check_writable_dir, resolve_device
+from locomad_cli.utils import (
+    LocomadError,
+    atomic_open,
+    check_writable_dir,
+    resolve_device,
+    write_errors,
+)
 from locomad_cli.writers import get_writer, parse_formats
 
+log = logging.getLogger(__name__)
 SETTINGS = ("recurrent", "oracle", "local")
 TextEncoder = Callable[[list[str]], torch.Tensor]
 
@@ -104,16 +113,62 @@ def oracle_context(refs: list[Cue], slot: Slot, proposal_len: int) -> list[Cue]:
 
 def _film_duration(video: Path, meta: dict[str, Any] | None, features: torch.Tensor | None):
     if meta is not None and meta.get("duration"):
-        return float(meta["duration"])
-    if meta is not None and features is not None and meta.get("fps"):
-        return features.shape[0] / float(meta["fps"])
-    from locomad_cli.video import probe
+        duration = float(meta["duration"])
+    elif meta is not None and features is not None and meta.get("fps"):
+        duration = features.shape[0] / float(meta["fps"])
+    else:
+        from locomad_cli.video import probe
 
-    return probe(video).duration
+        duration = probe(video).duration
+    if not math.isfinite(duration) or duration <= 0:
+        where = "its features file" if meta is not None else "ffprobe"
+        raise LocomadError(f"{video}: {where} gives no usable duration ({duration} s)")
+    return duration
 
 
-def _check_features(path: Path, meta: dict[str, Any], card: ModelCard) -> None:
+def _check_same_film(path: Path, meta: dict[str, Any], video: Path) -> None:
+    """Features of another film are refused: their size and first-MiB hash (written by
+    extract-features) must be the video's; files without them are checked by duration."""
+    from locomad_cli.video import probe, source_fingerprint
+
+    if not video.is_file():
+        return  # features alone (no video at hand): nothing to compare with
+    if meta.get("source_sha256_1mib") and meta.get("source_size") is not None:
+        mine = source_fingerprint(video)
+        same_hash = mine["source_sha256_1mib"] == meta["source_sha256_1mib"]
+        if not same_hash or int(mine["source_size"]) != int(meta["source_size"]):
+            made_from = meta.get("source_name") or "another file"
+            raise LocomadError(
+                f"{path}: features of another film ({made_from}, {meta['source_size']} bytes), "
+                f"not {video.name} ({mine['source_size']} bytes); extract this film's features "
+                "or leave out --features"
+            )
+        return
+    if meta.get("duration"):
+        theirs, ours = float(meta["duration"]), probe(video).duration
+        if abs(theirs - ours) > max(1.0, 0.01 * ours):
+            raise LocomadError(
+                f"{path}: features of a {theirs:.1f} s film, but {video.name} lasts {ours:.1f} s "
+                "(features of another film?)"
+            )
+
+
+def _check_features(
+    path: Path, meta: dict[str, Any], card: ModelCard, features: torch.Tensor | None = None
+) -> None:
     from locomad_cli.clip import weights_id
+
+    if features is not None:
+        if features.ndim != 2 or features.shape[0] == 0:
+            raise LocomadError(
+                f"{path}: expected frame features [frames, {card.clip.dim}], "
+                f"got shape {list(features.shape)}"
+            )
+        if features.shape[1] != card.clip.dim:
+            raise LocomadError(
+                f"{path}: features are {features.shape[1]} wide, model card '{card.name}' "
+                f"wants {card.clip.dim} (clip.dim)"
+            )
 
     model = meta.get("clip_model")
     if model and model != card.clip.model:
@@ -142,6 +197,26 @@ def plan_slots(opts: DescribeOptions, subtitles: list[Cue], duration: float) -> 
             f"{duration:.1f} s of film (lower --min-gap or give --ad-times)"
         )
     return slots
+
+
+NO_WEIGHTS = (
+    "no trained LoCo-MAD weights for model card '{card}' ({where}): none are published for "
+    "the OPT cards, so train them first (README, 'Describing your own film') and pass "
+    "--weights RUN/model, or try the shipped demo (--model demo)"
+)
+
+
+def check_weights_exist(opts: DescribeOptions, card: ModelCard) -> None:
+    """Fail at once, before any work, when the card's trained weights are nowhere: the most
+    likely first error of a new user, so it says what to do."""
+    if opts.weights:
+        return  # checked when loaded (a folder or a hub repo id)
+    local = card.weights_path()
+    if local is None:
+        raise LocomadError(NO_WEIGHTS.format(card=card.name, where="the card names none"))
+    is_hub_id = not Path(card.weights).is_absolute() and card.weights.count("/") == 1
+    if not local.exists() and not is_hub_id:
+        raise LocomadError(NO_WEIGHTS.format(card=card.name, where=f"{local} does not exist"))
 
 
 def _load_model(opts: DescribeOptions, card: ModelCard, device: str):
@@ -191,15 +266,24 @@ def _read_progress(path: Path, identity: dict) -> list[dict[str, Any]]:
         if row.get("index") != j:
             raise LocomadError(f"{path}:{j + 2}: slots out of order; delete it")
     # rewrite without a torn tail, so the next appended line starts on a line of its own
-    with atomic_open(path) as f:
+    with write_errors(path), atomic_open(path) as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return done
 
 
 def _append(f, row: dict[str, Any]) -> None:
-    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+    """One complete line, fsynced, to an unbuffered binary file. A write that fails (a full
+    disk) is cut back to where it started, so no torn line is left for a resume to skip."""
+    data = memoryview((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+    offset = os.lseek(f.fileno(), 0, os.SEEK_END)
+    try:
+        while data:
+            data = data[f.write(data) :]
+        os.fsync(f.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(f.fileno(), offset)
+        raise
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -266,6 +350,8 @@ def describe(
         raise LocomadError(f"--batch-size must be at least 1, got {opts.batch_size}")
     formats = ",".join(parse_formats(opts.formats))
     card = model.card if model is not None else load_card(opts.model, opts.overrides)
+    if model is None:
+        check_weights_exist(opts, card)
     out_dir = Path(opts.output_dir) if opts.output_dir else video.parent
     subtitles = read_cues(opts.subs, opts.subs_encoding) if opts.subs else []
     refs = [c for c in read_timed(opts.reference) if c.text] if opts.reference else []
@@ -278,10 +364,13 @@ def describe(
         from locomad_cli.features import load_features
 
         features, meta = load_features(opts.features)
-        _check_features(Path(opts.features), meta, card)
+        _check_features(Path(opts.features), meta, card, features)
+        _check_same_film(Path(opts.features), meta, video)
     elif not video.is_file():
         raise LocomadError(f"{video}: no such video file")
-    slots = plan_slots(opts, subtitles, _film_duration(video, meta, features))
+    duration = _film_duration(video, meta, features)
+    slots = plan_slots(opts, subtitles, duration)
+    _warn_mismatches(opts, subtitles, slots, duration)
     film = Film(
         video.stem, slots, subtitles, refs, features, float((meta or {}).get("fps") or card.fps)
     )
@@ -321,26 +410,63 @@ def describe(
         rows = runner(model, film, TextFeatureCache(encode_text), opts, done)
         try:
             with (
-                open(progress_path, "a" if done else "w", encoding="utf-8") as pf,
+                write_errors(progress_path),
+                open(progress_path, "ab" if done else "wb", buffering=0) as pf,
                 _progress(opts, len(slots)) as bar,
             ):
                 if not done:
                     _append(pf, {"identity": identity})
                 track["slots"].extend(done)
-                bar(len(done), None)
+                bar(len(done))
                 for row in rows:
                     _append(pf, row)
                     track["slots"].append(row)
-                    bar(len(track["slots"]), row)
+                    bar(len(track["slots"]))
                     if on_description is not None:
                         on_description(row)
-            paths = get_writer(formats, out_dir)(track, film.name)
-        except LocomadError:
-            if not track["slots"]:  # bad input found by the model: leave nothing behind
+            with write_errors(out_dir / f"{film.name}.ad.*"):
+                paths = get_writer(formats, out_dir)(track, film.name)
+        except BaseException as e:
+            if not track["slots"]:  # nothing worth resuming: leave no progress file behind
                 progress_path.unlink(missing_ok=True)
+            elif isinstance(e, LocomadError) and "cannot write" in str(e):
+                raise LocomadError(
+                    f"{e}; {len(track['slots'])} of {len(slots)} descriptions are kept in "
+                    f"{progress_path}: free some space and run the same command with --resume"
+                ) from None
             raise
         progress_path.unlink()
     return track, paths
+
+
+def _warn_mismatches(
+    opts: DescribeOptions, subtitles: list[Cue], slots: list[Slot], duration: float
+) -> None:
+    """One warning line each for inputs that look like they belong to another film or are
+    the wrong file: they are not errors (a film may be cut), but they are usually mistakes."""
+    from locomad_cli.writers import format_timestamp
+
+    if subtitles:
+        last = max(c.end for c in subtitles)
+        if last > duration + max(60.0, 0.1 * duration):
+            log.warning(
+                "%s: subtitles run to %s, far past the film's end (%s): they may belong to "
+                "another film",
+                opts.subs,
+                format_timestamp(last),
+                format_timestamp(duration),
+            )
+    if opts.ad_times and opts.subs:
+        same_file = Path(opts.ad_times).resolve() == Path(opts.subs).resolve()
+        spoken = {(round(c.start, 3), round(c.end, 3)) for c in subtitles}
+        given = {(round(s.start, 3), round(s.end, 3)) for s in slots}
+        if same_file or (spoken and given and given <= spoken):
+            log.warning(
+                "--ad-times %s holds the same times as the subtitles %s: the descriptions "
+                "would be spoken over the dialogue (the wrong file?)",
+                opts.ad_times,
+                opts.subs,
+            )
 
 
 @contextlib.contextmanager
@@ -368,7 +494,7 @@ def _features_for(video: Path, card: ModelCard, out_dir: Path, device: str, opts
         [video], card, out_dir=target_dir, device=device, progress=opts.progress
     )
     features, meta = load_features(results[0].output)
-    _check_features(results[0].output, meta, card)
+    _check_features(results[0].output, meta, card, features)
     return features, meta
 
 
@@ -432,11 +558,26 @@ def _run_batched(model, film: Film, cache: TextFeatureCache, opts: DescribeOptio
             yield _row(slot, record, gen)
 
 
+def _same_terminal() -> bool:
+    """Whether stdout and stderr are one terminal (then results printed on stdout must pass
+    through the progress bar's console, or the bar would overwrite them)."""
+    try:
+        return sys.stdout.isatty() and os.path.samestat(os.fstat(1), os.fstat(2))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 @contextlib.contextmanager
 def _progress(opts: DescribeOptions, total: int):
-    """A rich progress bar (slots, slots/s, ETA) with each description printed above it."""
-    if not opts.progress:
-        yield lambda n, row: None
+    """A rich progress bar (slots, slots/s, ETA) on stderr, only when stderr is a terminal.
+    Descriptions are results, printed on stdout by the caller: when stdout is the same
+    terminal, rich shows those lines above the bar; when it is a pipe or a file they go
+    there untouched."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not opts.progress or not console.is_terminal:
+        yield lambda n: None
         return
     from rich.console import Console
     from rich.progress import (
@@ -447,9 +588,6 @@ def _progress(opts: DescribeOptions, total: int):
         TimeRemainingColumn,
     )
 
-    from locomad_cli.writers import format_timestamp
-
-    console = Console(stderr=True)
     columns = [
         TextColumn("describing"),
         BarColumn(),
@@ -457,18 +595,17 @@ def _progress(opts: DescribeOptions, total: int):
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(
+        *columns, console=console, transient=False, redirect_stdout=_same_terminal()
+    ) as progress:
         task = progress.add_task("slots", total=total, rate="")
         t0, n0 = time.monotonic(), None
 
-        def update(n: int, row: dict[str, Any] | None) -> None:
+        def update(n: int) -> None:
             nonlocal n0
             if n0 is None:
                 n0 = n
             rate = (n - n0) / max(time.monotonic() - t0, 1e-9)
             progress.update(task, completed=n, rate=f"{rate:.2f} slots/s")
-            if row is not None:
-                when = f"{format_timestamp(row['start'])} → {format_timestamp(row['end'])}"
-                progress.console.print(f"[dim]{when}[/] {row['text']}", highlight=False)
 
         yield update

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -35,6 +36,7 @@ from locomad_cli.utils import (
     check_writable_dir,
     resolve_device,
     resolve_dtype,
+    write_errors,
 )
 from locomad_cli.video import (
     FramePlan,
@@ -96,13 +98,39 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, dict]:
         raise LocomadError(
             f"{path}: not a features file ({' '.join(str(e).split())[:200]})"
         ) from None
-    for key, cast in (("fps", float), ("duration", float), ("source_mtime", float)):
+    for key, cast in (
+        ("fps", float),
+        ("duration", float),
+        ("source_mtime", float),
+        ("frames", int),
+        ("source_size", int),
+    ):
         if key in meta:
-            meta[key] = cast(meta[key])
-    for key in ("frames", "source_size"):
-        if key in meta:
-            meta[key] = int(meta[key])
+            try:
+                meta[key] = cast(meta[key])
+            except ValueError:
+                raise LocomadError(
+                    f"{path}: metadata {key}={meta[key][:40]!r} is not a number"
+                ) from None
+    for key in ("fps", "duration"):
+        if key in meta and not (math.isfinite(meta[key]) and meta[key] > 0):
+            raise LocomadError(f"{path}: metadata {key}={meta[key]} is not a positive number")
     return features, meta
+
+
+def save_features(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
+    """safetensors' save_file, with its I/O failures (a full disk) raised as the OSError they
+    are: safetensors wraps them in its own error type, which names only 'os error 28'."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def _read_metadata(path: Path) -> dict[str, str] | None:
@@ -177,8 +205,12 @@ def _prepare_partial(part: Path, state: dict[str, str], n_chunks: int) -> set[in
     if part.exists():
         shutil.rmtree(part)
     part.mkdir(parents=True)
-    with atomic_open(state_file) as f:
-        json.dump(state, f, indent=1)
+    try:
+        with atomic_open(state_file) as f:
+            json.dump(state, f, indent=1)
+    except OSError:  # a full disk: no empty partial folder left behind
+        shutil.rmtree(part, ignore_errors=True)
+        raise
     return set()
 
 
@@ -237,7 +269,7 @@ def extract_film(
     """Extract one planned film into `output`, resuming a partial run. `on_progress(done,
     total)` follows output frames (progress bars); `on_chunk(chunk, frames)` runs after each
     newly computed chunk is safely on disk (tests simulate a crash there)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     start = time.perf_counter()
     info, fps = plan.info, plan.fps
@@ -272,7 +304,7 @@ def extract_film(
                 c, frames = item
                 feats = _encode_chunk(encoder, frames, batch_size)
                 with atomic_path(_chunk_file(part, c)) as tmp:
-                    save_file({"features": feats.contiguous()}, str(tmp))
+                    save_features({"features": feats.contiguous()}, tmp)
                 computed += len(feats)
                 progress_done += len(feats)
                 if on_progress is not None:
@@ -284,6 +316,11 @@ def extract_film(
             stop.set()
             thread.join(timeout=10)
             shutil.rmtree(part, ignore_errors=True)
+            raise
+        except OSError:
+            # a full disk: finished chunks are kept for the rerun, an empty start is not
+            if not done and not computed:
+                shutil.rmtree(part, ignore_errors=True)
             raise
         finally:
             stop.set()
@@ -305,7 +342,7 @@ def extract_film(
         "time_rule": "frame i = what is on screen at i/fps seconds after the first frame",
     }
     with atomic_path(output) as tmp:
-        save_file({"features": features.contiguous()}, str(tmp), metadata=meta)
+        save_features({"features": features.contiguous()}, tmp, metadata=meta)
     shutil.rmtree(part, ignore_errors=True)
     status = "resumed" if done else "done"
     return FilmResult(info.path, output, plan.frames, status, time.perf_counter() - start, computed)
@@ -430,8 +467,8 @@ def extract_features(
     """Extract features for every film (this rank's share under torchrun/accelerate). All
     inputs are checked before any work starts, so a bad file fails fast and writes nothing."""
     fps = float(fps if fps is not None else card.fps)
-    if fps <= 0:
-        raise LocomadError(f"--fps must be positive, got {fps:g}")
+    if not math.isfinite(fps) or fps <= 0 or fps > 1000:
+        raise LocomadError(f"--fps must be a positive number of frames per second, got {fps:g}")
     if batch_size < 1:
         raise LocomadError(f"--batch-size must be at least 1, got {batch_size}")
     if not videos:
@@ -522,7 +559,8 @@ def _extract_all(
         with _cpu_threads_beside_decoder(dev), _Progress(progress) as bars:
             for i in todo:
                 info, out, plan = infos[i], outputs[i], plans[i]
-                with bars.film(info.path.stem) as update:
+                hint = "free some space and run the same command again (finished chunks are kept)"
+                with bars.film(info.path.stem) as update, write_errors(out, hint):
                     hook = None if on_chunk is None else functools.partial(on_chunk, info.path)
                     results.append(
                         extract_film(
@@ -530,7 +568,8 @@ def _extract_all(
                         )
                     )
     if h5 is not None:
-        write_h5(h5, [r.output for r in results])
+        with write_errors(h5):
+            write_h5(h5, [r.output for r in results])
     order = {outputs[i]: n for n, i in enumerate(mine)}
     return sorted(results, key=lambda r: order[r.output])
 

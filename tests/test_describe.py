@@ -231,8 +231,11 @@ def _card_file(tmp_path, card, name="tiny.yaml"):
 def test_bad_input_leaves_no_files(film, tiny_model, encoder):
     out = film / "out"
     card_path = _card_file(film, _small_card())
+    good_weights = film / "weights-good"
+    save_model(tiny_model, good_weights)
 
     def fails(match, **kw):
+        kw.setdefault("weights", str(good_weights))
         with pytest.raises(LocomadError, match=match):
             describe(film / "film.mp4", _opts(film, model=card_path, **kw))
         assert not out.exists()
@@ -242,7 +245,8 @@ def test_bad_input_leaves_no_files(film, tiny_model, encoder):
     fails("no AD slot possible", ad_times=None, subs=str(film / "talk.srt"))
     (film / "junk.srt").write_bytes(b"\xff\xfe\x00garbage")
     fails("junk.srt:1: no readable cue", subs=str(film / "junk.srt"))
-    fails("names no trained weights")  # the tiny card has weights: null
+    # the tiny card has weights: null; said first, before any other work
+    fails("no trained LoCo-MAD weights for model card 'tiny'", weights=None, subs="missing.srt")
     fails(r"--weights .*nowhere: no such folder", weights=str(film / "nowhere"))
     fails("hub is unreachable", weights="some-org/locomad-weights")
     other = _small_card()
