@@ -20,7 +20,7 @@ import torch
 
 from locomad_cli.data.records import ClipRecord, ContextItem
 from locomad_cli.subtitles import belongs, dialogue_windows
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, check_seconds
 
 SPLITS = ("train", "val", "test")
 
@@ -143,15 +143,16 @@ def frame_range(ann: Annotation, fps: float, num_frames: int) -> tuple[int, int]
 
 
 def parse_time(value: str) -> float:
-    """Seconds from '12.5', '00:01:02.5' or '00:01:02,500' (a bare number is seconds)."""
+    """Seconds from '12.5', '00:01:02.5' or '00:01:02,500' (a bare number is seconds);
+    finite and of sane size (utils.check_seconds), else ValueError."""
     v = value.strip().replace(",", ".")
     if ":" in v:
         parts = [float(p) for p in v.split(":")]
         seconds = 0.0
         for p in parts:
             seconds = seconds * 60 + p
-        return seconds
-    return float(v)
+        return check_seconds(seconds)
+    return check_seconds(float(v))
 
 
 def check_annotations(

@@ -32,7 +32,7 @@ from locomad_cli.data.dataset import (
     parse_time,
     read_csv_rows,
 )
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, check_seconds
 
 FILM_COLUMNS = ("movie", "movie_id", "movie_name", "film", "film_id", "video", "video_id", "vid")
 AD_TEXT_COLUMNS = ("sentence", "text", "ad", "caption", "description", "ad_text")
@@ -102,15 +102,19 @@ def read_v1_json(path: Path) -> list[Annotation]:
     """MAD-v1: {annotation id: {movie, movie_duration, timestamps: [s, e], sentence}}."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise LocomadError(f"{path}: not a MAD-v1 JSON file ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise LocomadError(
+            f"{path}: not a MAD-v1 JSON file ({' '.join(str(e).split())[:200]})"
+        ) from None
     if not isinstance(data, dict):
         raise LocomadError(f"{path}: expected {{annotation id: {{movie, timestamps, ...}}}}")
     anns = []
     for ann_id, item in data.items():
         where = f"{path}:{ann_id}"
         try:
-            start, end = (float(t) for t in item["timestamps"])
+            start, end = (check_seconds(t) for t in item["timestamps"])
+            if not isinstance(item["sentence"], str):
+                raise TypeError("sentence is not a string")
             anns.append(Annotation(_film_id(item["movie"]), start, end, item["sentence"], where))
         except (KeyError, TypeError, ValueError):
             keys = ", ".join(item) if isinstance(item, dict) else type(item).__name__
@@ -130,8 +134,10 @@ def read_split_file(path: Path) -> dict[str, str]:
     else:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise LocomadError(f"{path}: not a JSON split file ({e})") from None
+        except (OSError, ValueError, RecursionError) as e:
+            raise LocomadError(
+                f"{path}: not a JSON split file ({' '.join(str(e).split())[:200]})"
+            ) from None
     if not isinstance(data, dict):
         raise LocomadError(f"{path}: a split file maps split → films or film → split")
     lists = {k: v for k, v in data.items() if isinstance(v, list)}
