@@ -88,8 +88,10 @@ def _root(
 def doctor(
     model: str = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP),
 ) -> None:
-    """Report what this machine has: ffmpeg, decord, torch device, Java, model hub, weights."""
-    from locomad_cli.doctor import run_checks
+    """What this machine has for a model card: tools, CLIP/BERT/OPT weights in the local caches,
+    trained LoCo-MAD weights, Java, CoreNLP, espeak-ng. Exit code 1 when the card cannot describe
+    a film here (a row needed for `describe` is missing), 0 otherwise."""
+    from locomad_cli.doctor import blocking, run_checks
 
     try:
         rows = run_checks(model)
@@ -97,13 +99,23 @@ def doctor(
         fail(str(e))
     from rich.table import Table
 
-    table = Table(title=f"locomad {__version__} doctor")
+    table = Table(title=f"locomad {__version__} doctor, model card {model}")
     table.add_column("check")
     table.add_column("status")
-    table.add_column("details")
-    for name, ok, details in rows:
-        table.add_row(name, "[green]ok[/]" if ok else "[yellow]missing[/]", details)
-    Console().print(table)
+    table.add_column("needed for")
+    table.add_column("details", overflow="fold")
+    for r in rows:
+        status = "[green]ok[/]" if r.ok else "[yellow]missing[/]"
+        table.add_row(r.name, status, r.needed_for, r.details)
+    Console(soft_wrap=False).print(table)
+    missing = blocking(rows)
+    if missing:
+        typer.echo(
+            f"locomad: error: model card '{model}' cannot describe a film on this machine: "
+            f"missing {', '.join(r.name for r in missing)}",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command("extract-features")

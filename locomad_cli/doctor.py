@@ -1,12 +1,35 @@
-"""`locomad doctor`: what this machine can and cannot do, before a long run finds out."""
+"""`locomad doctor`: what this machine can and cannot do with a model card, before a long run
+finds out.
+
+Every row says what it is needed for: `describe` (the card cannot describe a film without
+it: doctor then exits non-zero), `train`, `evaluate`, `voice`, or `info`. Files are looked
+for where the loaders look (open_clip's and the Hugging Face hub's caches, the card's weights
+folder), without downloading anything.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
-from locomad_cli.card import load_card
-from locomad_cli.utils import hub_reachable
+from locomad_cli.card import ModelCard, load_card
+from locomad_cli.utils import LocomadError, hub_reachable
+
+CORENLP_ENV = "LOCOMAD_CORENLP"
+"""Folder with Stanford CoreNLP 3.6.0's jars for SPICE (the default of evaluate --corenlp)."""
+CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    details: str
+    needed_for: str = "info"
+    """describe | train | evaluate | voice | info: describe rows decide the exit code."""
 
 
 def _version_line(cmd: list[str]) -> str:
@@ -18,37 +41,219 @@ def _version_line(cmd: list[str]) -> str:
     return text[0] if text else ""
 
 
-def run_checks(model: str = "opt-2.7b") -> list[tuple[str, bool, str]]:
-    """Return (check, ok, details) rows; never raises for a missing tool, only for a bad card."""
-    rows: list[tuple[str, bool, str]] = []
+def _shown(path: str | Path) -> str:
+    """Paths as every row prints them: absolute, resolved."""
+    return str(Path(path).expanduser().resolve())
+
+
+def hub_cached(repo: str, files: tuple[str, ...] = ("config.json",)) -> str | None:
+    """The local cache path of the first of `files` of hub repo `repo`, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in files:
+        try:
+            hit = try_to_load_from_cache(repo, name)
+        except Exception:  # an id the hub library refuses (not a repo name at all)
+            return None
+        if isinstance(hit, str):
+            return hit
+    return None
+
+
+_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _hf_model(
+    label: str,
+    name: str | None,
+    needed_for: str,
+    weights: bool = True,
+    fix: str = "point the card at a folder",
+) -> Check:
+    """A Hugging Face model (or tokenizer) named by id or local folder; `fix` says how to use
+    a local copy instead."""
+    if not name:
+        return Check(label, True, "not needed by this card (random init)", needed_for)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return Check(label, True, _shown(local), needed_for)
+    if hub_reachable():
+        return Check(label, True, f"{name}: on the hub (downloaded on first use)", needed_for)
+    config = hub_cached(name)
+    files = hub_cached(name, _MODEL_FILES) if weights else config
+    if config and files:
+        return Check(label, True, f"{name}: in the local hub cache", needed_for)
+    return Check(
+        label,
+        False,
+        f"{name}: not in the local hub cache and the hub is unreachable "
+        f"(huggingface-cli download it on a connected machine, or {fix})",
+        needed_for,
+    )
+
+
+def _clip_check(card: ModelCard) -> Check:
+    from locomad_cli.clip import _cached_pretrained, _resolve_file
+
+    clip = card.clip
+    label = f"CLIP weights ({clip.model})"
+    if not clip.pretrained:
+        return Check(label, True, "random init (clip.pretrained is null)", "describe")
+    try:
+        local = _resolve_file(card, clip.pretrained)
+        if local is not None:
+            return Check(label, True, _shown(local), "describe")
+        if hub_reachable():
+            return Check(label, True, f"{clip.pretrained}: on the hub", "describe")
+        return Check(label, True, _cached_pretrained(clip.model, clip.pretrained), "describe")
+    except LocomadError as e:
+        return Check(label, False, str(e), "describe")
+
+
+def _weights_check(card: ModelCard) -> Check:
+    label = f"LoCo-MAD weights ({card.name})"
+    local = card.weights_path()
+    if local is None:
+        return Check(label, False, "the card names no trained weights (weights: null)", "describe")
+    if local.is_dir():
+        missing = [f for f in ("card.yaml", "model.safetensors") if not (local / f).is_file()]
+        if missing:
+            return Check(label, False, f"{_shown(local)} lacks {', '.join(missing)}", "describe")
+        return Check(label, True, _shown(local), "describe")
+    weights = str(card.weights)
+    if not Path(weights).is_absolute() and weights.count("/") == 1:  # a hub repo id
+        if hub_reachable() or hub_cached(weights, ("model.safetensors",)):
+            return Check(label, True, f"{weights}: on the hub or in its cache", "describe")
+    return Check(
+        label,
+        False,
+        f"{_shown(local)} does not exist: no trained LoCo-MAD weights are published for the "
+        "OPT cards; train them (README, 'Describing your own film') or use --model demo",
+        "describe",
+    )
+
+
+def _llm_check(card: ModelCard) -> Check:
+    from locomad_cli.model.checkpoint import saves_llm
+
+    label = f"language model ({card.llm.name})"
+    if card.llm.config is not None:
+        return Check(label, True, "built from the card's llm.config", "describe")
+    check = _hf_model(label, card.llm.name, "describe")
+    if saves_llm(card) and not check.ok:  # a checkpoint of llm.train: all carries the LLM
+        check.needed_for = "train"
+    return check
+
+
+def _java_check() -> Check:
+    java = shutil.which("java")
+    details = (
+        _version_line(["java", "-version"])
+        if java
+        else "not found (apt-get install default-jre-headless)"
+    )
+    return Check("java (METEOR, PTB tokenizer)", bool(java), details, "evaluate")
+
+
+def corenlp_jars(folder: str | Path | None = None) -> list[Path] | None:
+    """CoreNLP's two jars for SPICE: in `folder` (or $LOCOMAD_CORENLP), else where
+    pycocoevalcap keeps them after its own download; None when they are nowhere."""
+    candidates = []
+    folder = folder or os.environ.get(CORENLP_ENV)
+    if folder:
+        candidates.append(Path(folder).expanduser())
+    try:
+        import pycocoevalcap.spice as spice
+
+        candidates.append(Path(spice.__file__).parent / "lib")
+    except ImportError:
+        pass
+    for c in candidates:
+        jars = [c / j for j in CORENLP_JARS]
+        if all(j.is_file() for j in jars):
+            return jars
+    return None
+
+
+def _corenlp_check() -> Check:
+    jars = corenlp_jars()
+    if jars:
+        return Check("CoreNLP (SPICE)", True, _shown(jars[0].parent), "evaluate")
+    return Check(
+        "CoreNLP (SPICE)",
+        False,
+        f"{' and '.join(CORENLP_JARS)} not found: put them in a folder and pass evaluate "
+        f"--corenlp DIR (or set {CORENLP_ENV})",
+        "evaluate",
+    )
+
+
+def run_checks(model: str = "opt-2.7b") -> list[Check]:
+    """Every check for this machine and card; never raises for a missing tool or file, only
+    for a card that cannot be read."""
+    card = load_card(model)
+    rows: list[Check] = []
     for tool in ("ffmpeg", "ffprobe"):
         path = shutil.which(tool)
-        details = _version_line([tool, "-version"]) if path else "not on PATH"
-        rows.append((tool, bool(path), details))
+        details = (
+            _version_line([tool, "-version"]) if path else "not on PATH (apt-get install ffmpeg)"
+        )
+        rows.append(Check(tool, bool(path), details, "describe"))
     try:
         import decord
 
-        rows.append(("decord", True, f"decord {decord.__version__}"))
+        rows.append(Check("decord", True, f"decord {decord.__version__}", "describe"))
     except ImportError as e:
-        rows.append(("decord", False, f"not importable: {e}"))
+        rows.append(Check("decord", False, f"not importable: {e}", "describe"))
     import torch
 
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
-        rows.append(("torch device", True, f"torch {torch.__version__}, CUDA: {name}"))
+        rows.append(Check("torch device", True, f"torch {torch.__version__}, CUDA: {name}"))
     else:
-        rows.append(("torch device", True, f"torch {torch.__version__}, CPU only (no CUDA GPU)"))
-    java = shutil.which("java")
-    rows.append(
-        ("java (METEOR)", bool(java), _version_line(["java", "-version"]) if java else "not found")
-    )
+        rows.append(
+            Check("torch device", True, f"torch {torch.__version__}, CPU only (no CUDA GPU)")
+        )
     hub = hub_reachable()
-    rows.append(("model hub", hub, "huggingface.co reachable" if hub else "unreachable (offline)"))
-    card = load_card(model)
-    wpath = card.weights_path()
-    if wpath is not None and wpath.exists():
-        rows.append((f"weights ({card.name})", True, str(wpath)))
-    else:
-        where = str(wpath) if wpath else "none named in the card"
-        rows.append((f"weights ({card.name})", False, f"not found locally: {where}"))
+    rows.append(
+        Check(
+            "model hub",
+            True,
+            "huggingface.co reachable" if hub else "unreachable: local caches only",
+        )
+    )
+    rows.append(_clip_check(card))
+    rows.append(_weights_check(card))
+    rows.append(_llm_check(card))
+    rows.append(_hf_model(f"PME init ({card.pme.init or 'none'})", card.pme.init, "train"))
+    if card.pme.tokenizer != "tiny":
+        rows.append(
+            _hf_model(
+                f"PME tokenizer ({card.pme.tokenizer})", card.pme.tokenizer, "train", weights=False
+            )
+        )
+    rows.append(_java_check())
+    rows.append(_corenlp_check())
+    for label, name, flag in (
+        ("BertScore model", "bert-base-uncased", "--bert-model"),
+        ("R@k/N model", "roberta-large", "--recall-model"),
+    ):
+        fix = f"pass evaluate {flag} DIR"
+        rows.append(_hf_model(f"{label} ({name})", name, "evaluate", fix=fix))
+    espeak = shutil.which("espeak-ng")
+    rows.append(
+        Check(
+            "espeak-ng (voice)",
+            bool(espeak),
+            _version_line(["espeak-ng", "--version"])
+            if espeak
+            else "not found (apt-get install espeak-ng)",
+            "voice",
+        )
+    )
     return rows
+
+
+def blocking(rows: list[Check]) -> list[Check]:
+    """The failed checks without which the card cannot describe a film."""
+    return [r for r in rows if not r.ok and r.needed_for == "describe"]

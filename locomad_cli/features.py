@@ -468,7 +468,7 @@ def extract_features(
     inputs are checked before any work starts, so a bad file fails fast and writes nothing."""
     fps = float(fps if fps is not None else card.fps)
     if not math.isfinite(fps) or fps <= 0 or fps > 1000:
-        raise LocomadError(f"--fps must be a positive number of frames per second, got {fps:g}")
+        raise LocomadError(f"--fps must be positive (at most 1000), got {fps:g}")
     if batch_size < 1:
         raise LocomadError(f"--batch-size must be at least 1, got {batch_size}")
     if not videos:

@@ -36,11 +36,21 @@ def test_version():
 
 def test_doctor_reports_each_check(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # do not wait on the network
+    monkeypatch.setenv("COLUMNS", "200")
     res = runner.invoke(app, ["doctor"])
-    assert res.exit_code == 0, res.output
-    for row in ("ffmpeg", "ffprobe", "decord", "torch device", "java", "model hub"):
+    # no trained OPT weights exist here: the card cannot describe, and doctor says so
+    assert res.exit_code == 1, res.output
+    for row in ("ffmpeg", "ffprobe", "decord", "torch device", "java", "model hub", "CoreNLP"):
         assert row in res.stdout
-    assert "weights (opt-2.7b)" in res.stdout
+    assert "LoCo-MAD weights (opt-2.7b)" in res.stdout
+    assert res.stderr.strip().splitlines() == [
+        "locomad: error: model card 'opt-2.7b' cannot describe a film on this machine: "
+        "missing CLIP weights (ViT-L-14), LoCo-MAD weights (opt-2.7b), "
+        "language model (facebook/opt-2.7b)"
+    ]
+    demo = runner.invoke(app, ["doctor", "--model", "demo"])  # shipped weights: it can run
+    assert demo.exit_code == 0, demo.output
+    assert "LoCo-MAD weights (demo)" in demo.stdout and demo.stderr == ""
 
 
 def test_doctor_bad_card_is_exit_2():
