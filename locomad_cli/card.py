@@ -62,6 +62,9 @@ class PMECard:
     """Only for random init: vocabulary size when no pretrained tokenizer defines it."""
     label_smoothing: float = 0.1
     temperature: float = 0.07
+    train_stage2: str = "frozen"
+    """What stage 2 does with the PME: frozen (as the authors' code) | all (its query path
+    trains with the DSM and Proj_l, as BLIP-2's stage 2 trains its Q-Former)."""
 
 
 @dataclass

@@ -8,6 +8,12 @@ Preprocessing is taken from the open_clip model itself (`model.visual.preprocess
 transform open_clip builds from it), so callers cannot get image size, mean/std or
 interpolation wrong; `ClipEncoder.preprocess` runs those same transform steps on batches of
 tensors on the device instead of one PIL image at a time.
+
+Activation: OpenAI trained its CLIPs with QuickGELU, and MAD's `CLIP_L14_*` features come from
+that network. open_clip 3.x builds `ViT-L-14` with `nn.GELU` even for `pretrained="openai"`
+(only a warning says so, and not on the offline path), so `load_clip` asks for QuickGELU
+whenever open_clip's table of pretrained tags says the weights were trained with it, and
+`weights_id` names the activation, so features of the wrong network are never reused.
 """
 
 from __future__ import annotations
@@ -146,16 +152,37 @@ def _resolve_file(card: ModelCard, value: str) -> Path | None:
     return None
 
 
+def quick_gelu(card: ModelCard) -> bool:
+    """Whether the card's CLIP must run QuickGELU to be the network its weights were trained
+    as. For an open_clip tag that is open_clip's own record (True for every `openai` tag);
+    otherwise the architecture's config decides (`ViT-L-14-quickgelu`, an inline config's
+    `quick_gelu`), which is how a local file fine-tuned from OpenAI's weights asks for it."""
+    import open_clip
+
+    c = card.clip
+    inline = _inline_config(card)
+    if inline is not None:
+        return bool(inline["model_cfg"].get("quick_gelu", False))
+    model_cfg = open_clip.get_model_config(c.model) or {}
+    if c.pretrained and _resolve_file(card, c.pretrained) is None:
+        tag_cfg = open_clip.get_pretrained_cfg(c.model, c.pretrained) or {}
+        if tag_cfg.get("quick_gelu"):
+            return True
+    return bool(model_cfg.get("quick_gelu", False))
+
+
 def weights_id(card: ModelCard) -> str:
-    """What identifies the CLIP's weights for caches of its features: the pretrained tag, or
-    for a local weights file its size and a hash of its content, so features made before the
-    file was retrained (the demo's CLIP, a fine-tuned encoder) are never reused by mistake."""
+    """What identifies the CLIP's weights for caches of its features: the pretrained tag (with
+    `+quickgelu` when the network runs it: features made with open_clip's nn.GELU build of
+    OpenAI's weights carry plain `openai` and are refused), or for a local weights file its
+    size and a hash of its content, so features made before the file was retrained (the demo's
+    CLIP, a fine-tuned encoder) are never reused by mistake."""
     pretrained = card.clip.pretrained
     if not pretrained:
         return "random-init"
     path = _resolve_file(card, pretrained)
     if path is None:
-        return str(pretrained)
+        return f"{pretrained}+quickgelu" if quick_gelu(card) else str(pretrained)
     stat = path.stat()
     return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
@@ -193,10 +220,16 @@ def _inline_config(card: ModelCard) -> dict[str, Any] | None:
 
 
 def load_clip(
-    card: ModelCard, device: str = "cpu", dtype: torch.dtype = torch.float32
+    card: ModelCard,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    load_weights: bool = True,
 ) -> ClipEncoder:
     """Build the card's CLIP with open_clip: a shipped architecture name + pretrained tag (from
-    the hub or its cache), the card's inline config, and/or a local `.safetensors` file."""
+    the hub or its cache), the card's inline config, and/or a local `.safetensors` file; with
+    QuickGELU where the weights were trained with it (`quick_gelu`). `load_weights=False`
+    builds the same network at (seeded) random init without the hub or a file: tests and
+    shape checks of the real cards."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -204,13 +237,17 @@ def load_clip(
         raise LocomadError(f"unsupported CLIP dtype {dtype}")
     name, pretrained = card.clip.model, card.clip.pretrained
     weights_file = _resolve_file(card, pretrained) if pretrained else None
+    # open_clip 3.x builds OpenAI's weights with nn.GELU unless told: force what they need
+    force_quick_gelu = quick_gelu(card)
+    if not load_weights:
+        pretrained = weights_file = None
     if weights_file is not None and weights_file.suffix != ".safetensors":
         raise LocomadError(
             f"{weights_file}: CLIP weights must be a .safetensors file (pickled checkpoints are "
             "not loaded)"
         )
     inline = _inline_config(card)
-    kwargs = dict(device=device, precision=_PRECISION[dtype])
+    kwargs = dict(device=device, precision=_PRECISION[dtype], force_quick_gelu=force_quick_gelu)
     try:
         # Random init (tests, demos) is seeded: the same card always builds the same encoder,
         # so a resumed extraction never mixes features of two different random models.

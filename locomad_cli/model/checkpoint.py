@@ -34,9 +34,10 @@ def saves_llm(card: ModelCard) -> bool:
 
 def architecture(card: ModelCard) -> dict:
     """The card fields that decide tensor shapes and meaning: weights made under one
-    architecture are refused under another. Generation settings and top_k may differ."""
+    architecture are refused under another. Generation settings, top_k and training
+    policies may differ."""
     pme = dict(vars(card.pme))
-    for key in ("max_frames", "label_smoothing", "temperature"):
+    for key in ("max_frames", "label_smoothing", "temperature", "train_stage2"):
         pme.pop(key)
     d = card.dsm
     return {

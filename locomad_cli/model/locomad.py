@@ -18,7 +18,7 @@ from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
 from locomad_cli.model.decoder import Decoder, VisualHook, load_llm
 from locomad_cli.model.dsm import DSM, Selection
-from locomad_cli.model.pme import PME
+from locomad_cli.model.pme import PME, on_query_path
 from locomad_cli.model.tokenizer import load_tokenizer
 from locomad_cli.utils import LocomadError, resolve_dtype
 
@@ -98,16 +98,21 @@ class LoCoMAD(nn.Module):
         return self
 
     def trainable_parameters(self, stage: int) -> list[tuple[str, nn.Parameter]]:
-        """Stage 1 trains the PME. Stage 2 freezes it and trains the DSM, Proj_l and, per
-        card.llm.train, the six added token embeddings and/or the whole LLM."""
+        """Stage 1 trains the PME. Stage 2 trains the DSM, Proj_l and, per card.llm.train,
+        the six added token embeddings and/or the whole LLM; per card.pme.train_stage2 the PME
+        stays frozen or its query path trains too (`pme.on_query_path`: the text side gets
+        no gradient in stage 2, and unused parameters would stall DDP)."""
         if stage == 1:
             return [(n, p) for n, p in self.named_parameters() if n.startswith("pme.")]
         if stage != 2:
             raise ValueError(f"stage is 1 or 2, not {stage}")
         policy = self.card.llm.train
+        pme_trains = self.card.pme.train_stage2 == "all"
         out = []
         for n, p in self.named_parameters():
             if n.startswith(("dsm.", "decoder.proj.")):
+                out.append((n, p))
+            elif n.startswith("pme.") and pme_trains and on_query_path(n[len("pme.") :]):
                 out.append((n, p))
             elif n == "decoder.special_embeds" and policy != "none":
                 out.append((n, p))
@@ -179,7 +184,10 @@ class LoCoMAD(nn.Module):
     # -- stage 2 ----------------------------------------------------------------------------
 
     def _queries(self, frames: torch.Tensor, fmask: torch.Tensor) -> torch.Tensor:
-        """q̃ from the frozen PME (eval mode: no dropout, no gradient)."""
+        """q̃ from the PME: trained along (pme.train_stage2: all) in the model's own mode, or
+        frozen in eval mode (no dropout, no gradient)."""
+        if self.card.pme.train_stage2 == "all":
+            return self.pme.encode_queries(frames, fmask)
         was = self.pme.training
         self.pme.eval()
         try:

@@ -4,15 +4,21 @@ Built from transformers' BLIP-2 Q-Former layers (`Blip2QFormerEncoder` with text
 each layer runs one shared self-attention over `[V_q; T]` (eq. 1), cross-attention from the
 queries to the frames every `cross_attention_freq` layers (eq. 2), and two FFNs, one for the
 queries and one for the text (eq. 3). The paper writes `[T; V_q]`; the order is immaterial
-because the three task masks below decide who sees whom. BERT weights (`bert-base-uncased`)
-initialise embeddings, self-attention and both FFNs, as the authors did; cross-attention
-starts random. The text embeddings and the LM head are transformers' `BertEmbeddings` and
-`BertLMPredictionHead`, the head tied to the word embeddings.
+because the three task masks below decide who sees whom. `card.pme.init` names the
+initialisation: BERT weights (`bert-base-uncased`, as the authors' code did) for embeddings,
+self-attention and both FFNs with cross-attention random, or the paper's BLIP-2 ViT-L Q-Former
+(a LAVIS checkpoint converted to safetensors), of which every tensor that fits is loaded and
+each one is reported. The text embeddings and the LM head are transformers' `BertEmbeddings`
+and `BertLMPredictionHead`, the head tied to the word embeddings.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +33,24 @@ from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_offline_hint
 MASK_MODES = ("vtc", "vtm", "vtg")
 TEMP_RANGE = (0.001, 0.5)
 """Learnable temperatures are clamped here (as BLIP-2 does) so a run cannot collapse them."""
+STAGE2_POLICIES = ("frozen", "all")
+"""card.pme.train_stage2: what stage 2 does with the PME (see `on_query_path`)."""
+MASK_VALUE = -float(2**14)
+"""Additive mask value: exact and finite in fp32, bf16 and fp16 (finfo(fp32).min becomes -inf
+in both half types, as kernels cast masks to the compute dtype), still finite when masks are
+summed; a softmax gives it exactly 0 weight next to any visible score in every dtype."""
+_QUERY_PATH = re.compile(
+    r"^(query_tokens|embeddings\.LayerNorm\..*|frame_norm\..*|encoder\.layer\.\d+\."
+    r"(attention|crossattention|intermediate_query|output_query)\..*)$"
+)
+
+
+def on_query_path(name: str) -> bool:
+    """Whether PME parameter `name` (as in `PME.named_parameters()`) shapes the queries q̃ that
+    stage 2 reads: the query tokens, their LayerNorm, the frame norm, attention and the query
+    FFNs. The text side (embeddings, text FFNs, LM head, projections, VTM head, temperature)
+    gets no gradient in stage 2 and is left out of `pme.train_stage2: all`."""
+    return bool(_QUERY_PATH.match(name))
 
 
 def sinusoid_positions(length: int, dim: int, device=None) -> torch.Tensor:
@@ -68,9 +92,17 @@ def task_mask(mode: str, num_queries: int, text_mask: torch.Tensor) -> torch.Ten
 
 
 def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Bool [B, Lq, Lk] (True = visible) → additive float mask [B, 1, Lq, Lk] for attention."""
+    """Bool [B, Lq, Lk] (True = visible) → additive float mask [B, 1, Lq, Lk] for attention.
+
+    Finite by construction under any autocast dtype: masked keys get MASK_VALUE, not the
+    dtype's minimum (-inf once cast to fp16/bf16), and a row with no visible key (every query
+    of an all-empty DSM proposal, a clip without frames) sees every key instead: a finite
+    average nobody reads, where a fully masked row would give NaN in some CUDA kernels and
+    poison the gradients. In fp32 this is what the minimum gave anyway, so outputs are the
+    same as before."""
+    mask = mask | ~mask.any(-1, keepdim=True)
     out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    out.masked_fill_(~mask, torch.finfo(dtype).min)
+    out.masked_fill_(~mask, MASK_VALUE)
     return out[:, None]
 
 
@@ -119,6 +151,11 @@ class PME(nn.Module):
     def __init__(self, card: ModelCard, vocab_size: int, pad_token_id: int):
         super().__init__()
         p = card.pme
+        if p.train_stage2 not in STAGE2_POLICIES:
+            raise LocomadError(
+                f"pme.train_stage2 is '{p.train_stage2}'; "
+                f"choose one of {', '.join(STAGE2_POLICIES)}"
+            )
         self.num_queries = p.num_queries
         self.max_frames = p.max_frames
         self.label_smoothing = p.label_smoothing
@@ -173,10 +210,16 @@ class PME(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def load_bert(self, name: str) -> None:
-        """Copy a BERT checkpoint (hub id or folder) into the Q-Former: embeddings, self-
-        attention, the text FFN and (a copy of it) the query FFN, and the MLM head."""
+    def load_bert(self, name: str) -> InitReport | None:
+        """Initialise from `card.pme.init`: a BERT checkpoint (hub id or folder) is copied into
+        embeddings, self-attention, the text FFN and (a copy of it) the query FFN, and the MLM
+        head; a BLIP-2 Q-Former safetensors file (or a folder holding one) goes to
+        `load_blip2`. A pickled file is refused: convert it with `locomad convert-weights`."""
         from transformers import BertForMaskedLM
+
+        blip2 = _blip2_file(name)
+        if blip2 is not None:
+            return self.load_blip2(blip2)
 
         try:
             bert = BertForMaskedLM.from_pretrained(name, **hf_load_kwargs(name))
@@ -229,6 +272,93 @@ class PME(nn.Module):
                     : self.lm_head.decoder.bias.shape[0]
                 ]
         self._tie()
+        return None
+
+    def load_blip2(self, path: str | Path) -> InitReport:
+        """Initialise a freshly built PME from a LAVIS BLIP-2 Q-Former checkpoint (safetensors,
+        LAVIS's key names) and print on stderr what became of every tensor."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise LocomadError(f"PME init {path}: cannot read ({e})") from None
+        report = self.load_blip2_state(state)
+        print(f"locomad: PME init from {path} (BLIP-2 Q-Former)", file=sys.stderr)
+        for line in report.lines():
+            print(f"locomad:   {line}", file=sys.stderr)
+        return report
+
+    def load_blip2_state(self, state: dict[str, torch.Tensor]) -> InitReport:
+        """Copy every tensor of a LAVIS `Blip2Qformer` state dict that fits this PME, by the
+        key mapping of `_blip2_name`. A tensor fits when its shape is ours; embedding-like
+        tables (word and position embeddings, the LM bias) also when only their row count
+        differs (the shared rows are copied). What does not fit keeps its fresh init — the
+        cross-attention's key/value read 1024-d CLIP-L patch features in BLIP-2 ViT-L, 768-d
+        projected frame features here — and LAVIS's lack of token-type embeddings is kept
+        by zeroing ours. Every source key and every PME tensor lands in the report."""
+        if not any(k.startswith(_BLIP2_PREFIX) for k in state):
+            raise LocomadError(
+                f"PME init: no '{_BLIP2_PREFIX}*' tensors, not a LAVIS BLIP-2 Q-Former checkpoint"
+            )
+        own = self.state_dict()
+        aliases = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight"}
+        aliases["lm_head.decoder.bias"] = "lm_head.bias"
+        # a layer's bias goes with its weight: a projection whose weight cannot load (the
+        # cross-attention's key/value) starts fresh as a whole
+        unfit = set()
+        for key, src in state.items():
+            name = _blip2_name(key)
+            if name in aliases or name is None:
+                continue
+            if name.endswith(".weight") and name in own and own[name].ndim > 1:
+                if src.shape != own[name].shape and name not in _ROW_TABLES:
+                    unfit.add(name[: -len("weight")])
+        report = InitReport()
+        with torch.no_grad():
+            for key in sorted(state):
+                src = state[key]
+                name = _blip2_name(key)
+                if name is None:
+                    report.ignored[key] = _blip2_ignore_reason(key)
+                elif name.endswith(".bias") and name[: -len("bias")] in unfit:
+                    report.ignored[key] = f"its weight does not fit {name[: -len('bias')]}weight"
+                    report.reinitialised[name] = "fresh init with its weight"
+                elif name in aliases:
+                    report.ignored[key] = f"tied to {aliases[name]} here (one tensor)"
+                elif name not in own:
+                    report.ignored[key] = f"this card's PME has no {name}"
+                elif name in report.loaded:
+                    report.ignored[key] = f"{name} already loaded from {report.loaded[name]}"
+                else:
+                    dst = own[name]
+                    if src.shape == dst.shape:
+                        dst.copy_(src.to(dst.dtype))
+                        report.loaded[name] = key
+                    elif name in _ROW_TABLES and src.shape[1:] == dst.shape[1:]:
+                        rows = min(src.shape[0], dst.shape[0])
+                        dst[:rows].copy_(src[:rows].to(dst.dtype))
+                        report.loaded[name] = f"{key} (rows 0-{rows - 1} of {dst.shape[0]})"
+                    else:
+                        report.ignored[key] = (
+                            f"shape {list(src.shape)} does not fit {name} {list(dst.shape)}"
+                        )
+                        report.reinitialised[name] = (
+                            f"fresh init: checkpoint {list(src.shape)}, card {list(dst.shape)}"
+                        )
+            tt = "embeddings.token_type_embeddings.weight"
+            if tt in own and tt not in report.loaded:
+                own[tt].zero_()
+                report.reinitialised[tt] = "zeroed: LAVIS's Q-Former has no token types"
+            for alias, target in aliases.items():
+                if alias in own and target in report.loaded:
+                    report.loaded[alias] = f"tied to {target}"
+            for name in own:
+                if name not in report.loaded and name not in report.reinitialised:
+                    report.reinitialised[name] = "not in the checkpoint: fresh init"
+        self._tie()
+        return report
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -320,3 +450,115 @@ class PME(nn.Module):
 
 def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+# -- BLIP-2 (LAVIS) initialisation -------------------------------------------------------------
+
+_BLIP2_PREFIX = "Qformer.bert."
+_BLIP2_HEADS = {
+    "Qformer.cls.predictions.": "lm_head.",
+    "vision_proj.": "vision_proj.",
+    "text_proj.": "text_proj.",
+    "itm_head.": "vtm_head.",
+    "ln_vision.": "frame_norm.",
+}
+_ROW_TABLES = (
+    "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight",
+    "lm_head.bias",
+)
+
+
+@dataclass
+class InitReport:
+    """What a PME initialisation did with each tensor, so none is missed silently."""
+
+    loaded: dict[str, str] = field(default_factory=dict)
+    """PME tensor → the checkpoint key it came from (or the tensor it is tied to)."""
+    reinitialised: dict[str, str] = field(default_factory=dict)
+    """PME tensor → why it keeps its fresh init (or was zeroed)."""
+    ignored: dict[str, str] = field(default_factory=dict)
+    """Checkpoint key → why it was not loaded."""
+
+    def lines(self) -> list[str]:
+        """Readable summary: names grouped over layer numbers, one line per group."""
+        out = [
+            f"loaded {len(self.loaded)}, re-initialised {len(self.reinitialised)}, "
+            f"ignored {len(self.ignored)} checkpoint tensor(s)"
+        ]
+        out += [f"loaded: {g}" for g in _group(dict.fromkeys(self.loaded, ""))]
+        out += [f"re-initialised: {g}" for g in _group(self.reinitialised)]
+        out += [f"ignored: {g}" for g in _group(self.ignored)]
+        return out
+
+
+def _group(items: dict[str, str]) -> list[str]:
+    """Names with the same reason and the same shape up to layer numbers (and a large family
+    under one top-level module, like a whole image encoder) in one entry."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    tops: dict[tuple[str, str], int] = {}
+    for name, why in items.items():
+        top = name.split(".")[0]
+        tops[(top, why)] = tops.get((top, why), 0) + 1
+    for name, why in items.items():
+        top = name.split(".")[0]
+        if tops[(top, why)] > 64:
+            groups.setdefault((f"{top}.*", why), []).append(-1)
+            continue
+        m = re.search(r"\.layer\.(\d+)\.", name)
+        pattern = name if m is None else name.replace(m.group(0), ".layer.{}.")
+        groups.setdefault((pattern, why), []).append(int(m.group(1)) if m else -1)
+    leaves: dict[tuple[str, str], list[str]] = {}
+    for (pattern, why), layers in groups.items():
+        if "{}" in pattern:
+            pattern = pattern.replace("{}", "{" + ",".join(map(str, sorted(layers))) + "}")
+        elif len(layers) > 1:
+            pattern = f"{pattern} ({len(layers)} tensors)"
+        module, _, leaf = pattern.rpartition(".")
+        leaves.setdefault((module, why), []).append(leaf)
+    out = []
+    for (module, why), names in leaves.items():
+        leaf = names[0] if len(names) == 1 else "{" + ",".join(names) + "}"
+        out.append((f"{module}.{leaf}" if module else leaf) + (f" — {why}" if why else ""))
+    return out
+
+
+def _blip2_file(spec: str) -> Path | None:
+    """`spec` as a BLIP-2 Q-Former safetensors file: the file itself, or the only
+    `*.safetensors` of a folder that is not a transformers model folder. None = a BERT spec."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        if p.suffix == ".safetensors":
+            return p
+        raise LocomadError(
+            f"PME init {p}: only safetensors are loaded (pickles are never opened); convert it "
+            f"with `locomad convert-weights {p} {p.with_suffix('.safetensors')}`"
+        )
+    if p.is_dir() and not (p / "config.json").is_file():
+        files = sorted(p.glob("*.safetensors"))
+        if len(files) == 1:
+            return files[0]
+        raise LocomadError(
+            f"PME init {p}: a folder needs a BERT config.json or exactly one .safetensors "
+            f"BLIP-2 checkpoint ({len(files)} found)"
+        )
+    return None
+
+
+def _blip2_name(key: str) -> str | None:
+    """The PME tensor a LAVIS `Blip2Qformer` key maps to (None: not part of the PME)."""
+    if key.startswith(_BLIP2_PREFIX):
+        name = key[len(_BLIP2_PREFIX) :]
+        return re.sub(r"\.(attention|crossattention)\.self\.", r".\1.attention.", name)
+    if key in ("query_tokens", "temp"):
+        return key
+    for prefix, ours in _BLIP2_HEADS.items():
+        if key.startswith(prefix):
+            return ours + key[len(prefix) :]
+    return None
+
+
+def _blip2_ignore_reason(key: str) -> str:
+    if key.startswith("visual_encoder."):
+        return "BLIP-2's image encoder (locomad reads CLIP frame features)"
+    return "not part of the Q-Former"
