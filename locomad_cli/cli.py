@@ -317,10 +317,24 @@ def evaluate_cmd(
         "roberta-large", "--recall-model", help="R@k/N BertScore model. Default: roberta-large."
     ),
     device: str = typer.Option("cpu", "--device", help="BertScore device. Default: cpu."),
+    corenlp: str = typer.Option(
+        None,
+        "--corenlp",
+        help="Folder with Stanford CoreNLP 3.6.0's jars for SPICE. Default: $LOCOMAD_CORENLP, "
+        "else pycocoevalcap's own download.",
+    ),
+    allow_missing: bool = typer.Option(
+        False,
+        "--allow-missing",
+        help="Exit 0 even when a requested metric cannot be computed. Default: exit 1.",
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Nothing on stderr but errors. Default: off."
+    ),
 ) -> None:
     """Score an AD track against references: CIDEr, BLEU, ROUGE-L, METEOR, SPICE, BertScore,
-    R@5/16."""
-    from locomad_cli.evaluate import evaluate, report_table, write_report
+    R@5/16. Exit code 1 when a requested metric is unavailable (unless --allow-missing)."""
+    from locomad_cli.evaluate import evaluate, missing_line, report_table, write_report
 
     try:
         report = evaluate(
@@ -332,18 +346,23 @@ def evaluate_cmd(
             bert_rescale=bert_rescale,
             recall_model=recall_model,
             device=device,
+            corenlp=corenlp,
         )
         if output:
             write_report(report, output)
     except LocomadError as e:
         fail(str(e))
     Console().print(report_table(report))
-    if report["unmatched_predictions"] or report["unmatched_references"]:
+    if not quiet and (report["unmatched_predictions"] or report["unmatched_references"]):
         typer.echo(
             f"unmatched: {len(report['unmatched_predictions'])} predictions, "
             f"{len(report['unmatched_references'])} references (listed in the JSON report)",
             err=True,
         )
+    line = missing_line(report)
+    if line and not allow_missing:
+        typer.echo(f"locomad: error: {line}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("describe")

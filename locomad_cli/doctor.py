@@ -9,18 +9,14 @@ folder), without downloading anything.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from locomad_cli.card import ModelCard, load_card
+from locomad_cli.metrics import CORENLP_ENV, CORENLP_JARS, corenlp_jars
 from locomad_cli.utils import LocomadError, hub_reachable
-
-CORENLP_ENV = "LOCOMAD_CORENLP"
-"""Folder with Stanford CoreNLP 3.6.0's jars for SPICE (the default of evaluate --corenlp)."""
-CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
 @dataclass
@@ -153,26 +149,6 @@ def _java_check() -> Check:
         else "not found (apt-get install default-jre-headless)"
     )
     return Check("java (METEOR, PTB tokenizer)", bool(java), details, "evaluate")
-
-
-def corenlp_jars(folder: str | Path | None = None) -> list[Path] | None:
-    """CoreNLP's two jars for SPICE: in `folder` (or $LOCOMAD_CORENLP), else where
-    pycocoevalcap keeps them after its own download; None when they are nowhere."""
-    candidates = []
-    folder = folder or os.environ.get(CORENLP_ENV)
-    if folder:
-        candidates.append(Path(folder).expanduser())
-    try:
-        import pycocoevalcap.spice as spice
-
-        candidates.append(Path(spice.__file__).parent / "lib")
-    except ImportError:
-        pass
-    for c in candidates:
-        jars = [c / j for j in CORENLP_JARS]
-        if all(j.is_file() for j in jars):
-            return jars
-    return None
 
 
 def _corenlp_check() -> Check:

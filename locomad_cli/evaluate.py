@@ -135,11 +135,14 @@ def evaluate(
     device: str = "cpu",
     bert_pair_score: PairScore | None = None,
     recall_similarity: Similarity | None = None,
+    corenlp: str | Path | None = None,
 ) -> dict[str, Any]:
     """Match, score, and return the report (a JSON-ready dict). Several films (two folders)
     are pooled: corpus-level CIDEr/BLEU/ROUGE-L/METEOR/SPICE over all pairs (as COCOEvalCap
     does), BertScore over all pairs, R@k/N over every window of every film.
-    `bert_pair_score` and `recall_similarity` replace the BertScore models (tests)."""
+    `bert_pair_score` and `recall_similarity` replace the BertScore models (tests); `corenlp`
+    is a folder with CoreNLP's jars for SPICE. Metrics that cannot run are listed under
+    `unavailable` with a reason that names the flag fixing it."""
     names = parse_metrics(metrics)
     films, missing = film_files(prediction, reference)
     per_film = []
@@ -155,7 +158,7 @@ def evaluate(
     scores: dict[str, float | Unavailable] = {}
     coco = [m for m in names if m in COCO_METRICS]
     if coco:
-        scores.update(coco_scores(p_text, r_text, coco))
+        scores.update(coco_scores(p_text, r_text, coco, corenlp=corenlp))
     if "bertscore" in names:
         try:
             pair = bert_pair_score or bertscore_f1(bert_model, rescale=bert_rescale, device=device)
@@ -163,7 +166,9 @@ def evaluate(
                 bertscore(p_text, r_text, pair) if pairs else Unavailable("no matched slot")
             )
         except Exception as e:
-            scores["BertScore"] = Unavailable(_reason(e))
+            scores["BertScore"] = Unavailable(
+                f"{_reason(e)}; pass --bert-model DIR (a local copy of the model)"
+            )
     if "recall" in names:
         key = f"R@{recall_k}/{recall_n}"
         try:
@@ -181,7 +186,9 @@ def evaluate(
                 else Unavailable(f"needs at least {recall_n} matched slots in a film")
             )
         except Exception as e:
-            scores[key] = Unavailable(_reason(e))
+            scores[key] = Unavailable(
+                f"{_reason(e)}; pass --recall-model DIR (a local copy of the model)"
+            )
 
     def cue(c: Cue, film: str) -> dict[str, Any]:
         return {"film": film, "start": c.start, "end": c.end, "text": c.text}
@@ -236,6 +243,17 @@ def evaluate(
         "tool": "locomad",
         "version": __version__,
     }
+
+
+def missing_line(report: dict[str, Any]) -> str | None:
+    """One line naming the requested metrics that could not be computed (None if none)."""
+    missing = list(report["unavailable"])
+    if not missing:
+        return None
+    return (
+        f"{len(missing)} requested metric(s) unavailable: {', '.join(missing)} (reasons in the "
+        "table and the report); pass --allow-missing to accept the scores without them"
+    )
 
 
 def _reason(e: BaseException) -> str:

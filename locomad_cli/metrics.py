@@ -7,14 +7,19 @@ own reference than to the references of nearby slots, so it rewards descriptions
 specific to their moment rather than generic. Scores are reported ×100, as in the paper.
 
 A metric whose dependency is missing (no Java, no network for SPICE's CoreNLP models, BERT
-weights not in the local cache) is returned as `Unavailable(reason)`; the others still run.
+weights not in the local cache) is returned as `Unavailable(reason)`, the reason naming what
+fixes it; the others still run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
+import os
+import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +73,42 @@ def _quiet_stderr():
         os.close(saved)
 
 
+CORENLP_ENV = "LOCOMAD_CORENLP"
+"""A folder with Stanford CoreNLP 3.6.0's two jars, for SPICE (evaluate --corenlp's default)."""
+CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+CORENLP_HINT = (
+    "get stanford-corenlp-full-2015-12-09.zip on a connected machine and pass --corenlp DIR "
+    f"(the folder holding {CORENLP_JARS[0]} and {CORENLP_JARS[1]}; or set {CORENLP_ENV})"
+)
+
+
+def corenlp_jars(folder: str | Path | None = None) -> list[Path] | None:
+    """CoreNLP's two jars for SPICE: in `folder` (or $LOCOMAD_CORENLP), else where pycocoevalcap
+    keeps them after its own download; None when they are in neither place."""
+    candidates = []
+    folder = folder or os.environ.get(CORENLP_ENV)
+    if folder:
+        candidates.append(Path(folder).expanduser())
+    with contextlib.suppress(ImportError):
+        import pycocoevalcap.spice as spice
+
+        candidates.append(Path(spice.__file__).parent / "lib")
+    for c in candidates:
+        jars = [c / j for j in CORENLP_JARS]
+        if all(j.is_file() for j in jars):
+            return jars
+    return None
+
+
 def coco_scores(
-    predictions: Sequence[str], references: Sequence[str], metrics: Sequence[str] = COCO_METRICS
+    predictions: Sequence[str],
+    references: Sequence[str],
+    metrics: Sequence[str] = COCO_METRICS,
+    corenlp: str | Path | None = None,
 ) -> dict[str, float | Unavailable]:
     """Corpus scores of paired predictions and references (one reference per prediction, as
-    in MAD), named CIDEr, BLEU-1..4, ROUGE-L, METEOR, SPICE."""
+    in MAD), named CIDEr, BLEU-1..4, ROUGE-L, METEOR, SPICE. `corenlp` is a folder with
+    CoreNLP's jars for SPICE (else $LOCOMAD_CORENLP, else pycocoevalcap's own download)."""
     if len(predictions) != len(references):
         raise ValueError("predictions and references must pair up")
     out: dict[str, float | Unavailable] = {}
@@ -88,13 +124,45 @@ def coco_scores(
     gts = {i: tokens[n + i] for i in range(n)}
     for metric in metrics:
         try:
-            out.update(_coco_metric(metric, gts, res))
+            if metric == "spice" and (corenlp or os.environ.get(CORENLP_ENV)):
+                out["SPICE"] = _spice_with_local_corenlp(gts, res, corenlp)
+            else:
+                out.update(_coco_metric(metric, gts, res))
         except (Exception, SystemExit) as e:  # SPICE's model download may sys.exit
             why = _one_line_error(e)
             if metric == "spice":
-                why = f"SPICE needs Stanford CoreNLP models (downloaded on first use): {why}"
+                why = f"SPICE needs Stanford CoreNLP 3.6.0 ({why}); {CORENLP_HINT}"
             out.update({name: Unavailable(why) for name in _names([metric])})
     return out
+
+
+def _spice_with_local_corenlp(gts: dict, res: dict, corenlp: str | Path | None) -> float:
+    """SPICE from pycocoevalcap's jar with CoreNLP's jars taken from a local folder (its own
+    wrapper can only download them into its package folder): the mean of the per-pair
+    F-scores, as pycocoevalcap reports it, ×100."""
+    import pycocoevalcap.spice as spice
+
+    folder = corenlp or os.environ.get(CORENLP_ENV)
+    jars = corenlp_jars(folder)
+    if jars is None or Path(folder).expanduser().resolve() != jars[0].parent.resolve():
+        raise OSError(f"no {' and '.join(CORENLP_JARS)} in {folder}")
+    home = Path(spice.__file__).parent
+    classpath = os.pathsep.join(
+        [str(home / "spice-1.0.jar"), *map(str, jars), str(home / "lib" / "*")]
+    )
+    items = [{"image_id": k, "test": res[k][0], "refs": gts[k]} for k in sorted(gts)]
+    with tempfile.TemporaryDirectory(prefix="locomad-spice-") as tmp:
+        src, dst = Path(tmp) / "in.json", Path(tmp) / "out.json"
+        src.write_text(json.dumps(items), encoding="utf-8")
+        cmd = ["java", "-Xmx8G", "-cp", classpath, "edu.anu.spice.SpiceScorer", str(src)]
+        done = subprocess.run(
+            [*cmd, "-out", str(dst), "-subset", "-silent"], capture_output=True, text=True
+        )
+        if done.returncode != 0 or not dst.is_file():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise OSError(f"SPICE failed: {tail[0][:200]}")
+        results = json.loads(dst.read_text(encoding="utf-8"))
+    return 100 * float(np.mean([float(r["scores"]["All"]["f"]) for r in results]))
 
 
 def _names(metrics: Sequence[str]) -> list[str]:

@@ -279,3 +279,33 @@ def test_evaluate_folders_pools_films(tmp_path):
     assert report["metrics"] == {"R@1/4": 87.5}
     with pytest.raises(LocomadError, match="two files or two folders"):
         evaluate(pred_dir, ref_dir / "alpha.ad.csv", metrics="recall")
+
+
+def test_cli_unavailable_metric_is_exit_1_unless_allowed(tmp_path):
+    from typer.testing import CliRunner
+
+    from locomad_cli.cli import app
+
+    pred, ref = _write_pair(tmp_path)
+    empty = tmp_path / "corenlp"  # a folder without CoreNLP's jars
+    empty.mkdir()
+    base = ["evaluate", str(pred), "-r", str(ref), "-o", str(tmp_path / "r.json"), "-q"]
+    args = [*base, "--metrics", "bleu,spice", "--corenlp", str(empty)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [
+        "locomad: error: 1 requested metric(s) unavailable: SPICE (reasons in the table and "
+        "the report); pass --allow-missing to accept the scores without them"
+    ]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "BLEU-1" in report["metrics"]
+    assert f"in {empty}" in report["unavailable"]["SPICE"]
+    assert "--corenlp DIR" in report["unavailable"]["SPICE"]
+    res = CliRunner().invoke(app, [*args, "--allow-missing"])
+    assert res.exit_code == 0 and res.stderr == ""
+    res = CliRunner().invoke(
+        app, [*base, "--metrics", "bertscore", "--bert-model", "no-such-org/no-bert"]
+    )
+    assert res.exit_code == 1
+    why = json.loads((tmp_path / "r.json").read_text())["unavailable"]["BertScore"]
+    assert "--bert-model DIR" in why
