@@ -415,13 +415,25 @@ def describe_cmd(
         False, "--resume", help="Continue an interrupted run after its last slot. Default: off."
     ),
     min_gap: float = typer.Option(
-        2.0, "--min-gap", help="Shortest gap between subtitles to describe (s). Default: 2.0."
+        2.0, "--min-gap", help="Shortest gap between speech to describe (s). Default: 2.0."
     ),
     margin: float = typer.Option(
-        0.3, "--margin", help="Silence kept around subtitles (s). Default: 0.3."
+        0.3, "--margin", help="Silence kept around subtitles and speech (s). Default: 0.3."
     ),
     max_len: float = typer.Option(
-        8.0, "--max-len", help="Longest slot; longer gaps are split (s). Default: 8.0."
+        8.0, "--max-len", help="Longest slot; longer shots are split (s). Default: 8.0."
+    ),
+    vad: str = typer.Option(
+        "auto",
+        "--vad",
+        help="Keep slots off the speech the soundtrack holds (silero-vad): auto (when the film "
+        "has audio) | on | off. Default: auto.",
+    ),
+    shots: str = typer.Option(
+        "on", "--shots", help="Cut slots at shot changes (PySceneDetect): on | off. Default: on."
+    ),
+    cut_margin: float = typer.Option(
+        0.5, "--cut-margin", help="How far a slot may run across a cut (s). Default: 0.5."
     ),
     quiet: bool = typer.Option(
         False,
@@ -453,6 +465,9 @@ def describe_cmd(
         min_gap=min_gap,
         margin=margin,
         max_len=max_len,
+        vad=vad,
+        shots=shots,
+        cut_margin=cut_margin,
         progress=not quiet,
     )
     try:

@@ -32,7 +32,7 @@ import torch
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
 from locomad_cli.data.records import ClipRecord, ContextItem, collate
-from locomad_cli.slots import Slot, propose_slots, slots_from_times
+from locomad_cli.slots import Slot, plan_film, slots_from_times
 from locomad_cli.subtitles import Cue, dialogue_text, dialogue_windows, read_cues, read_timed
 from locomad_cli.utils import (
     LocomadError,
@@ -72,6 +72,12 @@ class DescribeOptions:
     min_gap: float = 2.0
     margin: float = 0.3
     max_len: float = 8.0
+    vad: str = "auto"
+    """Speech from the soundtrack blocks slots too: auto (when the film has audio), on, off."""
+    shots: str = "on"
+    """Cut slots at shot changes (PySceneDetect): on, off."""
+    cut_margin: float = 0.5
+    """Seconds a proposed slot may run across a cut."""
     progress: bool = True
 
 
@@ -187,16 +193,32 @@ def _check_features(
         raise LocomadError(f"{path}: features are at {fps:g} FPS, model card wants {card.fps:g}")
 
 
-def plan_slots(opts: DescribeOptions, subtitles: list[Cue], duration: float) -> list[Slot]:
+def plan_slots(
+    opts: DescribeOptions,
+    subtitles: list[Cue],
+    duration: float,
+    video: Path | None = None,
+    out_dir: Path | None = None,
+) -> tuple[list[Slot], dict[str, Any] | None]:
+    """The slots to describe and, for proposed ones, how they were planned (JSON): given by
+    --ad-times, or where neither the subtitles nor the soundtrack speak (slots.plan_film;
+    speech and cut caches go to `out_dir`)."""
     if opts.ad_times:
-        return slots_from_times(opts.ad_times, duration)
-    slots = propose_slots(subtitles, duration, opts.min_gap, opts.margin, opts.max_len)
-    if not slots:
-        raise LocomadError(
-            f"no AD slot possible: no gap of {opts.min_gap:g} s or more between subtitles in "
-            f"{duration:.1f} s of film (lower --min-gap or give --ad-times)"
-        )
-    return slots
+        return slots_from_times(opts.ad_times, duration), None
+    plan = plan_film(
+        video,
+        subtitles,
+        duration,
+        out_dir or (video.parent if video is not None else Path(".")),
+        vad=opts.vad,
+        shots=opts.shots,
+        min_gap=opts.min_gap,
+        margin=opts.margin,
+        max_len=opts.max_len,
+        cut_margin=opts.cut_margin,
+        subtitles_name=Path(opts.subs).name if opts.subs else "subtitles",
+    )
+    return plan.slots, plan.as_json()
 
 
 NO_WEIGHTS = (
@@ -369,13 +391,15 @@ def describe(
     elif not video.is_file():
         raise LocomadError(f"{video}: no such video file")
     duration = _film_duration(video, meta, features)
-    slots = plan_slots(opts, subtitles, duration)
-    _warn_mismatches(opts, subtitles, slots, duration)
-    film = Film(
-        video.stem, slots, subtitles, refs, features, float((meta or {}).get("fps") or card.fps)
-    )
+    if opts.ad_times:  # given slots are checked before anything is written
+        slots_from_times(opts.ad_times, duration)
 
     with _no_trace_on_bad_input(out_dir):
+        slots, slot_plan = plan_slots(opts, subtitles, duration, video, out_dir)
+        _warn_mismatches(opts, subtitles, slots, duration)
+        film = Film(
+            video.stem, slots, subtitles, refs, features, float((meta or {}).get("fps") or card.fps)
+        )
         progress_path = out_dir / f"{film.name}.ad.progress.jsonl"
         identity = _identity(video, card, opts, slots)
         done: list[dict[str, Any]] = []
@@ -406,6 +430,8 @@ def describe(
             "subtitles_file": str(opts.subs) if opts.subs else None,
             "slots": [],
         }
+        if slot_plan is not None:
+            track["slot_plan"] = slot_plan
         runner = _run_recurrent if opts.setting == "recurrent" else _run_batched
         rows = runner(model, film, TextFeatureCache(encode_text), opts, done)
         try:
@@ -517,6 +543,8 @@ def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
         ],
         "subtitles": record.subtitle,
         "source": slot.source,
+        **({"shots": [list(b) for b in slot.shots]} if slot.shots else {}),
+        **({"why": slot.why} if slot.why is not None else {}),
     }
 
 

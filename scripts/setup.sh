@@ -10,6 +10,9 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v java >/dev/null || need+=(default-jre-headless)
 command -v chromium >/dev/null || need+=(chromium)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
+# OpenCV (PySceneDetect's decoder) needs these two shared libraries
+ldconfig -p | grep -q 'libGL\.so\.1 ' || need+=(libgl1)
+ldconfig -p | grep -q 'libglib-2\.0\.so\.0 ' || need+=(libglib2.0-0)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null

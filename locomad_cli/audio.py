@@ -1,0 +1,403 @@
+"""Speech in a film's soundtrack: decode with ffmpeg (16 kHz mono), find speech with silero-vad.
+
+Audio description must never be spoken over dialogue, and subtitle files miss lines (songs,
+background speech, forced-only tracks) or do not exist, so slots are also kept off what the
+soundtrack itself says. silero-vad gives a speech probability per 32 ms window; its own
+`get_speech_timestamps_from_probs` turns them into intervals.
+
+Speed: the model is a small recurrent network run window by window, so one long stream is
+slow (about 1 minute per 2 hours of film on one core). The film is cut into rows of ~31 s that
+run side by side as one batch, each row starting a second early so that the network's state has
+settled when its own windows begin (a fresh state at every row would be a fresh file). The ONNX
+model runs under onnxruntime: no pickle, no TorchScript.
+
+Cache: `<stem>.speech.safetensors` holds the probabilities (one per window, fp16) and metadata
+naming the source file (size and SHA-256 of its first MiB, like the feature files) and the model.
+While a film runs, finished blocks of ~10 minutes sit in `<stem>.speech.partial/`, so a killed
+run continues from the last finished block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from locomad_cli.utils import LocomadError, atomic_open, atomic_path
+from locomad_cli.video import source_fingerprint
+
+log = logging.getLogger(__name__)
+
+FORMAT = "locomad-speech-1"
+SUFFIX = ".speech.safetensors"
+SAMPLE_RATE = 16000
+WINDOW = 512
+"""Samples per silero-vad window at 16 kHz (32 ms)."""
+ROW_WINDOWS = 960
+"""Windows per batch row (30.72 s)."""
+WARMUP_WINDOWS = 32
+"""Windows (1.02 s) of the audio before a row run through the network first, then dropped."""
+BLOCK_ROWS = 20
+"""Rows per resumable block (614.4 s, about 10 minutes; 39 MB of float32 audio)."""
+MATCH_KEYS = ("source_size", "source_sha256_1mib", "vad_model", "layout", "audio_stream")
+"""Metadata that must agree for a cached or partial result to count as this film's."""
+
+
+class AudioError(LocomadError):
+    """The film's audio stream exists but cannot be decoded."""
+
+
+@dataclass
+class VadParams:
+    """silero-vad's thresholds (its own defaults). They act on cached probabilities, so
+    changing them never runs the network again."""
+
+    threshold: float = 0.5
+    min_speech_ms: int = 250
+    min_silence_ms: int = 100
+    speech_pad_ms: int = 30
+
+
+@dataclass
+class Speech:
+    """Where the film's soundtrack holds speech."""
+
+    intervals: list[tuple[float, float]]
+    """(start, end) in seconds, in order, not overlapping."""
+    path: Path
+    """The cache file the intervals come from."""
+    status: str
+    """'done' (computed now), 'resumed' (continued a partial run) or 'cached'."""
+    duration: float
+    """Seconds of decoded audio."""
+    model: str
+    """Which VAD made them ('silero-vad 6.2.3 (onnx)')."""
+
+
+def audio_streams(path: str | Path) -> list[dict]:
+    """ffprobe's audio streams of a file (empty for a silent film)."""
+    import ffmpeg
+
+    try:
+        info = ffmpeg.probe(str(path))
+    except FileNotFoundError:
+        raise LocomadError("ffprobe not found: install ffmpeg (apt-get install ffmpeg)") from None
+    except ffmpeg.Error as e:
+        lines = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise LocomadError(f"{path}: not a readable file ({lines[-1] if lines else '?'})") from None
+    return [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
+
+
+def output_path(video: str | Path, out_dir: str | Path | None = None) -> Path:
+    video = Path(video)
+    return Path(out_dir or video.parent) / f"{video.stem}{SUFFIX}"
+
+
+def partial_dir(output: Path) -> Path:
+    return output.with_name(output.name[: -len(SUFFIX)] + ".speech.partial")
+
+
+def vad_model_name() -> str:
+    try:
+        version = metadata.version("silero-vad")
+    except metadata.PackageNotFoundError:
+        raise LocomadError("silero-vad is not installed (pip install silero-vad)") from None
+    return f"silero-vad {version} (onnx)"
+
+
+def _layout() -> str:
+    return f"sr{SAMPLE_RATE}/w{WINDOW}/row{ROW_WINDOWS}/warmup{WARMUP_WINDOWS}"
+
+
+def _identity(video: Path) -> dict[str, str]:
+    fp = source_fingerprint(video)
+    return {
+        **fp,
+        "vad_model": vad_model_name(),
+        "layout": _layout(),
+        "audio_stream": "0:a:0",
+    }
+
+
+def _load_vad():  # -> silero_vad.utils_vad.OnnxWrapper
+    """silero-vad's packaged ONNX model. Importing silero_vad sets torch's thread count to 1
+    for the whole process; the caller's setting is put back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        from silero_vad import load_silero_vad
+
+        return load_silero_vad(onnx=True)
+    except ImportError as e:
+        raise LocomadError(
+            f"silero-vad or onnxruntime is missing ({e}): pip install silero-vad onnxruntime"
+        ) from None
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _probabilities(model, audio: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Speech probability per window of `audio` (float32, 16 kHz), rows run as one batch;
+    `before` is the audio just before it (up to WARMUP_WINDOWS windows; zeros at the film's
+    start stand in for it)."""
+    import torch
+
+    n_win = math.ceil(len(audio) / WINDOW)
+    warm = WARMUP_WINDOWS * WINDOW
+    row = ROW_WINDOWS * WINDOW
+    rows = math.ceil(n_win / ROW_WINDOWS)
+    padded = np.zeros(warm + rows * row, dtype=np.float32)
+    padded[warm - len(before) : warm] = before[-warm:] if len(before) else before
+    padded[warm : warm + len(audio)] = audio
+    batch = np.stack([padded[r * row : r * row + warm + row] for r in range(rows)])
+    with torch.no_grad():
+        probs = model.audio_forward(torch.from_numpy(batch), SAMPLE_RATE).numpy()
+    return probs[:, WARMUP_WINDOWS:].reshape(-1)[:n_win].astype(np.float32)
+
+
+def _ffmpeg_cmd(video: Path, start_s: float) -> list[str]:
+    cmd = ["ffmpeg", "-nostdin", "-v", "error"]
+    if start_s > 0:
+        cmd += ["-ss", f"{start_s:.6f}"]
+    return cmd + [
+        "-i",
+        str(video),
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-f",
+        "s16le",
+        "-",
+    ]
+
+
+def decode_blocks(
+    video: Path, first_block: int = 0, block_rows: int = BLOCK_ROWS
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(block number, float32 audio of the block, audio just before it) from `first_block`
+    on, decoded by one ffmpeg process that a thread reads ahead (ffmpeg decodes on its own core
+    while the network runs). An ffmpeg failure raises AudioError with its last message."""
+    block = block_rows * ROW_WINDOWS * WINDOW * 2  # bytes of s16le
+    skip = WARMUP_WINDOWS * WINDOW * 2 if first_block else 0
+    start = (first_block * block - skip) / 2 / SAMPLE_RATE
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(_ffmpeg_cmd(video, start), stdout=subprocess.PIPE, stderr=err)
+        except FileNotFoundError:
+            raise LocomadError("ffmpeg is not installed (apt-get install ffmpeg)") from None
+        items: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                while not stop.is_set():
+                    data = proc.stdout.read(block)
+                    items.put(data)
+                    if len(data) < block:
+                        return
+            except BaseException as e:  # handed to the consumer
+                items.put(e)
+
+        thread = threading.Thread(target=read, name="locomad-audio", daemon=True)
+        thread.start()
+        try:
+            buf = bytearray()
+            before = np.zeros(0, dtype=np.float32)
+            k, eof = first_block, False
+            while not eof:
+                data = items.get()
+                if isinstance(data, BaseException):
+                    raise data
+                eof = len(data) < block
+                buf += data
+                if skip and (len(buf) >= skip or eof):
+                    before = _floats(buf[:skip])
+                    del buf[:skip]
+                    skip = 0
+                while len(buf) >= block or (eof and len(buf) >= 2):
+                    audio = _floats(buf[:block])
+                    del buf[:block]
+                    if eof and not buf:
+                        _check_exit(proc, err, video)
+                    yield k, audio, before
+                    before = audio[-WARMUP_WINDOWS * WINDOW :]
+                    k += 1
+            _check_exit(proc, err, video)
+        finally:
+            stop.set()
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    items.get_nowait()
+            proc.wait()
+            thread.join(timeout=10)
+
+
+def _floats(pcm: bytes | bytearray) -> np.ndarray:
+    return np.frombuffer(bytes(pcm[: len(pcm) // 2 * 2]), dtype="<i2").astype(np.float32) / 32768
+
+
+def _check_exit(proc: subprocess.Popen, err, video: Path) -> None:
+    """AudioError with ffmpeg's last line when it failed (a stream that decodes half is
+    refused too: the half that decoded cannot tell where the rest speaks)."""
+    code = proc.wait()
+    if code != 0:
+        err.seek(0)
+        lines = err.read().decode(errors="replace").strip().splitlines()
+        why = lines[-1][:200] if lines else f"ffmpeg exit code {code}"
+        raise AudioError(f"{video}: the audio stream cannot be decoded ({why})")
+
+
+def _block_file(part: Path, k: int) -> Path:
+    return part / f"block-{k:05d}.safetensors"
+
+
+def _prepare_partial(part: Path, identity: dict[str, str]) -> list[np.ndarray]:
+    """Probabilities of the blocks an earlier run of the same film finished, in order; a
+    partial folder of anything else is cleared."""
+    from safetensors.numpy import load_file
+
+    state = part / "state.json"
+    done: list[np.ndarray] = []
+    if state.is_file():
+        try:
+            old = json.loads(state.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old == identity:
+            while _block_file(part, len(done)).is_file():
+                try:
+                    done.append(load_file(str(_block_file(part, len(done))))["probs"])
+                except Exception:
+                    break  # a torn last block is computed again
+            return done
+    if part.exists():
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    with atomic_open(state) as f:
+        json.dump(identity, f, indent=1)
+    return done
+
+
+def load_speech_file(path: Path) -> tuple[np.ndarray, dict[str, str]] | None:
+    """(probabilities, metadata) of a speech cache file, None when unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return f.get_tensor("probs").astype(np.float32), dict(f.metadata() or {})
+    except Exception:
+        return None
+
+
+def intervals_from_probs(
+    probs: np.ndarray, samples: int, params: VadParams | None = None
+) -> list[tuple[float, float]]:
+    """silero-vad's own hysteresis (get_speech_timestamps_from_probs) on cached windows."""
+    from silero_vad.utils_vad import get_speech_timestamps_from_probs
+
+    p = params or VadParams()
+    stamps = get_speech_timestamps_from_probs(
+        [float(x) for x in probs],
+        sampling_rate=SAMPLE_RATE,
+        threshold=p.threshold,
+        min_speech_duration_ms=p.min_speech_ms,
+        min_silence_duration_ms=p.min_silence_ms,
+        speech_pad_ms=p.speech_pad_ms,
+        audio_length_samples=samples,
+    )
+    return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+
+
+def detect_speech(
+    video: str | Path,
+    out_dir: str | Path | None = None,
+    params: VadParams | None = None,
+    on_block: Callable[[int, float], None] | None = None,
+    block_rows: int = BLOCK_ROWS,
+) -> Speech:
+    """Speech intervals of the film's first audio stream, cached in `out_dir` (default:
+    beside the film). A cache beside the film that matches is used wherever `out_dir` is;
+    a cache of another file or model is recomputed. `on_block(block, seconds_done)` runs
+    after each block of `block_rows` rows is safely on disk (tests simulate a crash there).
+
+    Raises LocomadError when the film has no audio stream, AudioError when ffmpeg cannot
+    decode it; nothing is left behind then."""
+    from safetensors.numpy import save_file
+
+    video = Path(video)
+    if not video.is_file():
+        raise LocomadError(f"{video}: no such file")
+    if not audio_streams(video):
+        raise LocomadError(f"{video}: the film has no audio stream")
+    identity = _identity(video)
+    target = output_path(video, out_dir)
+    for candidate in dict.fromkeys([output_path(video), target]):
+        cached = load_speech_file(candidate) if candidate.is_file() else None
+        if cached is not None and all(cached[1].get(k) == identity[k] for k in MATCH_KEYS):
+            probs, meta = cached
+            return Speech(
+                intervals_from_probs(probs, int(meta["samples"]), params),
+                candidate,
+                "cached",
+                int(meta["samples"]) / SAMPLE_RATE,
+                meta["vad_model"],
+            )
+    part = partial_dir(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    done = _prepare_partial(part, {**identity, "block_rows": str(block_rows)})
+    resumed = bool(done)
+    samples = len(done) * block_rows * ROW_WINDOWS * WINDOW
+    model = _load_vad()
+    try:
+        for k, audio, before in decode_blocks(video, len(done), block_rows):
+            probs = _probabilities(model, audio, before)
+            with atomic_path(_block_file(part, k)) as tmp:
+                save_file({"probs": probs.astype(np.float16)}, str(tmp))
+            done.append(probs.astype(np.float16).astype(np.float32))
+            samples += len(audio)
+            if on_block is not None:
+                on_block(k, samples / SAMPLE_RATE)
+    except LocomadError:
+        shutil.rmtree(part, ignore_errors=True)  # bad input: nothing worth resuming
+        raise
+    if samples == 0:
+        shutil.rmtree(part, ignore_errors=True)
+        raise AudioError(f"{video}: the audio stream cannot be decoded (no samples)")
+    probs = np.concatenate(done)
+    meta = {
+        "format": FORMAT,
+        **identity,
+        "samples": str(samples),
+        "sample_rate": str(SAMPLE_RATE),
+        "window": str(WINDOW),
+        "duration": f"{samples / SAMPLE_RATE:.6f}",
+    }
+    with atomic_path(target) as tmp:
+        save_file({"probs": probs.astype(np.float16)}, str(tmp), metadata=meta)
+    shutil.rmtree(part, ignore_errors=True)
+    return Speech(
+        intervals_from_probs(probs, samples, params),
+        target,
+        "resumed" if resumed else "done",
+        samples / SAMPLE_RATE,
+        identity["vad_model"],
+    )
