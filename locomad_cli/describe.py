@@ -25,13 +25,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
-from locomad_cli.data.records import ClipRecord, ContextItem, collate
 from locomad_cli.slots import Slot, plan_film, slots_from_times
 from locomad_cli.subtitles import Cue, dialogue_text, dialogue_windows, read_cues, read_timed
 from locomad_cli.utils import (
@@ -43,9 +40,18 @@ from locomad_cli.utils import (
 )
 from locomad_cli.writers import get_writer, parse_formats
 
+if TYPE_CHECKING:
+    import torch
+
+    from locomad_cli.data.records import ClipRecord, ContextItem
+
+# torch (and the records that need it) are imported where they are used: every check of the
+# user's input runs first, so a bad file is refused in a fraction of a second, not after the
+# seconds torch takes to import.
+
 log = logging.getLogger(__name__)
 SETTINGS = ("recurrent", "oracle", "local")
-TextEncoder = Callable[[list[str]], torch.Tensor]
+TextEncoder = Callable[[list[str]], "torch.Tensor"]
 
 
 @dataclass
@@ -93,6 +99,8 @@ class TextFeatureCache:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def get(self, texts: list[str]) -> torch.Tensor:
+        import torch
+
         for t in texts:
             if t not in self.features:
                 self.features[t] = self.encode([t]).detach().float().cpu()[0]
@@ -338,6 +346,8 @@ class Film:
 
     def record(self, slot: Slot, context: list[ContextItem], cache: TextFeatureCache) -> ClipRecord:
         """The ClipRecord of a slot with the given context proposal."""
+        from locomad_cli.data.records import ClipRecord
+
         return ClipRecord(
             film=self.name,
             start=slot.start,
@@ -549,6 +559,8 @@ def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
 
 
 def _generate(model, records: list[ClipRecord], setting: str):
+    from locomad_cli.data.records import collate
+
     card = model.card
     batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
     return model.generate(batch, setting="local" if setting == "local" else "context")
@@ -556,6 +568,8 @@ def _generate(model, records: list[ClipRecord], setting: str):
 
 def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):
     """One slot at a time: each description joins the proposal of the next ones."""
+    from locomad_cli.data.records import ContextItem
+
     p = model.card.dsm.proposal_len
     history = [ContextItem(r["text"], r.get("subtitles", ""), r["start"], r["end"]) for r in done]
     for slot in film.slots[len(done) :]:
@@ -567,6 +581,8 @@ def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOpt
 
 def _run_batched(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):
     """Oracle and local: slots do not depend on each other, so they go in batches."""
+    from locomad_cli.data.records import ContextItem
+
     p = model.card.dsm.proposal_len
     todo = film.slots[len(done) :]
     for i in range(0, len(todo), opts.batch_size):
