@@ -144,10 +144,11 @@ def extract_features_cmd(
 ) -> None:
     """CLIP frame features at exact 1/fps timestamps into NAME.features.safetensors."""
     from locomad_cli.card import load_card
-    from locomad_cli.features import extract_features, summary_line
 
     try:
-        card = load_card(model, overrides)
+        card = load_card(model, overrides)  # before importing torch: a bad card fails fast
+        from locomad_cli.features import extract_features, summary_line
+
         results = extract_features(
             videos,
             card,
