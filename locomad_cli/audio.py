@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -140,7 +141,9 @@ def _load_vad():  # -> silero_vad.utils_vad.OnnxWrapper
     try:
         from silero_vad import load_silero_vad
 
-        return load_silero_vad(onnx=True)
+        with warnings.catch_warnings():  # its own use of a deprecated importlib call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return load_silero_vad(onnx=True)
     except ImportError as e:
         raise LocomadError(
             f"silero-vad or onnxruntime is missing ({e}): pip install silero-vad onnxruntime"

@@ -110,7 +110,7 @@ def _scenedetect(video: Path, min_shot: float) -> list[float]:
         ) from None
     finally:
         logger.setLevel(level)
-    return [round(float(start.get_seconds()), 3) for start, _ in scenes[1:]]
+    return [round(float(start.seconds), 3) for start, _ in scenes[1:]]
 
 
 def cuts_from_features(

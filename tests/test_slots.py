@@ -84,3 +84,184 @@ def test_slots_from_times_sorted_and_checked(tmp_path):
     js.write_text('[{"start": 2, "end": 2}]')
     with pytest.raises(LocomadError, match=f"{js}: entry 1: slot ends"):
         slots_from_times(js)
+
+
+# --- speech and shots join the plan ---------------------------------------------------------
+
+
+def test_speech_and_subtitles_block_together():
+    cues = [Cue(3.0, 5.0, "a", line=1)]
+    speech = [(4.5, 6.0), (12.0, 13.0)]  # one line the subtitles have, one they miss
+    slots = propose_slots(cues, 20.0, speech=speech, subtitles_name="f.srt")
+    assert _times(slots) == [(0.0, 2.7), (6.3, 11.7), (13.3, 20.0)]
+    first, middle, last = slots
+    assert first.why["start_by"] == "film start" and first.why["after"] == []
+    assert first.why["before"] == [
+        {"kind": "subtitle", "start": 3.0, "end": 5.0, "ref": "f.srt:1", "text": "a"}
+    ]
+    # the gap starts where the speech (not the subtitle) ends, and ends at the speech the
+    # subtitles miss
+    assert middle.why["after"] == [{"kind": "speech", "start": 4.5, "end": 6.0, "ref": "speech 1"}]
+    assert middle.why["before"] == [
+        {"kind": "speech", "start": 12.0, "end": 13.0, "ref": "speech 2"}
+    ]
+    assert (middle.why["start_by"], middle.why["end_by"]) == ("dialogue", "dialogue")
+    assert last.why["end_by"] == "film end" and last.why["before"] == []
+    assert "one slot" in middle.why["reason"]
+    # speech alone (no subtitles) places the same gaps
+    assert _times(propose_slots([], 20.0, speech=[(3.0, 6.0), (12.0, 13.0)])) == _times(slots)
+
+
+def test_long_gaps_split_at_cuts_not_evenly():
+    # 0.3 .. 29.7 free; cuts at 10 and 13 split it into shots of 9.7, 3 and 16.7 s
+    slots = propose_slots([Cue(29.0, 30.0, "end")], 30.0, cuts=[10.0, 13.0])
+    assert _times(slots) == [(0.0, 5.0), (5.0, 10.0), (10.0, 13.0), (13.0, 20.85), (20.85, 28.7)]
+    assert [(s.why["start_by"], s.why["end_by"]) for s in slots] == [
+        ("film start", "split"),
+        ("split", "cut"),
+        ("cut", "cut"),
+        ("cut", "split"),
+        ("split", "dialogue"),
+    ]
+    assert slots[0].shots == [(0.0, 10.0)] and slots[2].shots == [(10.0, 13.0)]
+    assert slots[4].shots == [(13.0, 30.0)]
+    assert "cut into 3 at shot changes" in slots[3].why["reason"]
+    assert "split evenly into 2 slots" in slots[3].why["reason"]
+
+
+def test_cut_near_a_gap_edge_is_crossed_short_shots_skipped():
+    skipped = []
+    # dialogue ends at 4.0 (gap from 4.3); a cut at 4.6 is within cut_margin of the gap's
+    # start: the slot crosses it by 0.3 s. Cuts at 9.0 and 10.0 leave a 1 s shot: no slot.
+    slots = propose_slots(
+        [Cue(0.0, 4.0, "a"), Cue(15.3, 16.0, "b")],
+        16.0,
+        cuts=[4.6, 9.0, 10.0],
+        cut_margin=0.5,
+        skipped=skipped,
+    )
+    assert _times(slots) == [(4.3, 9.0), (10.0, 15.0)]
+    assert slots[0].shots == [(0.0, 4.6), (4.6, 9.0)]  # runs 0.3 s across the cut at 4.6
+    assert [(s.start, s.end) for s in skipped] == [(9.0, 10.0)]
+    assert "shorter than min_gap" in skipped[0].why
+    # no slot crosses a cut by more than the margin
+    for s in slots:
+        for c in (4.6, 9.0, 10.0):
+            if s.start < c < s.end:
+                assert min(c - s.start, s.end - c) <= 0.5 + 1e-9
+
+
+def test_cut_margin_checked():
+    with pytest.raises(LocomadError, match="cut margin"):
+        propose_slots([], 10.0, cut_margin=float("nan"))
+
+
+# --- on real demo films: their voiced dialogue, detected by silero-vad ---------------------
+
+MIN_GAP, MARGIN = 2.0, 0.3
+
+
+def _overlap(a, b):
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def _speech_free_targets(voiced, duration):
+    """Stretches without voiced dialogue long enough for a slot (min_gap + both margins),
+    margins taken off: what a good plan covers."""
+    edges = [(0.0, 0.0), *sorted(voiced), (duration, duration)]
+    return [
+        (e + MARGIN, s - MARGIN)
+        for (_, e), (s, _) in zip(edges, edges[1:], strict=False)
+        if s - e >= MIN_GAP + 2 * MARGIN
+    ]
+
+
+@pytest.fixture(scope="module")
+def films():
+    from demo_films import demo_films
+
+    return demo_films()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One folder for the speech and cut caches of the module: each film is listened to once."""
+    return tmp_path_factory.mktemp("slot-caches")
+
+
+def _plan(film, cues, out, **kw):
+    from locomad_cli.slots import plan_film
+
+    return plan_film(film.mp4, cues, film.duration, out, min_gap=MIN_GAP, margin=MARGIN, **kw)
+
+
+def test_without_subtitles_slots_keep_off_voiced_dialogue(films, cache):
+    """The issue's measure: subtitles withheld, AD over voiced dialogue <= 1 % of AD time,
+    speech-free gaps of at least min_gap + margins covered >= 90 %."""
+    ad = over = target = covered = 0.0
+    for film in films:
+        plan = _plan(film, [], cache)
+        assert plan.vad == "on" and len(plan.speech.intervals) >= len(film.voiced) // 2
+        for s in plan.slots:
+            ad += s.end - s.start
+            over += sum(_overlap((s.start, s.end), v) for v in film.voiced)
+        for g in _speech_free_targets(film.voiced, film.duration):
+            target += g[1] - g[0]
+            covered += sum(_overlap((s.start, s.end), g) for s in plan.slots)
+    assert ad > 0 and over / ad <= 0.01
+    assert covered / target >= 0.90
+
+
+def test_subtitles_missing_lines_still_keep_slots_off_every_voiced_line(films, cache):
+    from locomad_cli.subtitles import read_cues
+
+    for film in films:
+        cues = read_cues(film.srt)
+        kept = [c for i, c in enumerate(cues) if i % 3 != 1]  # a third of the lines deleted
+        assert len(kept) < len(cues)
+        plan = _plan(film, kept, cache)
+        for s in plan.slots:
+            for v in film.voiced:
+                assert _overlap((s.start, s.end), v) == 0, (film.film.name, s, v)
+        # and the subtitles-only plan would have talked over the deleted lines
+        blind = propose_slots(kept, film.duration, MIN_GAP, MARGIN)
+        assert any(_overlap((s.start, s.end), v) > 0 for s in blind for v in film.voiced)
+
+
+def test_slots_do_not_run_across_cuts(films, cache):
+    for film in films:
+        plan = _plan(film, [], cache)
+        assert plan.shots is not None
+        for c in film.cuts:
+            assert any(abs(c - x) <= 0.2 for x in plan.shots.cuts), (c, plan.shots.cuts)
+        for s in plan.slots:
+            assert s.shots and s.shots[0][0] <= s.start and s.end <= s.shots[-1][1]
+            for c in film.cuts:
+                if s.start < c < s.end:
+                    assert min(c - s.start, s.end - c) <= 0.5 + 0.2, (s, c)
+
+
+def test_plan_json_explains_every_slot(films, cache):
+    import json
+
+    film = films[0]
+    plan = _plan(film, [], cache)
+    data = json.loads(json.dumps(plan.as_json()))
+    assert data["vad"] == "on" and data["speech_model"].startswith("silero-vad")
+    assert data["speech"] == [[round(a, 3), round(b, 3)] for a, b in plan.speech.intervals]
+    assert data["shot_detector"].startswith("pyscenedetect") and data["cuts"]
+    for s in plan.slots:
+        why = s.why
+        assert why["gap"][0] <= s.start < s.end <= why["gap"][1]
+        assert why["start_by"] in ("film start", "dialogue", "cut", "split")
+        for iv in why["after"]:
+            assert iv["kind"] == "speech" and iv["end"] + MARGIN == pytest.approx(why["gap"][0])
+        assert why["reason"]
+
+
+def test_vad_off_without_subtitles_tiles_the_film(films, tmp_path, caplog):
+    film = films[0]
+    plan = _plan(film, [], tmp_path, vad="off", shots="off")
+    assert plan.vad == "off" and plan.speech is None
+    assert plan.slots[0].start == 0.0 and plan.slots[-1].end == pytest.approx(film.duration)
+    assert "may fall on dialogue" in caplog.text
