@@ -220,13 +220,15 @@ def propose_slots(
     Speech is the union of the subtitle `cues` and the soundtrack's `speech` intervals. A gap
     runs from `margin` after a stretch of speech ends to `margin` before the next one starts
     (the film's start and end need no margin). It is cut at the shot changes `cuts` inside it
-    (not at one within `cut_margin` of its edge); each piece at least `min_gap` long becomes
+    (not at one within `cut_margin` of its edge; `cuts=None`: shots unknown, `[]`: one shot);
+    each piece at least `min_gap` long becomes
     slots, split evenly into the fewest of at most `max_len`. Nothing is placed past
     `duration`. Stretches that get no slot are appended to `skipped` when given.
     """
     _check_sizes(duration, min_gap, margin, max_len)
     if not math.isfinite(cut_margin) or cut_margin < 0:
         raise LocomadError(f"cut margin must be a finite number >= 0, got {cut_margin}")
+    with_shots = cuts is not None
     cuts = sorted(c for c in (cuts or []) if 0 < c < duration)
     bounds = [0.0, *cuts, duration]
     intervals = blocking_intervals(cues, speech, subtitles_name)
@@ -268,7 +270,7 @@ def propose_slots(
                     "reason": _reason(a, b, pa, pb, n, len(pieces), min_gap, max_len, margin),
                 }
                 slot = Slot(start, end, len(slots), "gap", why=why)
-                if cuts:
+                if with_shots:
                     slot.shots = _shots_of(start, end, bounds)
                 slots.append(slot)
     return slots

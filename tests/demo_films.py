@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +64,17 @@ def demo_films() -> tuple[DemoFilm, ...]:
         duration = len(frames) / FPS
         out.append(DemoFilm(film, mp4, srt, sound.voiced, place_changes(film), duration))
     return tuple(out)
+
+
+def undecodable_audio(path):
+    """A Matroska film whose audio track names a codec that does not exist (ffprobe lists
+    the stream, ffmpeg cannot decode it)."""
+    src = path.with_suffix(".src.mkv")
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=10:d=4"]
+    cmd += ["-f", "lavfi", "-i", "sine=f=300:d=4", "-c:v", "libx264", "-preset", "ultrafast"]
+    subprocess.run(cmd + ["-pix_fmt", "yuv420p", "-c:a", "pcm_s16le", str(src)], check=True)
+    data = src.read_bytes()
+    assert b"A_PCM/INT/LIT" in data
+    path.write_bytes(data.replace(b"A_PCM/INT/LIT", b"A_XYZ/INT/LIT", 1))
+    src.unlink()
+    return path

@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from demo_films import undecodable_audio
 from media import make_video
 
 from locomad_cli.audio import (
@@ -105,20 +106,6 @@ def test_film_without_audio_is_refused(tmp_path):
     video = make_video(tmp_path / "silent.mp4", duration=2.0, size="64x48")
     with pytest.raises(LocomadError, match="has no audio stream"):
         detect_speech(video, tmp_path)
-
-
-def undecodable_audio(path):
-    """A Matroska film whose audio track names a codec that does not exist (ffprobe lists
-    the stream, ffmpeg cannot decode it)."""
-    src = path.with_suffix(".src.mkv")
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=10:d=4"]
-    cmd += ["-f", "lavfi", "-i", "sine=f=300:d=4", "-c:v", "libx264", "-preset", "ultrafast"]
-    subprocess.run(cmd + ["-pix_fmt", "yuv420p", "-c:a", "pcm_s16le", str(src)], check=True)
-    data = src.read_bytes()
-    assert b"A_PCM/INT/LIT" in data
-    path.write_bytes(data.replace(b"A_PCM/INT/LIT", b"A_XYZ/INT/LIT", 1))
-    src.unlink()
-    return path
 
 
 def test_undecodable_audio_is_an_audio_error_leaving_nothing(tmp_path):

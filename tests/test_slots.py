@@ -265,3 +265,100 @@ def test_vad_off_without_subtitles_tiles_the_film(films, tmp_path, caplog):
     assert plan.vad == "off" and plan.speech is None
     assert plan.slots[0].start == 0.0 and plan.slots[-1].end == pytest.approx(film.duration)
     assert "may fall on dialogue" in caplog.text
+
+
+# --- films that cannot be listened to ------------------------------------------------------
+
+
+def test_film_without_audio_uses_subtitles_and_says_so_once(tmp_path, caplog):
+    from media import make_video
+
+    from locomad_cli.slots import plan_film
+
+    silent = make_video(tmp_path / "silent.mp4", duration=12.0, size="64x48")
+    cues = [Cue(4.0, 5.0, "Hi.", line=1)]
+    plan = plan_film(silent, cues, 12.0, tmp_path, shots="off")
+    assert plan.vad == "no audio" and _times(plan.slots) == [(0.0, 3.7), (5.3, 12.0)]
+    assert caplog.text.count("has no audio stream: slots from the subtitles alone") == 1
+    with pytest.raises(LocomadError, match="--vad on: .*silent.mp4 has no audio stream"):
+        plan_film(silent, cues, 12.0, tmp_path, vad="on")
+    with pytest.raises(LocomadError, match="unknown --vad 'maybe'"):
+        plan_film(silent, cues, 12.0, tmp_path, vad="maybe")
+
+
+def test_undecodable_audio_warns_and_falls_back_or_refuses(tmp_path, caplog):
+    from demo_films import undecodable_audio
+
+    from locomad_cli.slots import plan_film
+
+    film = undecodable_audio(tmp_path / "broken.mkv")
+    cues = [Cue(0.5, 1.0, "Hi.", line=1)]
+    plan = plan_film(film, cues, 4.0, tmp_path, shots="off")
+    assert plan.vad == "failed" and _times(plan.slots) == [(1.3, 4.0)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "audio stream cannot be decoded" in warnings[0]
+    assert warnings[0].endswith("slots from the subtitles alone")
+    with pytest.raises(LocomadError, match="no --subs was given: nothing tells where"):
+        plan_film(film, [], 4.0, tmp_path, shots="off")
+    with pytest.raises(LocomadError, match=r"cannot be decoded .*\(--vad on\)"):
+        plan_film(film, cues, 4.0, tmp_path, vad="on", shots="off")
+
+
+def test_describe_over_undecodable_audio_writes_a_subtitles_only_track(tmp_path, caplog):
+    import json
+
+    import torch
+    from demo_films import undecodable_audio
+    from safetensors.torch import save_file
+
+    from locomad_cli.card import tiny_card
+    from locomad_cli.clip import load_clip
+    from locomad_cli.describe import DescribeOptions, describe
+    from locomad_cli.model.locomad import LoCoMAD
+
+    card = tiny_card()
+    card.llm.max_new_tokens = 3
+    torch.manual_seed(0)
+    model = LoCoMAD.from_card(card, pretrained=False)
+    film = undecodable_audio(tmp_path / "broken.mkv")
+    feats = torch.randn(20, card.clip.dim).half()
+    meta = {"fps": "5", "duration": "4.0", "clip_model": card.clip.model, "frames": "20"}
+    save_file({"features": feats}, str(tmp_path / "f.safetensors"), metadata=meta)
+    (tmp_path / "broken.srt").write_text("1\n00:00:00,500 --> 00:00:01,000\nHi.\n")
+    opts = DescribeOptions(
+        subs=str(tmp_path / "broken.srt"),
+        features=str(tmp_path / "f.safetensors"),
+        output_dir=str(tmp_path / "out"),
+        formats="json",
+        device="cpu",
+        progress=False,
+    )
+    track, paths = describe(film, opts, model=model, encode_text=load_clip(card).encode_text)
+    assert [(s["start"], s["end"]) for s in track["slots"]] == [(1.3, 4.0)]
+    written = json.loads(paths[0].read_text())
+    assert written["slot_plan"]["vad"] == "failed" and "speech" not in written["slot_plan"]
+    assert written["slots"][0]["why"]["after"][0]["ref"] == "broken.srt:1"
+    assert written["slots"][0]["shots"] == [[0.0, 4.0]]
+    assert sum("cannot be decoded" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_cli_vad_on_over_a_silent_film_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from media import make_video
+
+    silent = make_video(tmp_path / "silent.mp4", duration=3.0, size="64x48")
+    exe = Path(sys.executable).with_name("locomad")
+    run = subprocess.run(
+        [str(exe), "describe", str(silent), "--vad", "on", "--model", "demo", "-o"]
+        + [str(tmp_path / "out"), "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"locomad: error: --vad on: {silent} has no audio stream"
+    ]
+    assert not (tmp_path / "out").exists()
