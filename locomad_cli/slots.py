@@ -221,9 +221,9 @@ def propose_slots(
     runs from `margin` after a stretch of speech ends to `margin` before the next one starts
     (the film's start and end need no margin). It is cut at the shot changes `cuts` inside it
     (not at one within `cut_margin` of its edge; `cuts=None`: shots unknown, `[]`: one shot);
-    each piece at least `min_gap` long becomes
-    slots, split evenly into the fewest of at most `max_len`. Nothing is placed past
-    `duration`. Stretches that get no slot are appended to `skipped` when given.
+    each piece at least `min_gap` long becomes slots, split evenly into the fewest of at most
+    `max_len`. Nothing is placed past `duration`. Stretches that get no slot are appended to
+    `skipped` when given.
     """
     _check_sizes(duration, min_gap, margin, max_len)
     if not math.isfinite(cut_margin) or cut_margin < 0:
