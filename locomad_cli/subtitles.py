@@ -105,9 +105,14 @@ def decode_text(data: bytes, encoding: str | None = None) -> tuple[str, str]:
             return data.decode(encoding), encoding
         except (UnicodeDecodeError, LookupError) as e:
             raise LocomadError(f"cannot decode as {encoding}: {e}") from None
-    for bom, enc in _BOMS:
-        if data.startswith(bom):
+    matching = [enc for bom, enc in _BOMS if data.startswith(bom)]
+    for enc in matching:  # FF FE 00 00 is UTF-32's BOM, or UTF-16's followed by a NUL
+        try:
             return data.decode(enc), enc
+        except UnicodeDecodeError:
+            continue
+    if matching:
+        return data.decode(matching[-1], errors="replace"), matching[-1]
     head = data[:400]
     if len(head) >= 4:
         if head[1::2].count(0) > len(head) // 4 and head[0::2].count(0) == 0:
