@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -401,7 +402,7 @@ def describe_cmd(
         "srt,vtt,json",
         "--format",
         "-f",
-        help="srt, vtt, json (comma list) or all. Default: srt,vtt,json (all three).",
+        help="srt, vtt, json, dapt (comma list) or all (srt, vtt, json). Default: srt,vtt,json.",
     ),
     features: str = typer.Option(
         None,
@@ -435,6 +436,12 @@ def describe_cmd(
     ),
     cut_margin: float = typer.Option(
         0.5, "--cut-margin", help="How far a slot may run across a cut (s). Default: 0.5."
+    ),
+    then_voice: bool = typer.Option(
+        False,
+        "--voice",
+        help="Then voice, mix and deliver the track (locomad voice with its defaults, same "
+        "output folder and -f). Default: off.",
     ),
     quiet: bool = typer.Option(
         False,
@@ -472,7 +479,24 @@ def describe_cmd(
         progress=not quiet,
     )
     try:
-        _, paths = describe(video, opts, on_description=_print_description)
+        if then_voice:  # a missing espeak-ng is said before the model runs, not after
+            from locomad_cli.tts import make_engine
+
+            make_engine()
+        track, paths = describe(video, opts, on_description=_print_description)
+        if then_voice:
+            from locomad_cli.voice import VoiceOptions, voice
+
+            out = Path(output_dir) if output_dir else Path(video).parent
+            vopts = VoiceOptions(
+                ad=str(out / f"{Path(video).stem}.ad.json"),
+                output_dir=str(out),
+                formats=formats,
+                progress=not quiet,
+            )
+            voiced, more = voice(video, vopts, track=track)
+            paths += [p for p in more if p not in paths]
+            print(voiced["voice"]["summary"], flush=True)
     except LocomadError as e:
         fail(str(e))
     if not quiet:
@@ -487,6 +511,111 @@ def _print_description(row: dict) -> None:
 
     when = f"{format_timestamp(row['start'])} --> {format_timestamp(row['end'])}"
     print(f"{when}  {one_line(row['text'])}", flush=True)
+
+
+@app.command("voice")
+def voice_cmd(
+    video: str = typer.Argument(..., help="The film the AD track was written for."),
+    ad: str = typer.Option(
+        None, "--ad", help="The AD track (FILM.ad.json from describe). Default: beside the film."
+    ),
+    output_dir: str = typer.Option(
+        None, "--output-dir", "-o", help="Output folder. Default: the AD track's folder."
+    ),
+    tts: str = typer.Option(
+        "espeak-ng", "--tts", help="Speech engine: espeak-ng | piper. Default: espeak-ng."
+    ),
+    voice_name: str = typer.Option(
+        None,
+        "--voice",
+        help="espeak-ng voice (espeak-ng --voices) or piper voice file (.onnx). "
+        "Default: the --language's espeak-ng voice.",
+    ),
+    rate: float = typer.Option(
+        170.0, "--rate", help="Speaking rate in heard words per minute. Default: 170."
+    ),
+    max_rate: float = typer.Option(
+        200.0, "--max-rate", help="Fastest rate a description is sped up to. Default: 200."
+    ),
+    overflow: str = typer.Option(
+        None,
+        "--overflow",
+        help="A description that fits neither sped up nor by another candidate: extend | drop | "
+        "keep. Default: extend with --extended, else drop (with a warning).",
+    ),
+    extended: bool = typer.Option(
+        False,
+        "--extended",
+        help="Extended AD: hold the picture for what does not fit (the video is re-encoded). "
+        "Default: off.",
+    ),
+    subs: str = typer.Option(
+        None, "--subs", help="Dialogue to keep off. Default: the subtitles the track names."
+    ),
+    duck: float = typer.Option(
+        -12.0, "--duck", help="Programme gain under the AD (dB). Default: -12."
+    ),
+    duck_ramp: float = typer.Option(
+        0.2, "--duck-ramp", help="Fade into and out of the dip (s). Default: 0.2."
+    ),
+    loudness: float = typer.Option(
+        -23.0, "--loudness", help="Integrated loudness of the mix (LUFS). Default: -23 (R128)."
+    ),
+    ad_level: float = typer.Option(
+        0.0, "--ad-level", help="AD loudness relative to the programme (LU). Default: 0."
+    ),
+    language: str = typer.Option(
+        "en", "--language", help="Language of the descriptions (track tags). Default: en."
+    ),
+    container: str = typer.Option(
+        "mkv", "--container", help="The described film: mkv | mp4. Default: mkv."
+    ),
+    formats: str = typer.Option(
+        "srt,vtt,json",
+        "--format",
+        "-f",
+        help="Voiced text tracks: srt, vtt, json, dapt (comma list) or all. The JSON is always "
+        "written. Default: srt,vtt,json.",
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress bar or file list. Default: shown."
+    ),
+) -> None:
+    """Voice an AD track: fit each description to its slot (measured), speak it, duck the film
+    under it, and write FILM.ad.wav, FILM.ad-mix.wav, FILM.described.mkv and FILM.metrics.json.
+    The summary line goes to stdout."""
+    from locomad_cli.mix import MixOptions
+    from locomad_cli.voice import VoiceOptions, voice
+
+    opts = VoiceOptions(
+        ad=ad or str(Path(video).with_name(f"{Path(video).stem}.ad.json")),
+        output_dir=output_dir,
+        tts=tts,
+        voice=voice_name,
+        rate=rate,
+        max_rate=max_rate,
+        overflow=overflow,
+        extended=extended,
+        subs=subs,
+        formats=formats,
+        mix=MixOptions(
+            duck_db=duck,
+            ramp=duck_ramp,
+            loudness=loudness,
+            ad_level=ad_level,
+            language=language,
+            container=container,
+        ),
+        progress=not quiet,
+    )
+    try:
+        voiced, paths = voice(video, opts)
+    except LocomadError as e:
+        fail(str(e))
+    print(voiced["voice"]["summary"], flush=True)
+    if not quiet:
+        for p in paths:
+            typer.echo(f"wrote {p}", err=True)
 
 
 demo_app = typer.Typer(

@@ -438,6 +438,8 @@ def describe(
             "version": __version__,
             "weights": card.weights,
             "subtitles_file": str(opts.subs) if opts.subs else None,
+            "film_duration": round(duration, 3),
+            "film_source": _film_source(video, meta),
             "slots": [],
         }
         if slot_plan is not None:
@@ -534,8 +536,23 @@ def _features_for(video: Path, card: ModelCard, out_dir: Path, device: str, opts
     return features, meta
 
 
+def _film_source(video: Path, meta: dict[str, Any] | None) -> dict[str, str] | None:
+    """Size and first-MiB hash of the film (or of the one the features were made from), so
+    that `locomad voice` can refuse a track written for another film."""
+    keys = ("source_name", "source_size", "source_sha256_1mib")
+    if video.is_file():
+        from locomad_cli.video import source_fingerprint
+
+        fp = source_fingerprint(video)
+        return {k: fp[k] for k in keys}
+    if meta and meta.get("source_sha256_1mib"):
+        return {k: str(meta[k]) for k in keys if meta.get(k) is not None}
+    return None
+
+
 def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
     scores = list(gen.scores) + [None] * (len(gen.selected) - len(gen.scores))
+    nbest = getattr(gen, "candidates", None) or [(gen.text, None)]
     return {
         "index": slot.index,
         "start": slot.start,
@@ -555,6 +572,10 @@ def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
         "source": slot.source,
         **({"shots": [list(b) for b in slot.shots]} if slot.shots else {}),
         **({"why": slot.why} if slot.why is not None else {}),
+        "candidates": [
+            {"text": t.strip(), "score": None if sc is None else round(float(sc), 5)}
+            for t, sc in nbest
+        ],
     }
 
 

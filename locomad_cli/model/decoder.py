@@ -221,15 +221,19 @@ class Decoder(nn.Module):
     # -- generation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate_ids(
+    def generate_nbest_ids(
         self,
         queries: torch.Tensor,
         items: list[list[ContextItem]],
         subtitles: list[str],
         visual: VisualHook | None = None,
-    ) -> list[list[int]]:
-        """Batched generation (left-padded prompts, KV cache): at most max_new_tokens new
-        token ids per clip, the end-of-sequence token and what follows removed."""
+    ) -> list[list[tuple[list[int], float]]]:
+        """Batched generation (left-padded prompts, KV cache). Per clip, the candidates best
+        first as (token ids, score): every beam when llm.num_beams > 1, the one greedy
+        sequence otherwise. At most max_new_tokens ids each, the end-of-sequence token and
+        what follows removed. The score is the length-normalised log-probability under the
+        decoding's own (suppressed-token) distribution: HF's beam score, and for greedy the
+        mean log-probability of its tokens (the beam score with length_penalty 1)."""
         pad = self.tok.pad_token_id
         rows = self.prompts(items, subtitles)
         n = max(map(len, rows))
@@ -237,23 +241,68 @@ class Decoder(nn.Module):
         ids = torch.tensor([[pad] * (n - len(r)) + r for r in rows], device=dev)
         mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=dev)
         c = self.card.llm
+        beams = max(1, c.num_beams)
         out = self.llm.generate(
             inputs_embeds=self.embed(ids, queries, visual),
             attention_mask=mask,
             max_new_tokens=c.max_new_tokens,
             min_new_tokens=min(c.min_new_tokens, c.max_new_tokens),
             num_beams=c.num_beams,
+            num_return_sequences=beams,
             do_sample=False,
             use_cache=True,
             eos_token_id=self.tok.eos_token_id,
             pad_token_id=pad,
             suppress_tokens=list(self.special_ids),
+            output_scores=True,
+            return_dict_in_generate=True,
         )
-        result = []
-        for row in out[:, : c.max_new_tokens].tolist():
+        seqs = out.sequences[:, : c.max_new_tokens].tolist()
+        lengths = []
+        for k, row in enumerate(seqs):
             if self.tok.eos_token_id in row:
-                row = row[: row.index(self.tok.eos_token_id)]
-            result.append(row)
+                seqs[k] = row[: row.index(self.tok.eos_token_id)]
+                lengths.append(len(seqs[k]) + 1)  # the eos token is scored too
+            else:
+                lengths.append(len(row))
+        if beams > 1:
+            scores = out.sequences_scores.float().tolist()
+        else:
+            steps = self.llm.compute_transition_scores(
+                out.sequences, out.scores, normalize_logits=True
+            ).float()
+            scores = [float(steps[k, : max(1, lengths[k])].mean()) for k in range(steps.shape[0])]
+        return [
+            [(seqs[i * beams + j], scores[i * beams + j]) for j in range(beams)]
+            for i in range(len(rows))
+        ]
+
+    def generate_ids(
+        self,
+        queries: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        visual: VisualHook | None = None,
+    ) -> list[list[int]]:
+        """The best candidate's token ids per clip (see generate_nbest_ids)."""
+        return [c[0][0] for c in self.generate_nbest_ids(queries, items, subtitles, visual)]
+
+    def generate_nbest(
+        self,
+        queries: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        visual: VisualHook | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Per clip, (text, score) candidates best first, repeated texts dropped (two token
+        sequences can decode to the same words)."""
+        result = []
+        for cands in self.generate_nbest_ids(queries, items, subtitles, visual):
+            seen: dict[str, float] = {}
+            for ids, score in cands:
+                text = self.tok.decode(ids, skip_special_tokens=True).strip()
+                seen.setdefault(text, score)
+            result.append(list(seen.items()))
         return result
 
     def generate(

@@ -7,7 +7,7 @@ Entry points take a `ClipBatch` (data/records.py) and tokenize text themselves:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +32,9 @@ class Generation:
     """Indices into the clip's `batch.contexts[i]` (film order) used in the prompt."""
     scores: list[float]
     """The DSM's scores of the selected items (also for overrides; empty for `local`)."""
+    candidates: list[tuple[str, float]] = field(default_factory=list)
+    """The decoder's n-best (text, score), best first; `text` is the first. One candidate
+    for greedy cards (llm.num_beams 1). See Decoder.generate_nbest_ids for the score."""
 
 
 class LoCoMAD(nn.Module):
@@ -258,12 +261,14 @@ class LoCoMAD(nn.Module):
             else:
                 sel = self.select_context(batch)
                 idx, scores = sel.indices, sel.scores
-            texts = self.decoder.generate(q, _pick(batch.contexts, idx), batch.subtitles, visual)
+            nbest = self.decoder.generate_nbest(
+                q, _pick(batch.contexts, idx), batch.subtitles, visual
+            )
         finally:
             self.train(was)
         return [
-            Generation(text=t, selected=i, scores=s)
-            for t, i, s in zip(texts, idx, scores, strict=True)
+            Generation(text=c[0][0], selected=i, scores=s, candidates=c)
+            for c, i, s in zip(nbest, idx, scores, strict=True)
         ]
 
 

@@ -1,0 +1,665 @@
+"""`locomad voice`: an AD track (`FILM.ad.json` from describe) in, audio description a listener
+hears out: each description fitted to its slot, spoken, the film ducked under it, delivered.
+
+Fitting, per description, measured on the real synthesized audio (tts.py):
+
+1. spoken at `--rate` (heard words per minute, default 170) it fits the slot: **fitted**;
+2. else spoken faster, never above `--max-rate` (200): **sped_up**;
+3. else the shortest of the model's other n-best candidates that fits (at the rate or faster):
+   **substituted**;
+4. else `--overflow`: **extended** (the picture holds at the slot's end for the overrun: an
+   extended-AD cut; the default with `--extended`), **dropped** (the default otherwise, with a
+   warning) or **kept** (spoken at the ceiling past its slot, by choice).
+
+A slot is first shrunk to keep off dialogue (the subtitles the track was made with, or
+`--subs`): a description starts when speech has stopped and must end before it starts again.
+Every decision is recorded in the JSON (`voice` in each slot, a summary at the top) and in
+`FILM.metrics.json` (counts, the heard-rate distribution, AD time over dialogue, which is 0
+unless a description was kept past its slot).
+
+Deliverables in the output folder: `FILM.ad.wav` (the AD stem), `FILM.ad-mix.wav` (programme
+ducked + AD, at the loudness target), `FILM.described.mkv` (or .mp4: the film with an AD audio
+track and the descriptions as a text track), the voiced text tracks (`-f`: srt, vtt, json,
+dapt) and the metrics. Everything goes to temporary files first and is renamed at the end;
+synthesized speech is cached in `FILM.voice-cache/`, so a rerun synthesizes nothing twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from locomad_cli import __version__
+from locomad_cli.mix import (
+    MixOptions,
+    Pause,
+    PlacedCue,
+    audio_streams,
+    duck_envelope,
+    duck_spans,
+    extended_cut,
+    mix,
+    mux,
+    output_time,
+    to_output_spans,
+    write_envelope,
+    write_stem,
+)
+from locomad_cli.tts import Speech, SpeechCache, make_engine
+from locomad_cli.utils import LocomadError, atomic_path, check_writable_dir
+from locomad_cli.writers import get_writer, parse_formats
+
+log = logging.getLogger(__name__)
+
+OVERFLOW = ("extend", "drop", "keep")
+DECISIONS = ("fitted", "sped_up", "substituted", "extended", "kept", "dropped")
+CEILING_SLACK = 1.005
+"""A sped-up reading may measure this much over --max-rate (rounding of the engine's knob)."""
+
+
+@dataclass
+class VoiceOptions:
+    """Everything `voice()` needs besides the film; the CLI fills it from its flags."""
+
+    ad: str
+    """The AD track: FILM.ad.json written by describe (or by an earlier voice run)."""
+    output_dir: str | None = None
+    tts: str = "espeak-ng"
+    voice: str | None = None
+    """Engine voice: an espeak-ng voice name (default: --language), a piper .onnx file."""
+    rate: float = 170.0
+    """Heard words per minute to speak at."""
+    max_rate: float = 200.0
+    """The fastest a description may be spoken to fit its slot."""
+    overflow: str | None = None
+    """extend | drop | keep; None: extend with `extended`, else drop."""
+    extended: bool = False
+    subs: str | None = None
+    """Dialogue to keep off; default the subtitles the track was made with, when found."""
+    formats: str = "srt,vtt,json"
+    mix: MixOptions = field(default_factory=MixOptions)
+    progress: bool = True
+
+    def check(self) -> None:
+        if not (60 <= self.rate <= 400) or not math.isfinite(self.rate):
+            raise LocomadError(f"--rate must be 60-400 words per minute, got {self.rate}")
+        if not (self.rate <= self.max_rate <= 450):
+            raise LocomadError(
+                f"--max-rate must be at least --rate ({self.rate:g}) and at most 450, "
+                f"got {self.max_rate}"
+            )
+        if self.overflow is not None and self.overflow not in OVERFLOW:
+            raise LocomadError(
+                f"unknown --overflow '{self.overflow}' (choose {', '.join(OVERFLOW)})"
+            )
+        self.mix.check()
+
+    @property
+    def overflow_policy(self) -> str:
+        if self.overflow is not None:
+            return self.overflow
+        return "extend" if self.extended else "drop"
+
+
+# --- reading the track ----------------------------------------------------------------------
+
+
+def load_track(path: str | Path, video: Path, duration: float) -> dict[str, Any]:
+    """The AD track, refused in one line when it is not one, or was written for another film
+    or by another version of locomad (whose JSON may mean something else)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LocomadError(f"--ad {path}: no such file (write it with locomad describe)")
+    try:
+        track = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LocomadError(f"--ad {path}: not a UTF-8 JSON file") from None
+    except json.JSONDecodeError as e:
+        raise LocomadError(f"--ad {path}: not JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(track, dict) or track.get("tool") != "locomad":
+        raise LocomadError(f"--ad {path}: not an AD track written by locomad describe")
+    if track.get("version") != __version__:
+        raise LocomadError(
+            f"--ad {path} was written by locomad {track.get('version')}; this is locomad "
+            f"{__version__}: describe the film again with this version"
+        )
+    slots = track.get("slots")
+    if not isinstance(slots, list) or not all(_is_slot(s) for s in slots):
+        raise LocomadError(f"--ad {path}: damaged track (slots without start, end and text)")
+    src = track.get("film_source") or {}
+    if src.get("source_sha256_1mib") and src.get("source_size"):
+        from locomad_cli.video import source_fingerprint
+
+        mine = source_fingerprint(video)
+        if mine["source_sha256_1mib"] != src["source_sha256_1mib"] or int(
+            mine["source_size"]
+        ) != int(src["source_size"]):
+            raise LocomadError(
+                f"--ad {path} was written for another film ({src.get('source_name', '?')}, "
+                f"{src['source_size']} bytes), not {video.name} ({mine['source_size']} bytes)"
+            )
+    elif track.get("film") != video.stem:
+        raise LocomadError(
+            f"--ad {path} was written for the film '{track.get('film')}', not '{video.stem}'"
+        )
+    late = [s for s in slots if s["end"] > duration + 0.05]
+    if late:
+        raise LocomadError(
+            f"--ad {path}: slot {late[0].get('index', '?')} ends at {late[0]['end']:.3f} s, past "
+            f"the end of {video.name} ({duration:.3f} s): a track of another film?"
+        )
+    return track
+
+
+def _is_slot(s: Any) -> bool:
+    if not isinstance(s, dict) or not isinstance(s.get("text", ""), str):
+        return False
+    try:
+        a, b = float(s["start"]), float(s["end"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return math.isfinite(a) and math.isfinite(b) and 0 <= a < b
+
+
+def dialogue_of(
+    track: dict[str, Any], opts: VoiceOptions, ad_path: Path
+) -> list[tuple[float, float]]:
+    """Dialogue intervals to keep off: --subs, or the subtitles the track names (looked for as
+    written, then beside the track). None found: no dialogue known, said once."""
+    from locomad_cli.slots import dialogue_spans
+    from locomad_cli.subtitles import read_cues
+
+    path = None
+    if opts.subs:
+        path = Path(opts.subs)
+    elif track.get("subtitles_file"):
+        named = Path(track["subtitles_file"])
+        for p in (named, ad_path.parent / named.name):
+            if p.is_file():
+                path = p
+                break
+        if path is None:
+            log.warning(
+                "the track's subtitles %s are not found: descriptions are fitted to their "
+                "slots without checking them against dialogue (pass --subs)",
+                named,
+            )
+    if path is None:
+        return []
+    return dialogue_spans(read_cues(path))
+
+
+def speakable_window(
+    start: float, end: float, dialogue: list[tuple[float, float]]
+) -> tuple[float, float]:
+    """The slot shrunk to keep off dialogue: it starts once speech covering its start has
+    stopped and ends where the next speech begins."""
+    a, b = start, end
+    for s, e in dialogue:
+        if s <= a < e:
+            a = e
+    for s, _ in dialogue:
+        if a < s < b:
+            b = s
+            break
+    return a, max(a, b)
+
+
+# --- fitting --------------------------------------------------------------------------------
+
+
+@dataclass
+class Fit:
+    """What was decided for one description."""
+
+    decision: str
+    window: tuple[float, float]
+    speech: Speech | None = None
+    candidate: int | None = None
+    """Rank of the spoken text in the model's n-best (0: its first choice)."""
+    overrun: float = 0.0
+    """Seconds the audio runs past the window (extended or kept)."""
+    reason: str = ""
+    tried: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit_description(
+    texts: list[str], window: tuple[float, float], cache: SpeechCache, opts: VoiceOptions
+) -> Fit:
+    """The fitting ladder of the module docstring for one slot; `texts` is the model's n-best,
+    first choice first."""
+    room = window[1] - window[0]
+    fit = Fit("dropped", window)
+    if not texts or not texts[0]:
+        fit.reason = "no text"
+        return fit
+    if room <= 0.05:
+        fit.reason = "the slot lies inside dialogue"
+        return fit
+
+    def note(s: Speech, rank: int) -> Speech:
+        fit.tried.append(
+            {"candidate": rank, "wpm": round(s.wpm, 1), "duration": round(s.duration, 3)}
+        )
+        return s
+
+    def fits(s: Speech) -> bool:
+        return s.duration <= room + 1e-3
+
+    def faster(text: str, rank: int, calm: Speech) -> Speech | None:
+        """`text` sped up just enough to fit, at most to the ceiling."""
+        want = min(opts.max_rate, calm.wpm * calm.duration / room * 1.02)
+        targets = [want] if want >= opts.max_rate else [want, opts.max_rate]
+        for w in targets:
+            if w <= calm.wpm:
+                continue
+            s = note(cache.speak(text, w, at_most=opts.max_rate), rank)
+            if fits(s) and s.wpm <= opts.max_rate * CEILING_SLACK:
+                return s
+        return None
+
+    primary = note(cache.speak(texts[0], opts.rate), 0)
+    if fits(primary):
+        fit.decision, fit.speech, fit.candidate = "fitted", primary, 0
+        return fit
+    quick = faster(texts[0], 0, primary)
+    if quick is not None:
+        fit.decision, fit.speech, fit.candidate = "sped_up", quick, 0
+        return fit
+    others = [(rank, t) for rank, t in enumerate(texts) if rank > 0 and t and t != texts[0]]
+    calm = sorted(
+        ((note(cache.speak(t, opts.rate), rank), rank) for rank, t in others),
+        key=lambda x: x[0].duration,
+    )
+    for s, rank in calm:  # shortest first: the first that fits is the shortest that fits
+        chosen = s if fits(s) else faster(s.text, rank, s)
+        if chosen is not None:
+            fit.decision, fit.speech, fit.candidate = "substituted", chosen, rank
+            return fit
+    policy = opts.overflow_policy
+    if policy == "drop":
+        fit.reason = f"does not fit its {room:.2f} s slot even at {opts.max_rate:g} wpm"
+        return fit
+    if policy == "extend":
+        s = primary  # the picture is held: no need to hurry
+        fit.decision = "extended"
+    else:
+        s = note(cache.speak(texts[0], opts.max_rate, at_most=opts.max_rate), 0)
+        fit.decision = "kept"
+    fit.speech, fit.candidate, fit.overrun = s, 0, max(0.0, s.duration - room)
+    return fit
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+@dataclass
+class Voiced:
+    """One spoken description, placed."""
+
+    slot: dict[str, Any]
+    fit: Fit
+    start: float
+    """Film time where its audio starts."""
+    pause: Pause | None = None
+
+
+def voice(
+    video: str | Path, opts: VoiceOptions, track: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[Path]]:
+    """Voice, mix and deliver one film's AD track; returns the voiced track and the files
+    written. `track` replaces reading `opts.ad` (describe --voice passes its own). Every
+    input is checked before anything is synthesized or written."""
+    from locomad_cli.video import probe
+
+    video = Path(video)
+    opts.check()
+    formats = parse_formats(opts.formats)
+    if "json" not in formats:
+        formats.append("json")  # the decisions always go somewhere
+    info = probe(video)
+    ad_path = Path(opts.ad)
+    if track is None:
+        track = load_track(ad_path, video, info.duration)
+    engine = make_engine(opts.tts, opts.voice or opts.mix.language)
+    out_dir = Path(opts.output_dir) if opts.output_dir else ad_path.parent
+    check_writable_dir(out_dir)
+    dialogue = dialogue_of(track, opts, ad_path)
+    film = video.stem
+    streams = audio_streams(video)
+    if not streams:
+        log.warning(
+            "%s has no audio: the AD track is the descriptions alone (no programme to mix)",
+            video.name,
+        )
+    cache = SpeechCache(out_dir / f"{film}.voice-cache", engine)
+    placed = _fit_all(track, dialogue, cache, opts)
+    pauses = [v.pause for v in placed if v.pause is not None]
+    total = info.duration + sum(p.duration for p in pauses)
+    stem_name = f"{film}.ad.wav"
+
+    with contextlib.ExitStack() as stack:
+        work = Path(tempfile.mkdtemp(prefix=f".{film}.voice-", dir=out_dir))
+        stack.callback(shutil.rmtree, work, True)
+        cues = [
+            PlacedCue(output_time(v.start, pauses), v.fit.speech.duration, v.fit.speech.path)
+            for v in placed
+            if v.fit.speech is not None
+        ]
+        if not cues:
+            raise LocomadError("no description could be voiced: nothing to mix (see warnings)")
+        stem_raw = work / "stem-raw.wav"
+        write_stem(cues, total, stem_raw)
+        programme = None
+        extended_video = prog_ext = None
+        if pauses:
+            extended_video = work / "extended.mkv"
+            prog_ext = work / "programme.flac" if streams else None
+            extended_cut(video, info.duration, pauses, extended_video, prog_ext, opts.mix.crf)
+        if streams:
+            programme = ["-i", str(prog_ext or video)]
+        out_dialogue = to_output_spans(dialogue, pauses)
+        spans = duck_spans(cues, opts.mix.ramp, out_dialogue)
+        envelope = work / "duck.f32"
+        write_envelope(duck_envelope(spans, total, opts.mix.duck_db), envelope)
+
+        paths: list[Path] = []
+        stem_out = stack.enter_context(atomic_path(out_dir / stem_name))
+        mix_out = None
+        if programme is not None:
+            mix_out = stack.enter_context(atomic_path(out_dir / f"{film}.ad-mix.wav"))
+        levels = mix(programme, stem_raw, envelope, stem_out, mix_out, opts.mix)
+        paths += [out_dir / stem_name] + ([out_dir / f"{film}.ad-mix.wav"] if mix_out else [])
+
+        voiced = _voiced_track(track, placed, pauses, opts, engine.identity(), stem_name)
+        metrics = _metrics(film, placed, pauses, dialogue, levels, opts)
+        voiced["voice"]["summary"] = summary_line(film, metrics)
+
+        text_track = work / f"{film}.ad.vtt"
+        get_writer("vtt", work)(output_view(voiced, pauses, stem_name), film)
+        described = out_dir / f"{film}.described.{opts.mix.container}"
+        film_out = stack.enter_context(atomic_path(described))
+        ad_audio = mix_out if mix_out is not None else stem_out
+        for w in mux(
+            video,
+            ad_audio,
+            text_track,
+            film_out,
+            opts.mix,
+            original_streams=len(streams),
+            extended_video=extended_video,
+            original_audio=prog_ext,
+        ):
+            log.warning("%s", w)
+        paths.append(described)
+        metrics_path = out_dir / f"{film}.metrics.json"
+        f = stack.enter_context(atomic_path(metrics_path))
+        f.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        paths.append(metrics_path)
+        # the text tracks last: a failure above leaves the old ones (and the input) untouched
+        view = film_view(voiced, stem_name)
+        text = [f for f in formats if f != "json"]
+        if text:
+            paths += get_writer(",".join(text), out_dir)(view, film)
+        paths += get_writer("json", out_dir)(voiced, film)
+    return voiced, paths
+
+
+def _fit_all(
+    track: dict[str, Any], dialogue: list[tuple[float, float]], cache: SpeechCache, opts
+) -> list[Voiced]:
+    """Fit every slot in film order; a kept description that runs into the next one's slot
+    pushes that one's start back (said)."""
+    placed: list[Voiced] = []
+    cursor = 0.0
+    slots = sorted(track["slots"], key=lambda s: (s["start"], s["end"]))
+    with _progress(opts, len(slots)) as step:
+        for slot in slots:
+            window = speakable_window(float(slot["start"]), float(slot["end"]), dialogue)
+            if cursor > window[0]:
+                log.warning(
+                    "slot %s starts while the kept description before it is still spoken",
+                    slot.get("index", "?"),
+                )
+                window = (min(cursor, window[1]), window[1])
+            texts = [slot.get("text", "").strip()]
+            texts += [c.get("text", "").strip() for c in slot.get("candidates") or []][1:]
+            fit = fit_description(texts, window, cache, opts)
+            v = Voiced(slot, fit, window[0])
+            if fit.decision == "extended":
+                v.pause = Pause(window[1], fit.overrun)
+            if fit.decision == "dropped" and texts[0]:
+                log.warning(
+                    "dropped the description of slot %s (%s): %s",
+                    slot.get("index", "?"),
+                    _hms(slot["start"]),
+                    fit.reason,
+                )
+            if fit.speech is not None:  # where the film is when this one has been said
+                extended = fit.decision == "extended"
+                cursor = window[1] if extended else window[0] + fit.speech.duration
+            placed.append(v)
+            step()
+    return placed
+
+
+@contextlib.contextmanager
+def _progress(opts: VoiceOptions, total: int):
+    if not opts.progress:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = [TextColumn("voicing"), BarColumn(), MofNCompleteColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("cues", total=total)
+        yield lambda: progress.advance(task)
+
+
+def _hms(t: float) -> str:
+    from locomad_cli.writers import format_timestamp
+
+    return format_timestamp(t)
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+
+def _voiced_track(
+    track: dict[str, Any],
+    placed: list[Voiced],
+    pauses: list[Pause],
+    opts: VoiceOptions,
+    engine: str,
+    stem_name: str,
+) -> dict[str, Any]:
+    """The input track with a `voice` record per slot and one at the top (the JSON)."""
+    out = {k: v for k, v in track.items() if k not in ("slots", "voice")}
+    out["language"] = opts.mix.language
+    by_id = {id(v.slot): v for v in placed}
+    slots = []
+    for slot in track["slots"]:
+        row = {k: v for k, v in slot.items() if k != "voice"}
+        v = by_id.get(id(slot))
+        if v is not None:
+            row["voice"] = _voice_record(v, pauses, stem_name)
+        slots.append(row)
+    out["slots"] = slots
+    added = sum(p.duration for p in pauses)
+    out["voice"] = {
+        "engine": engine,
+        "rate": opts.rate,
+        "max_rate": opts.max_rate,
+        "overflow": opts.overflow_policy,
+        "extended": bool(pauses),
+        "pauses": [{"at": round(p.at, 3), "duration": round(p.duration, 3)} for p in pauses],
+        "added_time": round(added, 3),
+        "stem": stem_name,
+        "duck_db": opts.mix.duck_db,
+        "duck_ramp": opts.mix.ramp,
+        "loudness_target": opts.mix.loudness,
+    }
+    return out
+
+
+def _voice_record(v: Voiced, pauses: list[Pause], stem_name: str) -> dict[str, Any]:
+    f = v.fit
+    rec: dict[str, Any] = {
+        "decision": f.decision,
+        "window": [round(f.window[0], 3), round(f.window[1], 3)],
+    }
+    if f.speech is None:
+        rec["reason"] = f.reason
+    else:
+        s = f.speech
+        out_start = output_time(v.start, pauses)
+        rec.update(
+            text=s.text,
+            candidate=f.candidate,
+            start=round(v.start, 3),
+            end=round(v.start + s.duration, 3),
+            duration=round(s.duration, 3),
+            wpm=round(s.wpm, 1),
+            engine_rate=s.engine_rate,
+            overrun=round(f.overrun, 3),
+            output_start=round(out_start, 3),
+            output_end=round(out_start + s.duration, 3),
+            audio={
+                "src": stem_name,
+                "begin": round(out_start, 3),
+                "end": round(out_start + s.duration, 3),
+            },
+        )
+        if v.pause is not None:
+            rec["pause"] = {"at": round(v.pause.at, 3), "duration": round(v.pause.duration, 3)}
+    rec["tried"] = f.tried
+    return rec
+
+
+def film_view(voiced: dict[str, Any], stem_name: str) -> dict[str, Any]:
+    """What the text tracks in the output folder hold: the spoken descriptions on the film's
+    timeline, each from where its audio starts to where it ends (for an extended one, to
+    where the picture holds, with the pause), the audio's place in the stem."""
+    slots = []
+    for slot in voiced["slots"]:
+        v = slot.get("voice") or {}
+        if "text" not in v:
+            continue
+        end = v["pause"]["at"] if "pause" in v else v["end"]
+        row = {
+            "index": slot.get("index"),
+            "start": v["start"],
+            "end": max(end, v["start"] + 0.001),
+            "text": v["text"],
+            "audio": v["audio"],
+        }
+        if "pause" in v:
+            row["pause"] = v["pause"]
+        slots.append(row)
+    return {**{k: x for k, x in voiced.items() if k != "slots"}, "slots": slots}
+
+
+def output_view(voiced: dict[str, Any], pauses: list[Pause], stem_name: str) -> dict[str, Any]:
+    """The same on the delivered timeline (the extended cut's, when there are pauses): the
+    text track muxed into the described film."""
+    view = film_view(voiced, stem_name)
+    for row in view["slots"]:
+        row["start"], row["end"] = row["audio"]["begin"], row["audio"]["end"]
+        row.pop("pause", None)
+    return view
+
+
+def _overlap(a: float, b: float, spans: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(b, e) - max(a, s)) for s, e in spans)
+
+
+def _metrics(
+    film: str,
+    placed: list[Voiced],
+    pauses: list[Pause],
+    dialogue: list[tuple[float, float]],
+    levels,
+    opts: VoiceOptions,
+) -> dict[str, Any]:
+    counts = {d: 0 for d in DECISIONS}
+    wpms, spoken, over, overlapping = [], 0.0, 0.0, []
+    for v in placed:
+        counts[v.fit.decision] += 1
+        s = v.fit.speech
+        if s is None:
+            continue
+        wpms.append(s.wpm)
+        spoken += s.duration
+        # film time the audio covers: an extended description stops the film at its pause
+        end = v.pause.at if v.pause is not None else v.start + s.duration
+        o = _overlap(v.start, end, dialogue)
+        if o > 1e-3:
+            over += o
+            overlapping.append(v.slot.get("index"))
+    bins = {"<160": 0, "160-180": 0, "180-200": 0, ">200": 0}
+    for w in wpms:
+        key = "<160" if w < 160 else "160-180" if w < 180 else "180-200" if w <= 200 else ">200"
+        bins[key] += 1
+    rates = (
+        {
+            "min": round(min(wpms), 1),
+            "median": round(statistics.median(wpms), 1),
+            "mean": round(statistics.fmean(wpms), 1),
+            "max": round(max(wpms), 1),
+            "histogram": bins,
+        }
+        if wpms
+        else {}
+    )
+    mix_levels = {k: (round(x, 2) if math.isfinite(x) else None) for k, x in levels.mix.items()}
+    return {
+        "film": film,
+        "descriptions": len(placed),
+        "voiced": len(wpms),
+        "counts": counts,
+        "wpm": rates,
+        "ad_seconds": round(spoken, 3),
+        "ad_over_dialogue_seconds": round(over, 3),
+        "overlapping_dialogue": overlapping,
+        "dialogue_known": bool(dialogue),
+        "pauses": len(pauses),
+        "added_time": round(sum(p.duration for p in pauses), 3),
+        "loudness": {
+            "target": opts.mix.loudness,
+            "measured": mix_levels,
+            "ad_gain_db": round(levels.ad_gain_db, 2),
+            "mix_gain_db": round(levels.mix_gain_db, 2),
+            "limited": levels.limited,
+            "programme": None
+            if levels.programme is None
+            else round(levels.programme["integrated"], 2),
+        },
+        "duck": {"depth_db": opts.mix.duck_db, "ramp": opts.mix.ramp},
+    }
+
+
+def summary_line(film: str, m: dict[str, Any]) -> str:
+    """One line for the terminal (and the JSON)."""
+    c = m["counts"]
+    parts = [f"{c[d]} {d.replace('_', ' ')}" for d in DECISIONS if c[d]]
+    line = f"{film}: voiced {m['voiced']} of {m['descriptions']} descriptions ({', '.join(parts)})"
+    if m["wpm"]:
+        line += f"; {m['wpm']['median']:.0f} wpm median, {m['wpm']['max']:.0f} max"
+    line += f"; AD over dialogue {m['ad_over_dialogue_seconds']:.2f} s"
+    if not m["dialogue_known"]:
+        line += " (no dialogue known)"
+    if m["pauses"]:
+        line += f"; extended cut +{m['added_time']:.2f} s at {m['pauses']} pauses"
+    integrated = m["loudness"]["measured"].get("integrated")
+    if integrated is not None:
+        line += f"; {integrated:.1f} LUFS"
+    return line
