@@ -10,6 +10,7 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v java >/dev/null || need+=(default-jre-headless)
 command -v chromium >/dev/null || need+=(chromium)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v mkvpropedit >/dev/null || need+=(mkvtoolnix)  # the MKV 'text descriptions' flag
 # OpenCV (PySceneDetect's decoder) needs these two shared libraries
 ldconfig -p | grep -q 'libGL\.so\.1 ' || need+=(libgl1)
 ldconfig -p | grep -q 'libglib-2\.0\.so\.0 ' || need+=(libglib2.0-0)
