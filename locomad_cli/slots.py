@@ -292,7 +292,7 @@ def _reason(
     if pieces == 1:
         where = gap
     else:
-        where = f"the {pb - pa:.2f} s shot inside {gap}, cut into {pieces} at shot changes"
+        where = f"the {pb - pa:.2f} s shot inside {gap}, cut into {pieces} pieces at shot changes"
     if n == 1:
         return (
             f"{where[0].upper()}{where[1:]}: at least min_gap {min_gap:g} s and at most "

@@ -125,7 +125,7 @@ def test_long_gaps_split_at_cuts_not_evenly():
     ]
     assert slots[0].shots == [(0.0, 10.0)] and slots[2].shots == [(10.0, 13.0)]
     assert slots[4].shots == [(13.0, 30.0)]
-    assert "cut into 3 at shot changes" in slots[3].why["reason"]
+    assert "cut into 3 pieces at shot changes" in slots[3].why["reason"]
     assert "split evenly into 2 slots" in slots[3].why["reason"]
 
 
