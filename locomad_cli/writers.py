@@ -4,6 +4,9 @@ shape).
 A track is a plain dict (what `describe()` returns and the JSON file holds):
 `{"film", "card", "setting", "tool", "version", "slots": [{"index", "start", "end", "text",
 "selected": [{"text", "subtitle", "start", "end", "score"}], "subtitles", "source"}]}`.
+Proposed slots also carry `"shots"` (the boundaries of the shots they lie in) and `"why"` (the
+gap, the speech and subtitle intervals bounding it, what starts and ends the slot, a reason),
+and the track a `"slot_plan"` (slots.SlotPlan.as_json: speech, cuts, sizes, skipped gaps).
 SRT and WebVTT are what players and editors take; the JSON keeps the provenance of every
 description (which earlier descriptions the DSM chose, with their scores) for studio pipelines
 and for `locomad evaluate`. Every file is written atomically: a crash leaves the old file or
