@@ -1,0 +1,148 @@
+"""A short film with programme audio for the voice and mix tests, made on the spot with ffmpeg
+and espeak-ng: the first 40 s of the shipped demo film's picture (stream-copied) under a
+soundtrack of a steady pink-noise bed and the demo subtitles spoken at their times. And AD
+tracks for it as `locomad describe` writes them (same fields, the film's fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from locomad_cli import __version__
+from locomad_cli.subtitles import read_cues
+from locomad_cli.video import source_fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "demo" / "demo.mp4"
+DEMO_SUBS = ROOT / "demo" / "demo.srt"
+DURATION = 40.0
+BED = 0.03
+"""Pink-noise amplitude of the programme bed (about -38 dBFS RMS): steady, so levels compare."""
+
+# (start, end, [text, other candidates...]) inside the first 40 s; subtitles are at 8.6-10.0,
+# 18.0-20.4, 24.8-26.4, 29.9-31.5 and 35.4-37.8
+SLOTS = [
+    # too long even at 200 wpm; the third candidate fits: substituted
+    (
+        1.0,
+        3.9,
+        [
+            "In the kitchen, a blue cup and a yellow book lie on the big wooden table.",
+            "In the old kitchen, a blue cup and a yellow book lie on the big wooden table.",
+            "A wide view of the kitchen.",
+        ],
+    ),
+    (5.1, 8.3, ["A man in a green coat, Leo, enters the kitchen."]),
+    (10.3, 12.9, ["Leo jumps up and down."]),
+    (14.2, 17.7, ["A woman in an orange jacket, Amy, enters the kitchen."]),
+    (20.7, 24.5, ["Leo picks up the yellow book."]),
+    # cannot fit and has no shorter candidate: dropped, or extended with --extended
+    (
+        26.7,
+        29.6,
+        ["Leo jumps for joy, laughing, and then he runs around the kitchen table twice."],
+    ),
+    (31.8, 35.1, ["Leo leaves the kitchen."]),
+    # given times reach into dialogue (35.4-37.8): it may only be spoken after 37.8
+    (36.5, 39.5, ["Amy waits."]),
+]
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", *args], check=True)
+
+
+def make_film(folder: Path, audio: bool = True) -> tuple[Path, Path]:
+    """(film.mp4, film.srt) in `folder`: the demo picture's first 40 s, with the soundtrack
+    (or none), and the subtitles of those 40 s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    film, srt = folder / "film.mp4", folder / "film.srt"
+    cues = [c for c in read_cues(DEMO_SUBS) if c.end <= DURATION]
+    srt.write_text(
+        "\n".join(
+            f"{i}\n{_ts(c.start)} --> {_ts(c.end)}\n{c.text}\n" for i, c in enumerate(cues, 1)
+        ),
+        encoding="utf-8",
+    )
+    if not audio:
+        _ffmpeg("-i", str(DEMO), "-t", f"{DURATION}", "-map", "0:v", "-c", "copy", str(film))
+        return film, srt
+    inputs, parts = [], []
+    for i, c in enumerate(cues):
+        line = folder / f".line{i}.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(line), c.text], check=True
+        )
+        inputs += ["-i", str(line)]
+        parts.append(f"[{i + 2}:a]aresample=48000,adelay={round(c.start * 1000)}:all=1[d{i}]")
+    mixed = "".join(f"[d{i}]" for i in range(len(cues)))
+    graph = ";".join(parts) + f";[1:a]volume={BED}[bed];[bed]{mixed}"
+    graph += f"amix=inputs={len(cues) + 1}:normalize=0:duration=first[a]"
+    noise = f"anoisesrc=c=pink:r=48000:d={DURATION}:seed=7"
+    _ffmpeg(
+        "-i", str(DEMO), "-f", "lavfi", "-i", noise, *inputs,
+        "-filter_complex", graph, "-map", "0:v", "-map", "[a]", "-t", f"{DURATION}",
+        "-c:v", "copy", "-c:a", "aac", "-b:a", "160k", "-ac", "2", str(film),
+    )  # fmt: skip
+    for p in folder.glob(".line*.wav"):
+        p.unlink()
+    return film, srt
+
+
+def _ts(t: float) -> str:
+    ms = round(t * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def make_track(film: Path, srt: Path | None, slots=SLOTS) -> dict:
+    """An AD track of `film` as describe writes it (candidates best first, scores made up)."""
+    fp = source_fingerprint(film)
+    rows = []
+    for i, (a, b, texts) in enumerate(slots):
+        rows.append(
+            {
+                "index": i,
+                "start": a,
+                "end": b,
+                "text": texts[0],
+                "selected": [],
+                "subtitles": "",
+                "source": f"test:{i}",
+                "candidates": [{"text": t, "score": -0.2 - 0.01 * k} for k, t in enumerate(texts)],
+            }
+        )
+    return {
+        "film": film.stem,
+        "card": "demo",
+        "setting": "recurrent",
+        "tool": "locomad",
+        "version": __version__,
+        "weights": "weights/demo",
+        "subtitles_file": str(srt) if srt else None,
+        "film_duration": DURATION,
+        "film_source": {k: fp[k] for k in ("source_name", "source_size", "source_sha256_1mib")},
+        "slots": rows,
+    }
+
+
+def write_track(track: dict, path: Path) -> Path:
+    path.write_text(json.dumps(track, indent=2), encoding="utf-8")
+    return path
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """[samples, channels] float in [-1, 1), and the sample rate."""
+    with wave.open(str(path), "rb") as w:
+        assert w.getsampwidth() == 2
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+        return x.reshape(-1, w.getnchannels()) / 32768.0, w.getframerate()
+
+
+def db(x: np.ndarray) -> float:
+    """RMS level in dBFS."""
+    return float(10 * np.log10(np.mean(np.square(x)) + 1e-20))
