@@ -239,14 +239,25 @@ NO_WEIGHTS = (
 def check_weights_exist(opts: DescribeOptions, card: ModelCard) -> None:
     """Fail at once, before any work, when the card's trained weights are nowhere: the most
     likely first error of a new user, so it says what to do."""
+    from locomad_cli.utils import hub_reachable
+
     if opts.weights:
-        return  # checked when loaded (a folder or a hub repo id)
+        given = Path(opts.weights).expanduser()
+        if not given.exists() and not (_hub_id(opts.weights) and hub_reachable()):
+            raise LocomadError(f"--weights {opts.weights}: no such folder")
+        return
     local = card.weights_path()
     if local is None:
         raise LocomadError(NO_WEIGHTS.format(card=card.name, where="the card names none"))
-    is_hub_id = not Path(card.weights).is_absolute() and card.weights.count("/") == 1
-    if not local.exists() and not is_hub_id:
+    # 'weights/<card>' is the repository's own folder, not a hub id, whatever its slash says
+    hub = _hub_id(card.weights) and not card.weights.startswith("weights/") and hub_reachable()
+    if not local.exists() and not hub:
         raise LocomadError(NO_WEIGHTS.format(card=card.name, where=f"{local} does not exist"))
+
+
+def _hub_id(name: str) -> bool:
+    """Whether `name` could be a Hugging Face repo id ('org/name')."""
+    return not Path(name).is_absolute() and name.count("/") == 1
 
 
 def _load_model(opts: DescribeOptions, card: ModelCard, device: str):
