@@ -243,7 +243,7 @@ def check_weights_exist(opts: DescribeOptions, card: ModelCard) -> None:
 
     if opts.weights:
         given = Path(opts.weights).expanduser()
-        if not given.exists() and not (_hub_id(opts.weights) and hub_reachable()):
+        if not given.exists() and not _hub_id(opts.weights):  # a hub id: its loader says more
             raise LocomadError(f"--weights {opts.weights}: no such folder")
         return
     local = card.weights_path()
