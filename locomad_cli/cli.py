@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import typer
@@ -82,6 +83,7 @@ def _root(
     """locomad: audio description for films (LoCo-MAD)."""
     if debug:
         os.environ[DEBUG_ENV] = "1"
+        warnings.resetwarnings()
     _setup_logging()
 
 
@@ -765,7 +767,11 @@ def demo_train_cmd(
 
 def main() -> None:
     """Console-script entry point: exit 0 done, 2 bad input or environment (one line), 70 an
-    internal error (one line; the traceback with --debug or LOCOMAD_DEBUG=1), 130 Ctrl-C."""
+    internal error (one line; the traceback with --debug or LOCOMAD_DEBUG=1), 130 Ctrl-C.
+    Libraries' Python warnings (deprecations, pickle protocols) are not for users: hidden
+    unless debugging; locomad's own warnings are log lines and always shown."""
+    if not _debugging():
+        warnings.simplefilter("ignore")
     try:
         app()
     except LocomadError as e:  # raised outside a command's own handling
@@ -784,8 +790,12 @@ def main() -> None:
         _internal_error(e)
 
 
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
 def _internal_error(e: BaseException) -> None:
-    if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on"):
+    if _debugging():
         traceback.print_exception(e)
     what = " ".join(f"{e.__class__.__name__}: {e}".split())[:300]
     typer.echo(
