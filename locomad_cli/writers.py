@@ -16,6 +16,7 @@ none, never half of one.
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,6 +24,8 @@ from typing import Any, TextIO
 from locomad_cli.utils import atomic_open, parse_choice_list
 
 FORMATS = ("srt", "vtt", "json")
+XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""Characters XML 1.0 documents cannot hold."""
 EXTRA_FORMATS = ("dapt",)
 """Written only when named (`-f dapt`, `-f all,dapt`): `all` stays the three tracks players
 and `locomad evaluate` read."""
@@ -161,9 +164,12 @@ class WriteDAPT(ResultWriter):
         def clock(t: float) -> str:
             return format_timestamp(max(0.0, t), ".")
 
+        def text_of(s: dict[str, Any]) -> str:
+            # XML 1.0 cannot carry most control characters (a model's stray bytes): drop them
+            return XML_INVALID.sub("", one_line(s.get("text", "")))
+
         slots = sorted(
-            (s for s in track["slots"] if one_line(s.get("text", ""))),
-            key=lambda s: (s["start"], s["end"]),
+            (s for s in track["slots"] if text_of(s)), key=lambda s: (s["start"], s["end"])
         )
         voiced = any(s.get("audio") for s in slots)
         tt = ET.Element(q("tt"))
@@ -199,9 +205,9 @@ class WriteDAPT(ResultWriter):
                 a.set("clipBegin", clock(audio["begin"]))
                 a.set("clipEnd", clock(audio["end"]))
                 a.set("type", "audio/wave")
-                a.tail = one_line(s["text"])
+                a.tail = text_of(s)
             else:
-                span.text = one_line(s["text"])
+                span.text = text_of(s)
         ET.indent(tt, space="  ")
         file.write('<?xml version="1.0" encoding="UTF-8"?>\n')
         file.write(ET.tostring(tt, encoding="unicode"))
