@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from media import make_video
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from test_model_helpers import batch_of
 
 from locomad_cli.card import MODELS_DIR, load_card
@@ -295,6 +295,9 @@ def test_a_pme_init_that_is_no_blip2_checkpoint_is_refused(card, tmp_path):
     card.pme.init = str(tmp_path / "other.safetensors")
     with pytest.raises(LocomadError, match="not a LAVIS BLIP-2 Q-Former checkpoint"):
         LoCoMAD.from_card(card)
+    wide = lavis_state(lavis_shapes(64, 2, 128, 600, 48, 4, 16))  # another width altogether
+    with pytest.raises(LocomadError, match="checkpoint width 64, card 32"):
+        PME(card, 600, 0).load_blip2_state(wide)
 
 
 # -- 4. the PME in stage 2 ---------------------------------------------------------------------
@@ -339,6 +342,37 @@ def test_pme_all_in_stage2_trains_its_query_path(card):
     assert with_grad == query_path
     assert all(torch.equal(before[k], after[k]) for k in before if k not in query_path)
     assert model.pme.training  # trained in train mode (dropout), like the rest
+
+
+def test_locomad_train_stage2_picks_the_policy_up(card, tmp_path):
+    """Through `locomad train` itself: --set pme.train_stage2=all on a stage-1 checkpoint moves
+    the PME's query path and nothing else of it."""
+    from test_data_fixtures import simple_films, write_film_folder, write_splits
+
+    from locomad_cli.train import TrainConfig, train
+
+    root = write_film_folder(tmp_path / "films", simple_films(3, 8), frames=100)
+    write_splits(root, {"train": ["film0", "film1"], "val": ["film2"]})
+    card_file = tmp_path / "tiny.yaml"
+    card_file.write_text(card.to_yaml())
+    common = dict(data=f"folder:{root}", batch_size=4, lr=1e-3, warmup_steps=0, val_data="none")
+    common.update(log_every=1, num_workers=0, progress=False, max_steps=1, model=str(card_file))
+    train(TrainConfig(stage=1, out=str(tmp_path / "r1"), **common))
+    r2 = tmp_path / "r2"
+    train(
+        TrainConfig(
+            stage=2,
+            out=str(r2),
+            init=str(tmp_path / "r1"),
+            overrides=["pme.train_stage2=all"],
+            **common,
+        )
+    )
+    w1 = load_file(str(tmp_path / "r1" / "model" / "model.safetensors"))
+    w2 = load_file(str(r2 / "model" / "model.safetensors"))
+    pme = [k for k in w1 if k.startswith("pme.")]
+    moved = {k for k in pme if not torch.equal(w1[k], w2[k])}
+    assert moved == {k for k in pme if on_query_path(k[len("pme.") :])}
 
 
 def test_unknown_stage2_policy_is_refused(card):

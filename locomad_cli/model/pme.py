@@ -357,6 +357,13 @@ class PME(nn.Module):
             for name in own:
                 if name not in report.loaded and name not in report.reinitialised:
                     report.reinitialised[name] = "not in the checkpoint: fresh init"
+        if not any(name.startswith("encoder.") for name in report.loaded):
+            width = state.get(f"{_BLIP2_PREFIX}embeddings.LayerNorm.weight")
+            raise LocomadError(
+                "PME init: no encoder tensor of the BLIP-2 checkpoint fits this card's PME "
+                f"(checkpoint width {None if width is None else width.shape[0]}, card "
+                f"{self.bert_config.hidden_size})"
+            )
         self._tie()
         return report
 
