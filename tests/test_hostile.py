@@ -539,3 +539,53 @@ def test_disk_full_extract_features(world, tmp_path):
         mine, _ = load_features(out / "film.features.safetensors")
         reference, _ = load_features(world.features)
         assert torch.equal(mine, reference)  # the resumed file equals an uninterrupted one
+
+
+# --- the help tells the truth -----------------------------------------------------------------
+
+
+def _options():
+    import typer
+
+    from locomad_cli.cli import app
+
+    def walk(cmd, prefix=""):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{prefix} {name}")
+        else:
+            for p in cmd.params:
+                if p.param_type_name == "option" and p.help:
+                    yield prefix.strip(), p
+
+    return list(walk(typer.main.get_command(app)))
+
+
+def test_help_defaults_agree_with_the_code():
+    """Every 'Default: X.' in a help text names the option's real default (numbers compared
+    as numbers, words as the start of the text); None and flags say it in words."""
+    checked = 0
+    for command, p in _options():
+        m = re.search(r"Default: (.+?)(?:\.\s|\.$)", p.help)
+        if m is None or p.default is None or isinstance(p.default, bool):
+            continue
+        said, where = m.group(1), f"{command} {p.opts[0]}"
+        if isinstance(p.default, (int, float)):
+            assert float(said.split()[0]) == float(p.default), where
+        elif isinstance(p.default, str):
+            assert said.startswith(p.default), f"{where}: help says {said!r}, code {p.default!r}"
+        checked += 1
+    assert checked >= 30
+
+
+def test_flags_show_as_flags():
+    for command, p in _options():
+        if isinstance(p.default, bool) and p.is_flag and not p.secondary_opts:
+            assert p.metavar in (None, ""), f"{command} {p.opts[0]}"
+    from typer.testing import CliRunner
+
+    from locomad_cli.cli import app
+
+    text = CliRunner().invoke(app, ["describe", "--help"], env={"COLUMNS": "200"}).stdout
+    line = next(x for x in text.splitlines() if "--resume" in x)
+    assert "<bool>" not in line and "BOOLEAN" not in line, line
