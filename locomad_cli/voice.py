@@ -658,7 +658,8 @@ def summary_line(film: str, m: dict[str, Any]) -> str:
     if not m["dialogue_known"]:
         line += " (no dialogue known)"
     if m["pauses"]:
-        line += f"; extended cut +{m['added_time']:.2f} s at {m['pauses']} pauses"
+        n = m["pauses"]
+        line += f"; extended cut +{m['added_time']:.2f} s at {n} pause{'s' if n > 1 else ''}"
     integrated = m["loudness"]["measured"].get("integrated")
     if integrated is not None:
         line += f"; {integrated:.1f} LUFS"
