@@ -354,7 +354,13 @@ def listen(video: Path | None, vad: str, out_dir: Path, subtitles: bool) -> tupl
     if video is None or not video.is_file():
         if vad == "on":
             raise LocomadError("--vad on needs the film itself, not only its --features")
-        log.warning("no film at hand (only --features): slots from the subtitles alone")
+        if subtitles:
+            log.warning("no film at hand (only --features): slots from the subtitles alone")
+        else:
+            log.warning(
+                "no film at hand (only --features) and no subtitles: slots fill the film and "
+                "may fall on dialogue"
+            )
         return None, "no audio"
     if not audio_streams(video):
         if vad == "on":
