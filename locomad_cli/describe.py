@@ -225,6 +225,7 @@ def plan_slots(
         max_len=opts.max_len,
         cut_margin=opts.cut_margin,
         subtitles_name=Path(opts.subs).name if opts.subs else "subtitles",
+        progress=opts.progress,
     )
     return plan.slots, plan.as_json()
 

@@ -589,3 +589,27 @@ def test_flags_show_as_flags():
     text = CliRunner().invoke(app, ["describe", "--help"], env={"COLUMNS": "200"}).stdout
     line = next(x for x in text.splitlines() if "--resume" in x)
     assert "<bool>" not in line and "BOOLEAN" not in line, line
+
+
+def test_documented_mux_marks_the_track_as_descriptions(world, tmp_path):
+    """The ffmpeg line of docs/describe.md, run as written: the text stream comes out with
+    the `descriptions` disposition and a language (ffprobe reads both back)."""
+    import shlex
+
+    doc = (Path(__file__).parent.parent / "docs" / "describe.md").read_text()
+    line = next(x for x in doc.split("`") if x.startswith("ffmpeg -i movie.mp4 -i movie.ad.vtt"))
+    vtt = _write(
+        tmp_path, "movie.ad.vtt", "WEBVTT\n\nad-1\n00:00:00.500 --> 00:00:02.000\nA man.\n"
+    )
+    args = shlex.split(line)
+    args = [{"movie.mp4": str(world.film), "movie.ad.vtt": str(vtt)}.get(a, a) for a in args]
+    args[-1] = str(tmp_path / "movie.ad.mp4")
+    subprocess.run([args[0], "-v", "error", "-y", *args[1:]], check=True)
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "s", "-of", "json", "-show_entries",
+         "stream=codec_type:stream_disposition=descriptions:stream_tags=language", args[-1]],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (stream,) = json.loads(probe.stdout)["streams"]
+    assert stream["disposition"]["descriptions"] == 1
+    assert stream["tags"]["language"] == "eng"
