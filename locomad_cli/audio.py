@@ -336,11 +336,13 @@ def detect_speech(
     params: VadParams | None = None,
     on_block: Callable[[int, float], None] | None = None,
     block_rows: int = BLOCK_ROWS,
+    on_start: Callable[[], None] | None = None,
 ) -> Speech:
     """Speech intervals of the film's first audio stream, cached in `out_dir` (default:
     beside the film). A cache beside the film that matches is used wherever `out_dir` is;
     a cache of another file or model is recomputed. `on_block(block, seconds_done)` runs
-    after each block of `block_rows` rows is safely on disk (tests simulate a crash there).
+    after each block of `block_rows` rows is safely on disk (tests simulate a crash there);
+    `on_start()` when the soundtrack has to be listened to (no cache).
 
     Raises LocomadError when the film has no audio stream, AudioError when ffmpeg cannot
     decode it; nothing is left behind then."""
@@ -364,6 +366,8 @@ def detect_speech(
                 int(meta["samples"]) / SAMPLE_RATE,
                 meta["vad_model"],
             )
+    if on_start is not None:
+        on_start()
     part = partial_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     done = _prepare_partial(part, {**identity, "block_rows": str(block_rows)})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -77,10 +78,14 @@ def _read_cache(path: Path) -> dict | None:
 
 
 def detect_cuts(
-    video: str | Path, out_dir: str | Path | None = None, min_shot: float = MIN_SHOT
+    video: str | Path,
+    out_dir: str | Path | None = None,
+    min_shot: float = MIN_SHOT,
+    on_start: Callable[[], None] | None = None,
 ) -> Shots:
     """The film's cuts by PySceneDetect, cached in `out_dir` (default: beside the film); a
-    matching cache beside the film is used wherever `out_dir` is."""
+    matching cache beside the film is used wherever `out_dir` is. `on_start()` runs when the
+    film has to be decoded (no cache)."""
     video = Path(video)
     if not video.is_file():
         raise LocomadError(f"{video}: no such file")
@@ -90,6 +95,8 @@ def detect_cuts(
         data = _read_cache(candidate) if candidate.is_file() else None
         if data is not None and all(str(data.get(k)) == want[k] for k in MATCH_KEYS):
             return Shots([float(c) for c in data["cuts"]], want["detector"], candidate, "cached")
+    if on_start is not None:
+        on_start()
     cuts = _scenedetect(video, min_shot)
     with atomic_open(target) as f:
         json.dump({"format": FORMAT, **want, "cuts": cuts}, f, indent=1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,7 +342,9 @@ class SlotPlan:
         return out
 
 
-def listen(video: Path | None, vad: str, out_dir: Path, subtitles: bool) -> tuple[Any, str]:
+def listen(
+    video: Path | None, vad: str, out_dir: Path, subtitles: bool, progress: bool = False
+) -> tuple[Any, str]:
     """(audio.Speech or None, vad status) for `--vad auto|on|off`. A film without audio, or
     whose audio cannot be decoded, falls back to the subtitles with one warning line (`auto`);
     `on` refuses instead, and so does `auto` when there are no subtitles to fall back on."""
@@ -371,7 +374,7 @@ def listen(video: Path | None, vad: str, out_dir: Path, subtitles: bool) -> tupl
             log.warning("%s has no audio stream and no subtitles: slots fill the film", video)
         return None, "no audio"
     try:
-        return detect_speech(video, out_dir), "on"
+        return detect_speech(video, out_dir, on_start=_say(progress, "listening to", video)), "on"
     except AudioError as e:
         if vad == "on":
             raise LocomadError(f"{e} (--vad on)") from None
@@ -384,7 +387,14 @@ def listen(video: Path | None, vad: str, out_dir: Path, subtitles: bool) -> tupl
         return None, "failed"
 
 
-def find_cuts(video: Path | None, shots: str, out_dir: Path) -> Any:
+def _say(progress: bool, what: str, video: Path):
+    """A callable printing one line on stderr (a long step is starting), or None."""
+    if not progress:
+        return None
+    return lambda: print(f"locomad: {what} {video}", file=sys.stderr, flush=True)
+
+
+def find_cuts(video: Path | None, shots: str, out_dir: Path, progress: bool = False) -> Any:
     """shots.Shots for `--shots on` (None when off or when the film cannot be read for it,
     with one warning line: slots are then only not cut at shot changes)."""
     from locomad_cli.shots import detect_cuts
@@ -394,7 +404,7 @@ def find_cuts(video: Path | None, shots: str, out_dir: Path) -> Any:
     if shots == "off" or video is None or not video.is_file():
         return None
     try:
-        return detect_cuts(video, out_dir)
+        return detect_cuts(video, out_dir, on_start=_say(progress, "finding the cuts of", video))
     except LocomadError as e:
         log.warning("%s; slots are not cut at shot changes", e)
         return None
@@ -412,14 +422,16 @@ def plan_film(
     max_len: float = 8.0,
     cut_margin: float = 0.5,
     subtitles_name: str = "subtitles",
+    progress: bool = False,
 ) -> SlotPlan:
     """Slots for a film from its subtitles, its soundtrack's speech and its cuts (caches in
-    `out_dir`). Refuses when no slot is possible."""
+    `out_dir`; with `progress`, a line on stderr before each is computed). Refuses when no
+    slot is possible."""
     _check_sizes(duration, min_gap, margin, max_len)
-    speech, status = listen(video, vad, out_dir, bool(cues))
+    speech, status = listen(video, vad, out_dir, bool(cues), progress)
     if status == "off" and not cues:
         log.warning("no subtitles and --vad off: slots fill the film and may fall on dialogue")
-    found = find_cuts(video, shots, out_dir)
+    found = find_cuts(video, shots, out_dir, progress)
     skipped: list[Skipped] = []
     slots = propose_slots(
         cues,
