@@ -94,9 +94,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     # mkstemp makes the file private (0600); the result should have the permissions any
     # other file the user writes has (a WebVTT track is served by a web server, say)
-    os.chmod(tmp_path, 0o666 & ~_umask())
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp_path, mode)
     try:
         yield tmp_path
+        # again: some writers (safetensors' save_file) replace the file with a private one
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -2,6 +2,8 @@ import os
 import stat
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from locomad_cli.utils import atomic_dir, atomic_open, atomic_path
 
@@ -13,9 +15,11 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
             f.write("WEBVTT\n")
         with atomic_path(tmp_path / "w.safetensors") as tmp:
             tmp.write_bytes(b"x")
+        with atomic_path(tmp_path / "f.features.safetensors") as tmp:
+            save_file({"features": torch.zeros(2, 2)}, str(tmp))  # writes a private file
     finally:
         os.umask(old)
-    for name in ("track.vtt", "w.safetensors"):
+    for name in ("track.vtt", "w.safetensors", "f.features.safetensors"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
 
 
