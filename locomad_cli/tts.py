@@ -33,6 +33,11 @@ SILENCE_DB = -50
 ESPEAK_INSTALL = "espeak-ng not found: install it (apt-get install espeak-ng)"
 
 
+class NoSpeech(LocomadError):
+    """The engine made nothing audible of a text (punctuation only, a stray symbol): that
+    description is dropped, the others go on."""
+
+
 class TTSEngine(Protocol):
     """What locomad needs from a speech engine."""
 
@@ -214,13 +219,14 @@ class SpeechCache:
         if speech.duration <= 0:
             with contextlib.suppress(OSError):
                 path.unlink()
-            raise LocomadError(f"{self.engine.name} produced no audio for '{text[:40]}'")
+            raise NoSpeech(f"{self.engine.name} made no sound of '{text[:40]}'")
         return speech
 
     def speak(self, text: str, wpm: float, at_most: float | None = None) -> Speech:
-        """`text` heard at about `wpm` words per minute: a first guess from the cues so far,
-        measured, and one correction when it is more than 4 % off. With `at_most`, a result
-        heard faster than that is slowed down (the engine's knob lowered) until it is not."""
+        """`text` heard at about `wpm` words per minute: a first guess from the engine's
+        `rate_hint`, measured, and one correction when it is more than 4 % off. With
+        `at_most`, a result heard faster than that is slowed down (the engine's knob lowered)
+        until it is not."""
         key = (text, round(wpm, 2), at_most)
         if key in self._spoken:
             return self._spoken[key]

@@ -53,7 +53,7 @@ from locomad_cli.mix import (
     write_envelope,
     write_stem,
 )
-from locomad_cli.tts import Speech, SpeechCache, make_engine
+from locomad_cli.tts import NoSpeech, Speech, SpeechCache, make_engine
 from locomad_cli.utils import LocomadError, atomic_path, check_writable_dir
 from locomad_cli.writers import get_writer, parse_formats
 
@@ -266,7 +266,11 @@ def fit_description(
                 return s
         return None
 
-    primary = note(cache.speak(texts[0], opts.rate), 0)
+    try:
+        primary = note(cache.speak(texts[0], opts.rate), 0)
+    except NoSpeech as e:
+        fit.reason = str(e)
+        return fit
     if fits(primary):
         fit.decision, fit.speech, fit.candidate = "fitted", primary, 0
         return fit
@@ -275,10 +279,11 @@ def fit_description(
         fit.decision, fit.speech, fit.candidate = "sped_up", quick, 0
         return fit
     others = [(rank, t) for rank, t in enumerate(texts) if rank > 0 and t and t != texts[0]]
-    calm = sorted(
-        ((note(cache.speak(t, opts.rate), rank), rank) for rank, t in others),
-        key=lambda x: x[0].duration,
-    )
+    calm = []
+    for rank, t in others:
+        with contextlib.suppress(NoSpeech):  # a silent candidate is no candidate
+            calm.append((note(cache.speak(t, opts.rate), rank), rank))
+    calm.sort(key=lambda x: x[0].duration)
     for s, rank in calm:  # shortest first: the first that fits is the shortest that fits
         chosen = s if fits(s) else faster(s.text, rank, s)
         if chosen is not None:

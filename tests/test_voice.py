@@ -95,6 +95,11 @@ def test_the_fitting_ladder(cache):
     assert ext.overrun == pytest.approx(calm.duration - (tiny[1] - tiny[0]))
     # every reading tried is on record
     assert [t["candidate"] for t in subst.tried][:1] == [0] and len(subst.tried) >= 3
+    # a text the engine makes no sound of is dropped, not a crash; so is a silent candidate
+    mute = fit_description(["..."], (10.0, 13.0), cache, _opts())
+    assert mute.decision == "dropped" and "no sound" in mute.reason
+    skip = fit_description([TEXT, "?!", short], tiny, cache, _opts())
+    assert skip.decision == "substituted" and skip.candidate == 2
 
 
 def test_slots_are_kept_off_dialogue():
