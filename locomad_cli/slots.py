@@ -374,7 +374,9 @@ def listen(
             log.warning("%s has no audio stream and no subtitles: slots fill the film", video)
         return None, "no audio"
     try:
-        return detect_speech(video, out_dir, on_start=_say(progress, "listening to", video)), "on"
+        return detect_speech(
+            video, out_dir, on_start=_say(progress, "listening for speech (silero-vad) in", video)
+        ), "on"
     except AudioError as e:
         if vad == "on":
             raise LocomadError(f"{e} (--vad on)") from None
@@ -404,7 +406,11 @@ def find_cuts(video: Path | None, shots: str, out_dir: Path, progress: bool = Fa
     if shots == "off" or video is None or not video.is_file():
         return None
     try:
-        return detect_cuts(video, out_dir, on_start=_say(progress, "finding the cuts of", video))
+        return detect_cuts(
+            video,
+            out_dir,
+            on_start=_say(progress, "finding shot changes (PySceneDetect) in", video),
+        )
     except LocomadError as e:
         log.warning("%s; slots are not cut at shot changes", e)
         return None
