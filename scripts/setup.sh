@@ -21,7 +21,8 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
-# torch 2.14.1 + torchvision 0.29.1: the pair that imports with open_clip here (ENVIRONMENT.md).
+# torch 2.14.1 + torchvision 0.29.1: the pair that imports with open_clip on the development
+# machines (torch 2.13.0 has no torchvision that imports there; README "GPU machines").
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/pip install -q -e '.[test]'
 echo "locomad set up in .venv ($(.venv/bin/locomad --version))"
