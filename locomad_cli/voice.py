@@ -172,10 +172,12 @@ def _is_slot(s: Any) -> bool:
 def dialogue_of(
     track: dict[str, Any], opts: VoiceOptions, ad_path: Path
 ) -> list[tuple[float, float]]:
-    """Dialogue intervals to keep off: --subs, or the subtitles the track names (looked for as
-    written, then beside the track). None found: no dialogue known, said once."""
+    """Dialogue intervals to keep off, merged: --subs or the subtitles the track names (looked
+    for as written, then beside the track), and the speech and subtitle intervals that bound
+    describe's proposed slots (`why.after`/`why.before`: speech the soundtrack holds, found by
+    its VAD, even with no subtitles at all). None known: said once."""
     from locomad_cli.slots import dialogue_spans
-    from locomad_cli.subtitles import read_cues
+    from locomad_cli.subtitles import Cue, read_cues
 
     path = None
     if opts.subs:
@@ -188,13 +190,21 @@ def dialogue_of(
                 break
         if path is None:
             log.warning(
-                "the track's subtitles %s are not found: descriptions are fitted to their "
-                "slots without checking them against dialogue (pass --subs)",
+                "the track's subtitles %s are not found: descriptions are kept off the "
+                "dialogue the track itself records only (pass --subs)",
                 named,
             )
-    if path is None:
-        return []
-    return dialogue_spans(read_cues(path))
+    cues = list(read_cues(path)) if path is not None else []
+    for slot in track["slots"]:
+        why = slot.get("why") or {}
+        for iv in [*(why.get("after") or []), *(why.get("before") or [])]:
+            try:
+                a, b = float(iv["start"]), float(iv["end"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(a) and math.isfinite(b) and a < b:
+                cues.append(Cue(a, b, ""))
+    return dialogue_spans(cues)
 
 
 def speakable_window(

@@ -112,6 +112,19 @@ def test_slots_are_kept_off_dialogue():
     assert blocked.decision == "dropped" and "dialogue" in blocked.reason
 
 
+def test_dialogue_includes_the_speech_describe_planned_around(tmp_path):
+    """No subtitles, but describe's VAD found speech that bounds a slot (`why`): voice keeps
+    off it too."""
+    from locomad_cli.voice import dialogue_of
+
+    speech = {"kind": "speech", "start": 4.2, "end": 6.0, "ref": "speech 1"}
+    track = {"slots": [{"start": 1.0, "end": 4.5, "text": "x", "why": {"before": [speech]}}]}
+    (tmp_path / "film.srt").write_text("1\n00:00:08,000 --> 00:00:09,000\nHi.\n")
+    dialogue = dialogue_of(track, _opts(subs=str(tmp_path / "film.srt")), tmp_path / "a.json")
+    assert dialogue == [(4.2, 6.0), (8.0, 9.0)]
+    assert speakable_window(1.0, 4.5, dialogue) == (1.0, 4.2)
+
+
 def test_options_are_checked():
     for kw, match in [
         ({"rate": 20}, "--rate"),
