@@ -172,6 +172,7 @@ _NON_NEGATIVE = {"dsm.proposal_len", "llm.min_new_tokens"}
 _CHOICES = {
     "llm.train": ("none", "new-tokens", "all"),
     "llm.dtype": ("auto", "fp32", "fp16", "bf16"),
+    "pme.train_stage2": ("frozen", "all"),
 }
 
 
