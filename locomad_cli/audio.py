@@ -163,7 +163,8 @@ def _probabilities(model, audio: np.ndarray, before: np.ndarray) -> np.ndarray:
     row = ROW_WINDOWS * WINDOW
     rows = math.ceil(n_win / ROW_WINDOWS)
     padded = np.zeros(warm + rows * row, dtype=np.float32)
-    padded[warm - len(before) : warm] = before[-warm:] if len(before) else before
+    before = before[len(before) - warm :] if len(before) > warm else before
+    padded[warm - len(before) : warm] = before
     padded[warm : warm + len(audio)] = audio
     batch = np.stack([padded[r * row : r * row + warm + row] for r in range(rows)])
     with torch.no_grad():
