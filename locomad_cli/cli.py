@@ -59,8 +59,9 @@ class _WarningLine(logging.Handler):
 def _setup_logging() -> None:
     log = logging.getLogger("locomad_cli")
     if not any(isinstance(h, _WarningLine) for h in log.handlers):
+        # records still propagate (test runners capture them at the root); with no handler
+        # at the root, logging's last-resort printer stays silent because this one exists
         log.addHandler(_WarningLine(logging.WARNING))
-        log.propagate = False
 
 
 def _version_callback(value: bool) -> None:
