@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from locomad_cli.slots import dialogue_spans, propose_slots, slots_from_times
@@ -260,6 +262,7 @@ def test_plan_json_explains_every_slot(films, cache):
 
 
 def test_vad_off_without_subtitles_tiles_the_film(films, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
     film = films[0]
     plan = _plan(film, [], tmp_path, vad="off", shots="off")
     assert plan.vad == "off" and plan.speech is None
@@ -271,6 +274,7 @@ def test_vad_off_without_subtitles_tiles_the_film(films, tmp_path, caplog):
 
 
 def test_film_without_audio_uses_subtitles_and_says_so_once(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
     from media import make_video
 
     from locomad_cli.slots import plan_film
@@ -287,6 +291,7 @@ def test_film_without_audio_uses_subtitles_and_says_so_once(tmp_path, caplog):
 
 
 def test_undecodable_audio_warns_and_falls_back_or_refuses(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
     from demo_films import undecodable_audio
 
     from locomad_cli.slots import plan_film
@@ -305,6 +310,7 @@ def test_undecodable_audio_warns_and_falls_back_or_refuses(tmp_path, caplog):
 
 
 def test_describe_over_undecodable_audio_writes_a_subtitles_only_track(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
     import json
 
     import torch
