@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from locomad_cli.card import MODELS_DIR, load_card, tiny_card
-from locomad_cli.demo.measure import first_name, name_accuracy
 from locomad_cli.demo.tokenizers import train_tokenizer
 from locomad_cli.demo.world import LOOKS, NAMES
 
@@ -20,15 +19,59 @@ REPO = MODELS_DIR.parent
 DOCS = REPO / "docs" / "demo.md"
 
 
-def test_first_name_and_name_accuracy():
-    assert first_name("A man in a green coat, Tom, enters the kitchen.") == "tom"
-    assert first_name("mira hands tom the red key") == "mira"
-    assert first_name("The kitchen is empty.") is None
-    preds = ["Tom sits down.", "Mira waves at Tom.", "The man sits.", "Rain falls."]
-    refs = ["Tom sits down.", "Tom waves at Mira.", "Leo sits down.", "Rain falls."]
-    acc, named = name_accuracy(preds, refs)
-    assert named == 3
-    assert acc == pytest.approx(1 / 3)
+def _slot(text: str, kind: str, location: int = 0, prop: int | None = None) -> dict:
+    return {"text": text, "action": {"kind": kind, "location": location, "prop": prop}}
+
+
+def test_attribute_readers_use_the_worlds_vocabulary():
+    from locomad_cli.demo.attributes import action_of, location_of, look_of, name_of, prop_of
+
+    assert name_of("A man in a green coat, Tom, enters the kitchen.") == "tom"
+    assert name_of("mira hands tom the red key") == "mira"
+    assert name_of("The kitchen is empty.") is None
+    kitchen, living, beach = 0, 2, 5
+    assert location_of("A man in a green coat enters the kitchen.") == kitchen
+    assert location_of("Tom walks over to the side table.") == living  # not the kitchen's table
+    assert location_of("Tom walks over to the table.") == kitchen
+    assert location_of("Mira sits down on the deck chair.") == beach  # not the office's chair
+    assert location_of("Tom sits down on the bench.") is None  # garden and street both have one
+    assert look_of("Tom, in the green coat, returns to the garden.") == 0
+    assert look_of("Mira waves at Tom.") is None
+    assert prop_of("Mira hands Tom the red key.") == 0
+    assert prop_of("In the kitchen, a blue cup lies on the table.") == 1
+    assert action_of("Tom gets back to his feet.") == "getup"
+    assert action_of("Tom gets up.") == "stand"
+    assert action_of("Mira and Tom embrace.") == "meet"
+    assert action_of("Tom, in the green coat, walks into the garden.") == "enter"
+    assert action_of("Tom walks over to the desk.") == "walk"
+
+
+def test_scores_count_only_what_the_reference_says_and_catch_repeats():
+    from locomad_cli.demo.attributes import score_films
+
+    slots = [
+        _slot("The kitchen is empty.", "establish"),
+        _slot("A man in a green coat enters the kitchen.", "enter"),
+        _slot("Tom picks up the red key.", "pickup", prop=0),
+        _slot("Tom waves at Mira.", "wave"),
+        _slot("Tom sits down on the stool.", "sit"),
+    ]
+    preds = [
+        "The kitchen is empty.",  # location right
+        "A woman in a red dress enters the garden.",  # look, location wrong; action right
+        "Tom picks up the blue cup.",  # no place said; prop wrong, action and name right
+        "Tom picks up the blue cup.",  # a repeat; action wrong, name right
+        "Leo sits down on the stool.",  # location (the stool), action right, name wrong
+    ]
+    r = score_films([(slots, preds)])
+    assert r["location_count"] == 3 and r["location"] == pytest.approx(2 / 3)
+    assert r["location_said"] == pytest.approx(3 / 5)
+    assert r["look_count"] == 1 and r["look"] == 0.0
+    assert r["prop_count"] == 1 and r["prop"] == 0.0
+    assert r["action_count"] == 5 and r["action"] == pytest.approx(4 / 5)
+    assert r["name_count"] == 3 and r["name"] == pytest.approx(2 / 3)
+    assert r["repeat_rate"] == pytest.approx(1 / 5)
+    assert r["reference_repeat_rate"] == 0.0
 
 
 def test_tokenizers_keep_every_name_whole():

@@ -1,4 +1,5 @@
-"""What the demo measures on held-out films: CIDEr and character-name accuracy, per setting.
+"""What the demo measures on held-out films, per setting: CIDEr, and what a listener would
+notice — location, look, prop, action and name accuracy and the repeat rate (attributes.py).
 
 Settings (the paper's ablations, on the demo world):
 - `recurrent`: slots in film order, each description joins the context of the next ones and
@@ -14,41 +15,25 @@ Settings (the paper's ablations, on the demo world):
 
 Name accuracy: among reference ADs that name a cast member, the fraction whose prediction
 names the same character first (compared lower-cased, as the PME's tokenizer lower-cases).
-A model without the right context item can only guess from the pool of 48 names.
+A model without the right context item or dialogue line can only guess among 48 names.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from locomad_cli.data.records import ClipRecord, ContextItem, collate
-from locomad_cli.demo.world import NAMES
+from locomad_cli.demo.attributes import score_films
+from locomad_cli.model.decoder import VisualHook
+from locomad_cli.subtitles import Cue, dialogue_text, dialogue_windows
 from locomad_cli.utils import LocomadError
 
 SETTINGS = ("oracle", "oracle-last-k", "recurrent", "recurrent-last-k", "local", "stage1")
-_NAME_SET = {n.lower() for n in NAMES}
-
-
-def first_name(text: str) -> str | None:
-    """The first word of `text` that is a pool name (lower-cased), or None."""
-    for word in re.findall(r"[A-Za-z]+", text):
-        if word.lower() in _NAME_SET:
-            return word.lower()
-    return None
-
-
-def name_accuracy(predictions: list[str], references: list[str]) -> tuple[float, int]:
-    """(accuracy, how many references name someone)."""
-    pairs = [(p, r) for p, r in zip(predictions, references, strict=True) if first_name(r)]
-    if not pairs:
-        return 0.0, 0
-    hits = sum(first_name(p) == first_name(r) for p, r in pairs)
-    return hits / len(pairs), len(pairs)
 
 
 @dataclass
@@ -59,6 +44,17 @@ class DemoFilm:
     slots: list[tuple[float, float, str]]
     """(start, end, reference text) in film order."""
     subtitles: list[tuple[float, float, str]]
+    world: dict = field(default_factory=dict)
+    """The film's world.json (cast, each slot's action): what attributes are scored on."""
+
+    def dialogue(self) -> list[str]:
+        """Each slot's dialogue by the rule `locomad describe` and training use
+        (subtitles.dialogue_windows): the lines since the previous slot, and any it overlaps."""
+        begins = dialogue_windows([(s, e) for s, e, _ in self.slots])
+        cues = [Cue(s, e, t) for s, e, t in self.subtitles]
+        return [
+            dialogue_text(cues, b, s, e) for b, (s, e, _) in zip(begins, self.slots, strict=True)
+        ]
 
 
 def load_films(root: str | Path, split: str = "test") -> list[DemoFilm]:
@@ -79,6 +75,7 @@ def load_films(root: str | Path, split: str = "test") -> list[DemoFilm]:
                 float(meta["fps"]),
                 [(s["start"], s["end"], s["text"]) for s in world["slots"]],
                 [(ln["start"], ln["end"], ln["text"]) for ln in world["lines"]],
+                world,
             )
         )
     if not films:
@@ -86,13 +83,13 @@ def load_films(root: str | Path, split: str = "test") -> list[DemoFilm]:
     return films
 
 
-def _overlapping(subs: list[tuple[float, float, str]], start: float, end: float) -> str:
-    return " ".join(t for s, e, t in subs if s < end and e > start)
-
-
-def describe_film(model, film: DemoFilm, setting: str, encode_text) -> list[str]:
+def describe_film(
+    model, film: DemoFilm, setting: str, encode_text, visual: VisualHook | None = None
+) -> list[str]:
     """Descriptions of every slot of `film` under `setting`, one slot at a time in film
-    order, with records built as `locomad describe` builds them."""
+    order, with records built as `locomad describe` builds them. `visual`, when given, is
+    called with (slot index, projected visual prompt) and returns what the LLM sees instead
+    (the probe's zeroed and shuffled ablations)."""
     from locomad_cli.describe import slot_frames
 
     card = model.card
@@ -101,7 +98,9 @@ def describe_film(model, film: DemoFilm, setting: str, encode_text) -> list[str]
     history: list[ContextItem] = []
     cache: dict[str, torch.Tensor] = {}
     out: list[str] = []
-    for start, end, reference in film.slots:
+    for i, ((start, end, reference), dialogue) in enumerate(
+        zip(film.slots, film.dialogue(), strict=True)
+    ):
         context = history[-card.dsm.proposal_len :] if with_context else []
         missing = [c.text for c in context if c.text not in cache]
         if missing:
@@ -111,21 +110,22 @@ def describe_film(model, film: DemoFilm, setting: str, encode_text) -> list[str]
             start=start,
             end=end,
             features=slot_frames(film.features, film.fps, start, end),
-            subtitle=_overlapping(film.subtitles, start, end),
+            subtitle=dialogue,
             context=context,
             context_features=torch.stack([cache[c.text] for c in context]) if context else None,
         )
         batch = collate([record], card.pme.max_frames, card.dsm.proposal_len)
+        hook = None if visual is None else functools.partial(visual, i)
         if setting == "stage1":
             text = pme_generate(model, batch)[0]
         elif not with_context:
-            text = model.generate(batch, setting="local")[0].text
+            text = model.generate(batch, setting="local", visual=hook)[0].text
         elif setting.endswith("last-k"):
             k = min(card.dsm.top_k, len(context))
             last = list(range(len(context) - k, len(context)))
-            text = model.generate(batch, selection_override=[last])[0].text
+            text = model.generate(batch, selection_override=[last], visual=hook)[0].text
         else:
-            text = model.generate(batch, setting="context")[0].text
+            text = model.generate(batch, setting="context", visual=hook)[0].text
         text = text.strip()
         out.append(text)
         history.append(ContextItem(reference if oracle else text, record.subtitle, start, end))
@@ -159,29 +159,38 @@ def pme_generate(model, batch, max_len: int | None = None) -> list[str]:
 
 
 def measure(
-    model, root: str | Path, settings=SETTINGS, split: str = "test", encode_text=None
+    model,
+    root: str | Path,
+    settings=SETTINGS,
+    split: str = "test",
+    encode_text=None,
+    films: list[DemoFilm] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """CIDEr and name accuracy of `model` on the demo films of `split`, per setting."""
-    from locomad_cli.metrics import Unavailable, coco_scores
-
+    """CIDEr, per-attribute accuracy (attributes.py) and the repeat rate of `model` on the
+    demo films of `split`, per setting."""
     if encode_text is None:
         from locomad_cli.clip import load_clip
 
         encode_text = load_clip(model.card).encode_text
-    films = load_films(root, split)
+    films = films if films is not None else load_films(root, split)
     refs = [t for f in films for _, _, t in f.slots]
     results: dict[str, dict[str, float]] = {}
     model.eval()
     for setting in settings:
         if setting not in SETTINGS:
             raise LocomadError(f"unknown demo setting {setting!r} (choose {', '.join(SETTINGS)})")
-        preds = [p for f in films for p in describe_film(model, f, setting, encode_text)]
-        cider = coco_scores([p or "<empty>" for p in preds], refs, metrics=("cider",))["CIDEr"]
-        acc, named = name_accuracy(preds, refs)
-        results[setting] = {
-            "CIDEr": float("nan") if isinstance(cider, Unavailable) else float(cider),
-            "name_acc": acc,
-            "named_refs": named,
-            "slots": len(refs),
-        }
+        per_film = [describe_film(model, f, setting, encode_text) for f in films]
+        results[setting] = score(films, per_film, refs)
     return results
+
+
+def score(films: list[DemoFilm], per_film: list[list[str]], refs: list[str]) -> dict[str, float]:
+    """CIDEr and the attribute scores of one setting's predictions."""
+    from locomad_cli.metrics import Unavailable, coco_scores
+
+    preds = [p for ps in per_film for p in ps]
+    cider = coco_scores([p or "<empty>" for p in preds], refs, metrics=("cider",))["CIDEr"]
+    out = {"CIDEr": float("nan") if isinstance(cider, Unavailable) else float(cider)}
+    out |= score_films([(f.world["slots"], ps) for f, ps in zip(films, per_film, strict=True)])
+    out["slots"] = float(len(refs))
+    return out
