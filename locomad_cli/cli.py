@@ -639,9 +639,9 @@ def demo_make_data_cmd(
     cast: int = typer.Option(3, "--cast", help="Characters per film (1-4). Default: 3."),
     fps: float = typer.Option(10.0, "--fps", help="Frame rate of the MP4s. Default: 10."),
     dialogue_intro: float = typer.Option(
-        0.0,
+        1.0,
         "--dialogue-intro",
-        help="Chance a newcomer is named by dialogue instead of the AD. Default: 0.",
+        help="Chance a newcomer is named by dialogue instead of the AD. Default: 1.",
     ),
     features: bool = typer.Option(
         True, "--features/--no-features", help="Extract frame features too. Default: on."
@@ -762,8 +762,78 @@ def demo_train_cmd(
         result = train_demo(cfg)
     except LocomadError as e:
         fail(str(e))
-    for setting, row in result.get("test", {}).items():
-        typer.echo(f"{setting:10s} CIDEr {row['CIDEr']:.3f}  name accuracy {row['name_acc']:.3f}")
+    _print_scores(result.get("test", {}))
+
+
+def _print_scores(rows: dict[str, dict[str, float]]) -> None:
+    """One line per setting on stdout: CIDEr beside what a listener notices."""
+    from locomad_cli.demo.attributes import ATTRIBUTES
+
+    for setting, row in rows.items():
+        cells = [f"CIDEr {row['CIDEr']:6.1f}" if "CIDEr" in row else ""]
+        cells += [f"{a} {row[a]:.2f}" for a in ATTRIBUTES if a in row]
+        if "repeat_rate" in row:
+            cells.append(
+                f"repeats {row['repeat_rate']:.2f} (ref {row['reference_repeat_rate']:.2f})"
+            )
+        print(f"{setting:18s} " + "  ".join(c for c in cells if c), flush=True)
+
+
+@demo_app.command("measure")
+def demo_measure_cmd(
+    data: str = typer.Argument(..., help="Demo data folder with features (from make-data)."),
+    model: str = typer.Option("demo", "--model", "-m", help=MODEL_HELP),
+    weights: str = typer.Option(None, "--weights", help="Model folder. Default: the card's."),
+    split: str = typer.Option("test", "--split", help="Films to score. Default: test."),
+    settings: str = typer.Option(
+        "oracle,recurrent,recurrent-last-k,local",
+        "--settings",
+        help="Comma list of oracle, oracle-last-k, recurrent, recurrent-last-k, local, stage1. "
+        "Default: oracle,recurrent,recurrent-last-k,local.",
+    ),
+) -> None:
+    """Score a model on demo films, slot by slot against world.json: CIDEr, location, look,
+    prop, action and name accuracy, and how often a description repeats one of the last 3."""
+    from locomad_cli.card import load_card
+    from locomad_cli.demo.measure import SETTINGS, measure
+    from locomad_cli.model.checkpoint import load_model
+    from locomad_cli.utils import parse_choice_list
+
+    try:
+        card = load_card(model)
+        if weights:
+            card.weights = weights
+        chosen = parse_choice_list(settings, SETTINGS, "--settings")
+        _print_scores(measure(load_model(card), data, settings=chosen, split=split))
+    except LocomadError as e:
+        fail(str(e))
+
+
+@demo_app.command("probe")
+def demo_probe_cmd(
+    data: str = typer.Argument(..., help="Demo data folder with features (from make-data)."),
+    model: str = typer.Option("demo", "--model", "-m", help=MODEL_HELP),
+    weights: str = typer.Option(None, "--weights", help="Model folder. Default: the card's."),
+    split: str = typer.Option("test", "--split", help="Held-out films. Default: test."),
+    train_films: int = typer.Option(
+        24, "--train-films", help="Training films the probes are fit on. Default: 24."
+    ),
+) -> None:
+    """Where the model loses what its frames show: linear probes (location, look, prop,
+    action) on frame features, PME queries and the visual prompt, then the model with its
+    visual prompt intact, zeroed and shuffled across slots."""
+    from locomad_cli.card import load_card
+    from locomad_cli.demo.probe import ProbeConfig, probe
+    from locomad_cli.model.checkpoint import load_model
+
+    try:
+        card = load_card(model)
+        if weights:
+            card.weights = weights
+        result = probe(load_model(card), ProbeConfig(data, split, train_films))
+    except LocomadError as e:
+        fail(str(e))
+    _print_scores(result)
 
 
 def main() -> None:

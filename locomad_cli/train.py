@@ -85,6 +85,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off)."""
+    context_dropout: float = 0.0
+    """Stage 2: chance a clip's prompt leaves out its context items (see forward_stage2)."""
     seed: int = 2023
     mixed_precision: str = "auto"
     """auto (bf16 where the GPU has it, else fp16; none on CPU) | no | fp16 | bf16."""
@@ -137,15 +139,16 @@ class WarmupCosine:
 class StageModule(nn.Module):
     """Routes `forward` to the stage's loss so DDP/FSDP wrap a plain forward()."""
 
-    def __init__(self, model: nn.Module, stage: int):
+    def __init__(self, model: nn.Module, stage: int, context_dropout: float = 0.0):
         super().__init__()
         self.model = model
         self.stage = stage
+        self.context_dropout = context_dropout
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         if self.stage == 1:
             return self.model.forward_stage1(batch)
-        return self.model.forward_stage2(batch)
+        return self.model.forward_stage2(batch, self.context_dropout)
 
 
 def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
@@ -475,7 +478,7 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)
     model.train()
-    wrapped_model = StageModule(model, cfg.stage)
+    wrapped_model = StageModule(model, cfg.stage, cfg.context_dropout)
     optimizer = torch.optim.AdamW(
         param_groups(list(trainable.items()), cfg.weight_decay), lr=cfg.lr, betas=cfg.betas
     )

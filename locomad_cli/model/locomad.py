@@ -199,8 +199,16 @@ class LoCoMAD(nn.Module):
         finally:
             self.pme.train(was)
 
-    def forward_stage2(self, batch: ClipBatch) -> dict[str, torch.Tensor]:
-        """L_s2 = ½ (L_CCL + L_GEN) (eq. 13), the prompt holding the DSM's top-k items."""
+    def forward_stage2(
+        self, batch: ClipBatch, context_dropout: float = 0.0
+    ) -> dict[str, torch.Tensor]:
+        """L_s2 = ½ (L_CCL + L_GEN) (eq. 13), the prompt holding the DSM's top-k items.
+
+        `context_dropout`: the chance that a clip's prompt leaves its selected items out
+        (the DSM and its CCL still see them). Under teacher forcing the reference context
+        names the room, the look and the prop of most slots, so an LLM can learn to copy
+        them from the context instead of reading the visual prompt; at inference the context
+        is its own earlier output and the copy goes wrong (docs/demo.md)."""
         if any(not t.strip() for t in batch.texts):
             raise LocomadError("stage 2 needs a description for every clip in the batch")
         frames, fmask = self._frames(batch)
@@ -209,6 +217,9 @@ class LoCoMAD(nn.Module):
         sel = self.dsm.select(ctx, cmask, frames, fmask)
         ccl = self.dsm.ccl(ctx, cmask, frames, fmask, sel)
         items = _pick(batch.contexts, sel.indices)
+        if context_dropout > 0 and self.training:
+            hide = (torch.rand(len(items)) < context_dropout).tolist()
+            items = [[] if h else it for it, h in zip(items, hide, strict=True)]
         gen = self.decoder.loss(q, items, batch.subtitles, batch.texts)
         return {"loss": 0.5 * (ccl + gen), "ccl": ccl, "gen": gen}
 
