@@ -478,7 +478,7 @@ def describe(
             with write_errors(out_dir / f"{film.name}.ad.*"):
                 paths = get_writer(formats, out_dir)(track, film.name)
         except BaseException as e:
-            if not track["slots"]:  # nothing worth resuming: leave no progress file behind
+            if not track["slots"] and not done:  # nothing to resume: leave no progress file
                 progress_path.unlink(missing_ok=True)
             elif isinstance(e, LocomadError) and "cannot write" in str(e):
                 raise LocomadError(
