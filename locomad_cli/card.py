@@ -102,6 +102,10 @@ class LLMCard:
     max_target_tokens: int = 36
     prompt: str = "Describe the scene:"
     """Final instruction placed after the visual and context prompts."""
+    visual_norm: str = "batch"
+    """How q̃ is standardised before Proj_l: batch (per-dimension running mean and variance,
+    no affine: the queries share a large common component that otherwise drowns what tells
+    slots apart; docs/model.md) | none (the paper's plain linear projection)."""
 
 
 @dataclass
@@ -173,6 +177,7 @@ _CHOICES = {
     "llm.train": ("none", "new-tokens", "all"),
     "llm.dtype": ("auto", "fp32", "fp16", "bf16"),
     "pme.train_stage2": ("frozen", "all"),
+    "llm.visual_norm": ("batch", "none"),
 }
 
 

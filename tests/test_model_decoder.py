@@ -193,3 +193,32 @@ def test_offline_llm_names_the_model(card, monkeypatch):
     card.llm.tokenizer = None
     with pytest.raises(LocomadError, match="tokenizer 'no-such-org/no-such-llm'"):
         LoCoMAD.from_card(card)
+
+
+def test_visual_norm_standardises_queries_before_the_projection(card):
+    """q̃ share a large common component; llm.visual_norm=batch removes it (running mean and
+    variance learnt in training, fixed at inference), so only what differs between slots
+    reaches Proj_l. With 'none' the projection sees q̃ as it is (the paper's Proj_l)."""
+    torch.manual_seed(0)
+    model = LoCoMAD.from_card(card)
+    dec = model.decoder
+    h = card.pme.hidden_size
+    common = torch.randn(h) * 10
+    scale = torch.rand(h) + 0.5
+    dec.train()
+    for _ in range(200):
+        dec.project(common + scale * torch.randn(4, card.pme.num_queries, h))
+    dec.eval()
+    q = common + scale * torch.randn(2, card.pme.num_queries, h)
+    with torch.no_grad():
+        expected = dec.proj((q - common) / scale)
+        err = (dec.project(q) - expected).abs().mean()
+        raw = (dec.proj(q) - expected).abs().mean()
+    assert err < 0.2 * expected.abs().mean() and err < 0.05 * raw
+    # the statistics travel with the weights
+    assert "decoder.visual_norm.running_mean" in model.state_dict()
+
+    card.llm.visual_norm = "none"
+    plain = LoCoMAD.from_card(card).decoder
+    assert plain.visual_norm is None
+    assert torch.equal(plain.project(q), plain.proj(q))

@@ -66,7 +66,7 @@ def slot_vectors(model, film: DemoFilm) -> dict[str, torch.Tensor]:
     frames, fmask = model._frames(batch)
     model.eval()
     q = model.pme.encode_queries(frames, fmask)
-    prompt = model.decoder.proj(q.float())
+    prompt = model.decoder.project(q)
     mean = (frames * fmask[..., None]).sum(1) / fmask.sum(1, keepdim=True).clamp(min=1)
     return {
         "frames": mean.float().cpu(),

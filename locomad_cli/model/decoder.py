@@ -151,6 +151,13 @@ class Decoder(nn.Module):
         emb = llm.get_input_embeddings().weight
         width = emb.shape[1]  # OPT-350m: 512 (word_embed_proj_dim), not its hidden size 1024
         self.proj = nn.Linear(card.pme.hidden_size, width)  # Proj_l (eq. 11)
+        # q̃ standardised per dimension first (card.llm.visual_norm): running statistics,
+        # updated while stage 2 trains, fixed at inference
+        self.visual_norm = (
+            nn.BatchNorm1d(card.pme.hidden_size, affine=False)
+            if card.llm.visual_norm == "batch"
+            else None
+        )
         self.special_ids = tokenizer.convert_tokens_to_ids(LLM_SPECIAL_TOKENS)
         base = emb[: min(emb.shape[0], tokenizer.vocab_size)].detach().float()
         noise = torch.randn(len(LLM_SPECIAL_TOKENS), width) * base.std(0) * 0.1
@@ -171,11 +178,18 @@ class Decoder(nn.Module):
             special[ids == sid] = j
         sp = self.special_embeds.to(x.dtype)[special.clamp(min=0)]
         x = torch.where((special >= 0)[..., None], sp, x)
-        q = self.proj(queries.float())
+        q = self.project(queries)
         if visual is not None:
             q = visual(q)
         q = q.to(x.dtype)
         return x.masked_scatter((ids == QUERY)[..., None], q)
+
+    def project(self, queries: torch.Tensor) -> torch.Tensor:
+        """The visual prompt: q̃ [B, Lq, H] → (standardised, then Proj_l) [B, Lq, W]."""
+        q = queries.float()
+        if self.visual_norm is not None:
+            q = self.visual_norm(q.flatten(0, 1)).view_as(q)
+        return self.proj(q)
 
     def prompts(self, items: list[list[ContextItem]], subtitles: list[str]) -> list[list[int]]:
         c = self.card
