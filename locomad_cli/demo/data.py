@@ -34,10 +34,11 @@ class DemoDataConfig:
     scenes: int = 3
     window: int = 8
     """Every name an AD uses is (re)introduced within this many earlier AD items."""
-    dialogue_intro: float = 0.0
-    """Chance that a newcomer is named by a line of dialogue instead of by the AD. Off by
-    default: slots take the subtitles that overlap them, and AD sits between dialogue, so a
-    greeting in the gap never reaches the model (docs/demo.md)."""
+    dialogue_intro: float = 1.0
+    """Chance that a newcomer is named by a line of dialogue right after their entrance
+    ("Hello, Tom.") instead of by the AD, as films do: then the recurrent model can know a
+    name from the subtitles (a slot's dialogue is the lines since the previous slot) and
+    keep it through its own context, which it cannot when only the AD names people."""
 
 
 def film_split(i: int, cfg: DemoDataConfig) -> str:

@@ -467,7 +467,7 @@ def make_plot(
     n_cast: int = 3,
     scenes: int = 3,
     window: int = 8,
-    dialogue_intro: float = 0.3,
+    dialogue_intro: float = 1.0,
 ) -> Film:
     """Draw one film's cast, props and events, then lay them out on a timeline.
 
