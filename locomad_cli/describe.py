@@ -438,7 +438,7 @@ def describe(
         if film.features is None:
             film.features, meta = _features_for(video, card, out_dir, device, opts)
             film.fps = float(meta.get("fps") or card.fps)
-        _warn_unfamiliar(card, film.features)
+        _warn_unfamiliar(card, video, duration)
         if encode_text is None:
             from locomad_cli.clip import load_clip
 
@@ -490,12 +490,12 @@ def describe(
     return track, paths
 
 
-def _warn_unfamiliar(card: ModelCard, features: torch.Tensor) -> None:
-    """One warning line when the film's frames lie outside the model's training range
-    (domain.py; only models that ship their training frames' statistics)."""
+def _warn_unfamiliar(card: ModelCard, video: Path, duration: float) -> None:
+    """One warning line when the film looks unlike the model's training films (domain.py;
+    only models that ship their training films' statistics, like the demo's)."""
     from locomad_cli import domain
 
-    message = domain.unfamiliar(features, domain.load(card.weights_path()), card.name)
+    message = domain.unfamiliar(video, duration, domain.load(card.weights_path()), card.name)
     if message:
         log.warning("%s", message)
 

@@ -197,6 +197,12 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
         if target.is_dir():
             shutil.rmtree(target)
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+    # what the films it knows look like, so describe can warn about other footage
+    from locomad_cli import domain
+    from locomad_cli.video import probe
+
+    train_films = sorted((data / "train").glob("*.mp4"))[:16]
+    domain.save(domain.fit([(v, probe(v).duration) for v in train_films]), weights)
     result: dict = {
         "clip": clip,
         "stage1_step": s1.step,
