@@ -227,6 +227,12 @@ def train_cmd(
     max_grad_norm: float = typer.Option(
         1.0, "--max-grad-norm", help="Gradient clipping, 0 = off. Default: 1.0."
     ),
+    context_dropout: float = typer.Option(
+        0.0,
+        "--context-dropout",
+        help="Stage 2: chance a clip's prompt leaves out its context items, so the LLM "
+        "learns to read the frames too. Default: 0.",
+    ),
     seed: int = typer.Option(2023, "--seed", help="Default: 2023."),
     mixed_precision: str = typer.Option(
         "auto", "--mixed-precision", help="auto | no | fp16 | bf16. Default: auto (bf16 on GPU)."
@@ -271,6 +277,7 @@ def train_cmd(
         warmup_steps=warmup_steps,
         weight_decay=weight_decay,
         max_grad_norm=max_grad_norm,
+        context_dropout=context_dropout,
         seed=seed,
         mixed_precision=mixed_precision,
         eval_batch_size=eval_batch_size,

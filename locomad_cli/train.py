@@ -401,6 +401,8 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     batch_size = cfg.batch_size or defaults["batch_size"]
     if batch_size < 1 or cfg.grad_accum < 1 or cfg.keep_last < 1:
         raise LocomadError("--batch-size, --grad-accum and --keep-last must be at least 1")
+    if not 0.0 <= cfg.context_dropout <= 1.0:
+        raise LocomadError(f"--context-dropout is a chance in [0, 1], got {cfg.context_dropout:g}")
     run_dir = Path(cfg.out)
     # No GPU: say so, so that processes started by `accelerate launch --multi_gpu` (torchrun)
     # join a gloo process group on the CPU instead of each running alone.

@@ -140,7 +140,8 @@ def test_clip_training_learns_and_saves_loadable_weights(tmp_path):
 @pytest.mark.slow
 def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
     """A few minutes of the real pipeline (data, tokenizers, CLIP, features, stage 1, stage 2)
-    must leave a model clearly better than the same architecture untrained."""
+    must leave a model clearly better than the same architecture untrained, and one that
+    sees: it names the room on screen far above chance (1 in 6) on films it never saw."""
     from locomad_cli.demo.measure import measure
     from locomad_cli.demo.pipeline import DemoTrainConfig, train_demo
     from locomad_cli.model.checkpoint import load_model
@@ -149,13 +150,13 @@ def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
     cfg = DemoTrainConfig(
         work=str(tmp_path / "work"),
         weights=str(tmp_path / "weights"),
-        films=12,
+        films=16,
         val=1,
         test=2,
-        clip_steps=60,
-        s1_epochs=4,
-        s2_epochs=10,
-        s2_eval_epochs=10,
+        clip_steps=300,
+        s1_epochs=6,
+        s2_epochs=12,
+        s2_eval_epochs=12,
         val_clips=8,
         measure=False,
     )
@@ -165,12 +166,16 @@ def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
     torch.manual_seed(0)
     untrained = LoCoMAD.from_card(card)
     data = tmp_path / "work" / "data"
-    settings = ("oracle", "local")
+    settings = ("recurrent", "local")
     got = measure(trained, data, settings)
     base = measure(untrained, data, settings)
-    # CIDEr is on the usual ×100 scale; a working run gets 20-30 here, an untrained one ~0
+    # CIDEr is on the usual ×100 scale; a working run gets 45-50 here, an untrained one ~0
     for s in settings:
         assert got[s]["CIDEr"] > base[s]["CIDEr"] + 10, (s, got, base)
+    # measured 0.88 (local) and 0.62 (recurrent) on the 2 held-out films; chance is 0.17
+    assert got["local"]["location"] >= 0.6, got
+    assert got["recurrent"]["location"] >= 0.4, got
+    assert (tmp_path / "weights" / "frame-stats.json").is_file()
 
 
 def _documented() -> dict:

@@ -112,3 +112,28 @@ def test_bad_inputs_are_clear_errors(card):
     batch.context_features = torch.zeros(3, card.dsm.proposal_len, 5)
     with pytest.raises(LocomadError, match="5-d"):
         model.select_context(batch)
+
+
+def test_context_dropout_hides_the_items_from_the_prompt_only(card):
+    """With context dropout 1 every prompt loses its items (the GEN loss is the local one),
+    while the DSM still scores them (same CCL); in eval mode, or at 0, nothing changes."""
+    model = _model(card)
+    batch = batch_of(card, 4)
+    model.train()
+    model.decoder.llm.eval()  # no dropout draws: the three GEN losses compare exactly
+    card.llm.max_context_tokens = 10_000
+    torch.manual_seed(1)
+    full = model.forward_stage2(batch)
+    torch.manual_seed(1)
+    hidden = model.forward_stage2(batch, context_dropout=1.0)
+    torch.manual_seed(1)
+    q = model._queries(*model._frames(batch))
+    local = model.decoder.loss(q, [[] for _ in range(4)], batch.subtitles, batch.texts)
+    assert hidden["ccl"].item() == pytest.approx(full["ccl"].item())
+    assert hidden["gen"].item() != pytest.approx(full["gen"].item())
+    assert hidden["gen"].item() == pytest.approx(local.item(), rel=1e-5)
+    model.eval()
+    torch.manual_seed(1)
+    assert model.forward_stage2(batch, context_dropout=1.0)["gen"].item() != pytest.approx(
+        hidden["gen"].item()
+    )
