@@ -200,22 +200,25 @@ def test_shipped_weights_keep_the_documented_figures(tmp_path):
     extract_demo_features(tmp_path, "demo")
     model = load_model(load_card("demo"))
     settings = tuple(doc["test"])
-    got = measure(model, tmp_path, settings)
+    got = measure(model, tmp_path, [s for s in settings if s != "stage1"])
+    # the "stage1" row is the stage-1 PME alone, which is not shipped (stage 2 trains the
+    # PME on): its documented figure is the baseline the stage-2 rows must beat
     tol = doc["tolerance"]
     for s in settings:
-        for key in ("CIDEr", "name_acc"):
+        if s == "stage1":
+            continue
+        for key in ("CIDEr", "location", "look", "name"):
             floor = doc["test"][s][key] - tol[key]
             assert got[s][key] >= floor, (s, key, got[s], doc["test"][s])
-    # Table 4's direction: stage 1+2 writes better than the PME alone, in every setting
+        ceiling = doc["test"][s]["repeat_rate"] + tol["repeat_rate"]
+        assert got[s]["repeat_rate"] <= ceiling, (s, got[s], doc["test"][s])
+    # the model sees: the room on screen, far above chance (1 in 6), in every setting
     for s in ("oracle", "recurrent", "local"):
-        assert got[s]["CIDEr"] > got["stage1"]["CIDEr"] + 20
-    # context carries the names: above guessing (no context, or the PME alone)
-    assert got["oracle"]["name_acc"] > got["local"]["name_acc"] + 0.05
-    assert got["oracle"]["name_acc"] > got["stage1"]["name_acc"] + 0.05
-    # Table 6's direction: the DSM's choice beats the last k items, on names and on CIDEr
-    for s in ("oracle", "recurrent"):
-        assert got[s]["name_acc"] > got[f"{s}-last-k"]["name_acc"], s
-        assert got[s]["CIDEr"] > got[f"{s}-last-k"]["CIDEr"], s
+        assert got[s]["location"] >= 0.9, (s, got[s])
+        # Table 4's direction: stage 1+2 writes far better than the PME alone after stage 1
+        assert got[s]["CIDEr"] > doc["test"]["stage1"]["CIDEr"] + 100, (s, got[s])
+    # names in the recurrent loop: DSM top-k >= last k >= no context (Table 6's direction)
+    assert got["recurrent"]["name"] >= got["recurrent-last-k"]["name"] >= got["local"]["name"]
 
 
 def test_shipped_demo_film_is_small_and_complete():
