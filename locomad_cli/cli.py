@@ -62,6 +62,12 @@ def _setup_logging() -> None:
         # records still propagate (test runners capture them at the root); with no handler
         # at the root, logging's last-resort printer stays silent because this one exists
         log.addHandler(_WarningLine(logging.WARNING))
+    root = logging.getLogger()
+    if not root.handlers:
+        # a library's module-level logging.warning() would otherwise configure the root with
+        # a printer of its own (logging.basicConfig), and every later warning of ours would
+        # appear twice ("WARNING:locomad_cli...."): a handler at the root prevents that
+        root.addHandler(logging.NullHandler())
 
 
 def _version_callback(value: bool) -> None:
