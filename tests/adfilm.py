@@ -14,12 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from locomad_cli import __version__
-from locomad_cli.subtitles import read_cues
+from locomad_cli.subtitles import Cue
 from locomad_cli.video import source_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo" / "demo.mp4"
-DEMO_SUBS = ROOT / "demo" / "demo.srt"
+# The dialogue of the film's first 40 s, fixed here (not read from demo/demo.srt, which
+# changes whenever the demo is re-rendered): the slots below are placed around these lines.
+DIALOGUE = [
+    (8.6, 10.0, "What a day."),
+    (18.0, 20.4, "What a day."),
+    (24.8, 26.4, "I knew it."),
+    (29.9, 31.5, "Is it time already?"),
+    (35.4, 37.8, "Is it time already?"),
+]
 DURATION = 40.0
 BED = 0.03
 """Pink-noise amplitude of the programme bed (about -38 dBFS RMS): steady, so levels compare."""
@@ -62,7 +70,7 @@ def make_film(folder: Path, audio: bool = True) -> tuple[Path, Path]:
     (or none), and the subtitles of those 40 s."""
     folder.mkdir(parents=True, exist_ok=True)
     film, srt = folder / "film.mp4", folder / "film.srt"
-    cues = [c for c in read_cues(DEMO_SUBS) if c.end <= DURATION]
+    cues = [Cue(a, b, t) for a, b, t in DIALOGUE]
     srt.write_text(
         "\n".join(
             f"{i}\n{_ts(c.start)} --> {_ts(c.end)}\n{c.text}\n" for i, c in enumerate(cues, 1)
