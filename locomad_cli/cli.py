@@ -792,6 +792,17 @@ def _print_scores(rows: dict[str, dict[str, float]]) -> None:
         print(f"{setting:18s} " + "  ".join(c for c in cells if c), flush=True)
 
 
+def _demo_model(model: str, weights: str | None):
+    """The model `demo measure` and `demo probe` score: a card, its weights or --weights."""
+    from locomad_cli.card import load_card
+    from locomad_cli.model.checkpoint import load_model
+
+    card = load_card(model)
+    if weights:
+        card.weights = weights
+    return load_model(card)
+
+
 @demo_app.command("measure")
 def demo_measure_cmd(
     data: str = typer.Argument(..., help="Demo data folder with features (from make-data)."),
@@ -807,17 +818,12 @@ def demo_measure_cmd(
 ) -> None:
     """Score a model on demo films, slot by slot against world.json: CIDEr, location, look,
     prop, action and name accuracy, and how often a description repeats one of the last 3."""
-    from locomad_cli.card import load_card
     from locomad_cli.demo.measure import SETTINGS, measure
-    from locomad_cli.model.checkpoint import load_model
     from locomad_cli.utils import parse_choice_list
 
     try:
-        card = load_card(model)
-        if weights:
-            card.weights = weights
         chosen = parse_choice_list(settings, SETTINGS, "--settings")
-        _print_scores(measure(load_model(card), data, settings=chosen, split=split))
+        _print_scores(measure(_demo_model(model, weights), data, settings=chosen, split=split))
     except LocomadError as e:
         fail(str(e))
 
@@ -835,15 +841,10 @@ def demo_probe_cmd(
     """Where the model loses what its frames show: linear probes (location, look, prop,
     action) on frame features, PME queries and the visual prompt, then the model with its
     visual prompt intact, zeroed and shuffled across slots."""
-    from locomad_cli.card import load_card
     from locomad_cli.demo.probe import ProbeConfig, probe
-    from locomad_cli.model.checkpoint import load_model
 
     try:
-        card = load_card(model)
-        if weights:
-            card.weights = weights
-        result = probe(load_model(card), ProbeConfig(data, split, train_films))
+        result = probe(_demo_model(model, weights), ProbeConfig(data, split, train_films))
     except LocomadError as e:
         fail(str(e))
     _print_scores(result)
