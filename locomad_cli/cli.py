@@ -130,7 +130,9 @@ def doctor(
 
 @app.command("extract-features")
 def extract_features_cmd(
-    videos: list[str] = typer.Argument(..., help="Film files (any format ffmpeg reads)."),
+    videos: list[str] = typer.Argument(
+        ..., help="Film files (any format ffmpeg reads) or folders of films."
+    ),
     out_dir: str = typer.Option(
         None, "--out-dir", "-o", help="Output folder. Default: beside each video."
     ),
@@ -158,9 +160,10 @@ def extract_features_cmd(
     try:
         card = load_card(model, overrides)  # before importing torch: a bad card fails fast
         from locomad_cli.features import extract_features, summary_line
+        from locomad_cli.films import expand_films
 
         results = extract_features(
-            videos,
+            expand_films(videos),  # this process's share is taken inside
             card,
             out_dir=out_dir,
             fps=fps,
@@ -385,7 +388,12 @@ def evaluate_cmd(
 
 @app.command("describe")
 def describe_cmd(
-    video: str = typer.Argument(..., help="The film (any format ffmpeg reads)."),
+    videos: list[str] = typer.Argument(
+        ...,
+        help="The film (any format ffmpeg reads), or several films or folders of films: "
+        "then each film's subtitles and AD times are found beside it (FILM.srt, "
+        "FILM.ad-times.srt) and the model loads once.",
+    ),
     subs: str = typer.Option(
         None, "--subs", help="Subtitles (SRT/WebVTT, any encoding): the slots avoid them."
     ),
@@ -467,9 +475,12 @@ def describe_cmd(
         "Default: progress shown.",
     ),
 ) -> None:
-    """Write an audio-description track (SRT, WebVTT, JSON) for a film. Each description is
-    printed on stdout as it is made (one line: start --> end  text); progress on stderr."""
-    from locomad_cli.describe import DescribeOptions, describe
+    """Write an audio-description track (SRT, WebVTT, JSON) for a film or several. Each
+    description is printed on stdout as it is made (one line: start --> end  text, after the
+    film's name with several films); progress on stderr. Under `accelerate launch` each
+    process describes its share of the films."""
+    from locomad_cli.describe import DescribeOptions
+    from locomad_cli.describe_many import describe_films, several
 
     opts = DescribeOptions(
         subs=subs,
@@ -494,39 +505,55 @@ def describe_cmd(
         cut_margin=cut_margin,
         progress=not quiet,
     )
+    many = several(videos)
+
+    def described(video: Path, row: dict) -> None:
+        _print_description(row, video.name if many else None)
+
+    def done(outcome) -> None:
+        if outcome.error is not None:
+            typer.echo(f"locomad: error: {outcome.error}", err=True)
+        if outcome.voiced is not None:
+            summary = f"{outcome.video.name}  {outcome.voiced}" if many else outcome.voiced
+            print(summary, flush=True)
+        if not quiet:
+            for p in outcome.paths:
+                typer.echo(f"wrote {p}", err=True)
+
     try:
         if then_voice:  # a missing espeak-ng is said before the model runs, not after
             from locomad_cli.tts import make_engine
 
             make_engine()
-        track, paths = describe(video, opts, on_description=_print_description)
-        if then_voice:
-            from locomad_cli.voice import VoiceOptions, voice
-
-            out = Path(output_dir) if output_dir else Path(video).parent
-            vopts = VoiceOptions(
-                ad=str(out / f"{Path(video).stem}.ad.json"),
-                output_dir=str(out),
-                formats=formats,
-                progress=not quiet,
-            )
-            voiced, more = voice(video, vopts, track=track)
-            paths += [p for p in more if p not in paths]
-            print(voiced["voice"]["summary"], flush=True)
+        outcomes = describe_films(videos, opts, described, done, then_voice=then_voice)
     except LocomadError as e:
         fail(str(e))
-    if not quiet:
-        for p in paths:
-            typer.echo(f"wrote {p}", err=True)
+    _end_of_films(outcomes)
 
 
-def _print_description(row: dict) -> None:
-    """A result line on stdout, flushed at once (a pipe sees each description as it is made).
-    Plain print: rich would wrap long lines at 80 columns when stdout is not a terminal."""
+def _end_of_films(outcomes: list) -> None:
+    """Under a launcher, wait for the other processes (a failing one must not stop them);
+    then exit 2 with one line when a film failed."""
+    from locomad_cli.films import rank_and_world, wait_for_other_processes
+
+    wait_for_other_processes()
+    bad = [o for o in outcomes if o.error is not None]
+    if bad:
+        rank, world, _ = rank_and_world()
+        who = f" (process {rank} of {world})" if world > 1 else ""
+        names = ", ".join(o.video.name for o in bad)
+        rest = "; the others are written" if len(bad) < len(outcomes) else ""
+        fail(f"{len(bad)} of {len(outcomes)} films{who} failed: {names}{rest}")
+
+
+def _print_description(row: dict, film: str | None = None) -> None:
+    """A result line on stdout, flushed at once (a pipe sees each description as it is made),
+    after the film's name with several films. Plain print: rich would wrap long lines at 80
+    columns when stdout is not a terminal."""
     from locomad_cli.writers import format_timestamp, one_line
 
     when = f"{format_timestamp(row['start'])} --> {format_timestamp(row['end'])}"
-    print(f"{when}  {one_line(row['text'])}", flush=True)
+    print(f"{film + '  ' if film else ''}{when}  {one_line(row['text'])}", flush=True)
 
 
 @app.command("voice")

@@ -373,26 +373,58 @@ class Film:
         )
 
 
+@dataclass
+class Models:
+    """The model and CLIP text encoder of a run over many films: loaded by the first film
+    that gets as far as needing them, then reused, so that the start-up is paid once.
+    `failed`: loading them failed, so every later film would fail the same way."""
+
+    model: Any = None
+    encode_text: TextEncoder | None = None
+    failed: bool = False
+
+
+@contextlib.contextmanager
+def _loading(models: Models | None):
+    try:
+        yield
+    except LocomadError:
+        if models is not None:
+            models.failed = True
+        raise
+
+
+def check_options(opts: DescribeOptions) -> str:
+    """The checks of the options that hold for every film (run once for many films);
+    returns the formats to write."""
+    if opts.setting not in SETTINGS:
+        raise LocomadError(f"unknown setting '{opts.setting}' (choose {', '.join(SETTINGS)})")
+    if opts.batch_size < 1:
+        raise LocomadError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    return ",".join(parse_formats(opts.formats))
+
+
 def describe(
     video: str | Path,
     opts: DescribeOptions,
     model: Any = None,
     encode_text: TextEncoder | None = None,
     on_description: Callable[[dict[str, Any]], None] | None = None,
+    models: Models | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Describe one film; returns the track (see writers.py) and the files written.
 
     `model` (a LoCoMAD) and `encode_text` replace loading them from the card (tests, and
-    library users who describe many films with one model). `on_description` sees each slot's
-    result as it is written. Every input is checked before anything is loaded or written."""
+    library users who describe many films with one model); `models` keeps what this call
+    loads for the next one (describe_many). `on_description` sees each slot's result as it
+    is written. Every input is checked before anything is loaded or written."""
     video = Path(video)
-    if opts.setting not in SETTINGS:
-        raise LocomadError(f"unknown setting '{opts.setting}' (choose {', '.join(SETTINGS)})")
+    if models is not None:
+        model = model if model is not None else models.model
+        encode_text = encode_text if encode_text is not None else models.encode_text
+    formats = check_options(opts)
     if opts.setting == "oracle" and not opts.reference:
         raise LocomadError("--setting oracle needs --reference (the reference descriptions)")
-    if opts.batch_size < 1:
-        raise LocomadError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    formats = ",".join(parse_formats(opts.formats))
     card = model.card if model is not None else load_card(opts.model, opts.overrides)
     if model is None:
         check_weights_exist(opts, card)
@@ -434,7 +466,10 @@ def describe(
             )
         device = resolve_device(opts.device)
         if model is None:
-            model = _load_model(opts, card, device)
+            with _loading(models):
+                model = _load_model(opts, card, device)
+            if models is not None:
+                models.model = model
         if film.features is None:
             film.features, meta = _features_for(video, card, out_dir, device, opts)
             film.fps = float(meta.get("fps") or card.fps)
@@ -442,7 +477,10 @@ def describe(
         if encode_text is None:
             from locomad_cli.clip import load_clip
 
-            encode_text = load_clip(card, device=device).encode_text
+            with _loading(models):
+                encode_text = load_clip(card, device=device).encode_text
+            if models is not None:
+                models.encode_text = encode_text
         track = {
             "film": film.name,
             "card": card.name,
@@ -552,7 +590,7 @@ def _features_for(video: Path, card: ModelCard, out_dir: Path, device: str, opts
     beside = output_path(video)
     target_dir = None if beside.is_file() else out_dir
     results = extract_features(
-        [video], card, out_dir=target_dir, device=device, progress=opts.progress
+        [video], card, out_dir=target_dir, device=device, progress=opts.progress, shared=False
     )
     features, meta = load_features(results[0].output)
     _check_features(results[0].output, meta, card, features)

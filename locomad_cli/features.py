@@ -29,6 +29,7 @@ import torch
 
 from locomad_cli.card import ModelCard
 from locomad_cli.clip import ClipEncoder, load_clip, weights_id
+from locomad_cli.films import rank_and_world, share
 from locomad_cli.utils import (
     LocomadError,
     atomic_open,
@@ -155,17 +156,6 @@ def _identity(card: ModelCard, fps: float, fingerprint: dict[str, str]) -> dict[
         "clip_weights": weights_id(card),
         "fps": f"{fps:g}",
     }
-
-
-def rank_and_world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) as set by `torchrun` or `accelerate launch`; (0, 1, 0)
-    for a plain run. Read from the environment: no process group is needed to split films."""
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if world < 1 or not 0 <= rank < world:
-        raise LocomadError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
-    return rank, world, local
 
 
 def _chunk_file(part: Path, c: int) -> Path:
@@ -463,9 +453,12 @@ def extract_features(
     progress: bool = False,
     chunk_frames: int = CHUNK_FRAMES,
     on_chunk: Callable[[Path, int, int], None] | None = None,
+    shared: bool = True,
 ) -> list[FilmResult]:
-    """Extract features for every film (this rank's share under torchrun/accelerate). All
-    inputs are checked before any work starts, so a bad file fails fast and writes nothing."""
+    """Extract features for every film (this rank's share under torchrun/accelerate, see
+    films.share; `shared=False`: all of them, for a caller that has already taken its share).
+    All inputs are checked before any work starts, so a bad file fails fast and writes
+    nothing."""
     fps = float(fps if fps is not None else card.fps)
     if not math.isfinite(fps) or fps <= 0 or fps > 1000:
         raise LocomadError(f"--fps must be positive (at most 1000), got {fps:g}")
@@ -502,6 +495,7 @@ def extract_features(
             progress,
             chunk_frames,
             on_chunk,
+            shared,
         )
     except LocomadError:
         for folder in created:  # leave no trace of a run that failed on bad input
@@ -523,10 +517,10 @@ def _extract_all(
     progress: bool,
     chunk_frames: int,
     on_chunk: Callable[[Path, int, int], None] | None,
+    shared: bool = True,
 ) -> list[FilmResult]:
-
-    rank, world, local_rank = rank_and_world()
-    mine = list(range(rank, len(infos), world))
+    _, world, local_rank = rank_and_world()
+    mine = share(range(len(infos))) if shared else list(range(len(infos)))
     todo: list[int] = []
     results: list[FilmResult] = []
     for i in mine:

@@ -1,0 +1,182 @@
+"""`locomad describe` over several films: one model start-up for all of them.
+
+With several films (or a folder), each film's own files are found beside it by name, as in
+the folder-of-films layout: FILM.srt or FILM.vtt (subtitles), FILM.ad-times.srt/.vtt/.csv/
+.json (AD times; with `--setting oracle` also the reference descriptions, as in the paper's
+data, where the reference AD gives both) and FILM.features.safetensors (features; extracted
+when missing, as for one film). A flag naming one film's file is refused with several films.
+FILM.ad.srt is not read: it is what describe writes.
+
+A film whose input is bad is reported in one line and the others go on; the caller exits
+non-zero at the end. What every film would fail on alike (an option, the model card, its
+weights, loading the model) stops the run at once. Under `accelerate launch` or `torchrun`
+each process describes its share of the films (films.share).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from locomad_cli.describe import (
+    DescribeOptions,
+    Models,
+    check_options,
+    check_weights_exist,
+    describe,
+)
+from locomad_cli.films import beside, expand_films, rank_and_world, share
+from locomad_cli.utils import LocomadError
+
+SUBTITLES = (".srt", ".vtt")
+AD_TIMES = (".ad-times.srt", ".ad-times.vtt", ".ad-times.csv", ".ad-times.json")
+PER_FILM_FLAGS = {
+    "subs": "--subs",
+    "ad_times": "--ad-times",
+    "reference": "--reference",
+    "features": "--features",
+}
+
+
+@dataclass
+class FilmOutcome:
+    """What became of one film: its files, or the one line saying why it has none."""
+
+    video: Path
+    track: dict[str, Any] | None = None
+    paths: list[Path] = field(default_factory=list)
+    voiced: str | None = None
+    """`voice`'s summary line, when the film was voiced too."""
+    error: str | None = None
+
+
+def several(videos: list[str | Path]) -> bool:
+    """Whether the films' own files are found beside them: several films, or a folder."""
+    return len(videos) > 1 or any(Path(v).is_dir() for v in videos)
+
+
+def film_options(video: Path, opts: DescribeOptions) -> DescribeOptions:
+    """The options of one film of several: its subtitles and AD times found beside it."""
+    ad_times = beside(video, AD_TIMES)
+    reference = None
+    if opts.setting == "oracle":
+        if ad_times is None:
+            raise LocomadError(
+                f"{video}: --setting oracle needs the film's reference AD beside it "
+                f"({video.stem}{AD_TIMES[0]}, or .vtt, .csv, .json)"
+            )
+        reference = str(ad_times)
+    subs = beside(video, SUBTITLES)
+    return dataclasses.replace(
+        opts,
+        subs=str(subs) if subs else None,
+        ad_times=str(ad_times) if ad_times else None,
+        reference=reference,
+    )
+
+
+def _check_outputs(films: list[Path], opts: DescribeOptions) -> None:
+    """Two films that would write the same track (same name, same output folder)."""
+    seen: dict[tuple[str, str], Path] = {}
+    for video in films:
+        out = Path(opts.output_dir) if opts.output_dir else video.parent
+        key = (str(out.resolve()), video.stem)
+        if key in seen:
+            raise LocomadError(
+                f"{seen[key]} and {video} would both write {out / video.stem}.ad.*: "
+                "rename one or describe them into different output folders"
+            )
+        seen[key] = video
+
+
+def _per_process_device(opts: DescribeOptions) -> DescribeOptions:
+    """Under a launcher with GPUs, process k uses GPU LOCAL_RANK mod the GPUs there are."""
+    _, world, local = rank_and_world()
+    if world == 1 or opts.device not in ("auto", "cuda"):
+        return opts
+    import torch
+
+    if not torch.cuda.is_available():
+        return opts
+    return dataclasses.replace(opts, device=f"cuda:{local % torch.cuda.device_count()}")
+
+
+def _line(video: Path, e: LocomadError) -> str:
+    message = str(e)
+    return message if str(video) in message else f"{video}: {message}"
+
+
+def describe_films(
+    videos: list[str | Path],
+    opts: DescribeOptions,
+    on_description: Callable[[Path, dict[str, Any]], None] | None = None,
+    on_film: Callable[[FilmOutcome], None] | None = None,
+    then_voice: bool = False,
+    shared: bool = True,
+) -> list[FilmOutcome]:
+    """Describe every film (this process's share under a launcher, unless `shared=False`)
+    with one model; returns one outcome per film, in order, and hands each to `on_film` as
+    soon as it is done. A film's bad input is its outcome's `error`; what would fail every
+    film raises a LocomadError, before any work where it can be told then."""
+    films = expand_films(videos)
+    beside_films = several(videos)
+    if beside_films:
+        given = [flag for name, flag in PER_FILM_FLAGS.items() if getattr(opts, name)]
+        if given:
+            raise LocomadError(
+                f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} one film's file, "
+                "but several films are given: each film's files are found beside it instead "
+                "(FILM.srt, FILM.ad-times.srt, FILM.features.safetensors)"
+            )
+    check_options(opts)
+    _check_outputs(films, opts)
+    from locomad_cli.card import load_card
+
+    check_weights_exist(opts, load_card(opts.model, opts.overrides))
+    mine = share(films) if shared else films
+    opts = _per_process_device(opts) if mine else opts
+    models = Models()
+    outcomes = []
+    for video in mine:
+        outcome = FilmOutcome(video)
+        outcomes.append(outcome)
+        try:
+            film_opts = film_options(video, opts) if beside_films else opts
+            hook = None if on_description is None else _bind(on_description, video)
+            outcome.track, outcome.paths = describe(
+                video, film_opts, on_description=hook, models=models
+            )
+            if then_voice:
+                outcome.voiced = _voice(video, film_opts, outcome)
+        except LocomadError as e:
+            if models.failed or not beside_films:  # one film: its error is the run's
+                raise
+            outcome.error = _line(video, e)
+        if on_film is not None:
+            on_film(outcome)
+    return outcomes
+
+
+def _bind(
+    on_description: Callable[[Path, dict[str, Any]], None], video: Path
+) -> Callable[[dict[str, Any]], None]:
+    return lambda row: on_description(video, row)
+
+
+def _voice(video: Path, opts: DescribeOptions, outcome: FilmOutcome) -> str:
+    """`locomad voice` with its defaults on the track just written (same folder, same -f)."""
+    from locomad_cli.voice import VoiceOptions, voice
+
+    out = Path(opts.output_dir) if opts.output_dir else video.parent
+    vopts = VoiceOptions(
+        ad=str(out / f"{video.stem}.ad.json"),
+        output_dir=str(out),
+        formats=opts.formats,
+        progress=opts.progress,
+    )
+    voiced, more = voice(video, vopts, track=outcome.track)
+    outcome.paths += [p for p in more if p not in outcome.paths]
+    return voiced["voice"]["summary"]
