@@ -99,6 +99,12 @@ class LLMCard:
     min_new_tokens: int = 5
     num_beams: int = 3
     """1 = greedy."""
+    avoid_repeats: int = 3
+    """Recurrent setting: a description may not repeat one of the film's previous N
+    descriptions word for word (0: off). A model fed its own output as context can lock into
+    copying it; when the best candidate is such a repeat, the best other candidate of
+    `avoid_beams` beams is taken (docs/model.md has the measurements)."""
+    avoid_beams: int = 4
     max_target_tokens: int = 36
     prompt: str = "Describe the scene:"
     """Final instruction placed after the visual and context prompts."""

@@ -137,3 +137,28 @@ def test_context_dropout_hides_the_items_from_the_prompt_only(card):
     assert model.forward_stage2(batch, context_dropout=1.0)["gen"].item() != pytest.approx(
         hidden["gen"].item()
     )
+
+
+def test_avoid_takes_the_best_candidate_that_is_not_a_repeat(card):
+    """The recurrent loop's decoding constraint (llm.avoid_repeats): a description equal to
+    an avoided text (case and spaces aside) gives way to the best other beam; others stay."""
+    card.llm.num_beams = 1  # greedy, as the demo card: the other candidates need a new search
+    card.llm.avoid_beams = 4
+    model = _model(card)
+    batch = batch_of(card, 3)
+    plain = [g.text for g in model.generate(batch)]
+    assert model.generate(batch, avoid=[[], ["not said"], []])[1].text == plain[1]
+    shouted = "  " + plain[0].upper() + " "
+    got = model.generate(batch, avoid=[[shouted], [], []])
+    assert [g.text for g in got][1:] == plain[1:]
+    assert got[0].text.lower() != plain[0].lower()
+    # it is the best of avoid_beams beams that is not the repeat
+    q = model.pme.encode_queries(batch.frames, batch.frame_mask)
+    items = [[batch.contexts[0][j] for j in got[0].selected]]
+    beams = model.decoder.generate_nbest(q[:1], items, batch.subtitles[:1], num_beams=4)[0]
+    assert got[0].text == next(t for t, _ in beams if t.lower() != plain[0].lower())
+    # every candidate avoided: the best one stays (a repeat is better than nothing)
+    everything = [t for t, _ in beams] + [plain[0]]
+    assert model.generate(batch, avoid=[everything, [], []])[0].text == plain[0]
+    with pytest.raises(LocomadError, match="one text list per clip"):
+        model.generate(batch, avoid=[[]])

@@ -116,6 +116,8 @@ def describe_film(
         )
         batch = collate([record], card.pme.max_frames, card.dsm.proposal_len)
         hook = None if visual is None else functools.partial(visual, i)
+        n_avoid = card.llm.avoid_repeats
+        avoid = [out[-n_avoid:]] if setting.startswith("recurrent") and n_avoid > 0 else None
         if setting == "stage1":
             text = pme_generate(model, batch)[0]
         elif not with_context:
@@ -123,9 +125,10 @@ def describe_film(
         elif setting.endswith("last-k"):
             k = min(card.dsm.top_k, len(context))
             last = list(range(len(context) - k, len(context)))
-            text = model.generate(batch, selection_override=[last], visual=hook)[0].text
+            gen = model.generate(batch, selection_override=[last], visual=hook, avoid=avoid)
+            text = gen[0].text
         else:
-            text = model.generate(batch, setting="context", visual=hook)[0].text
+            text = model.generate(batch, setting="context", visual=hook, avoid=avoid)[0].text
         text = text.strip()
         out.append(text)
         history.append(ContextItem(reference if oracle else text, record.subtitle, start, end))

@@ -241,13 +241,15 @@ class Decoder(nn.Module):
         items: list[list[ContextItem]],
         subtitles: list[str],
         visual: VisualHook | None = None,
+        num_beams: int | None = None,
     ) -> list[list[tuple[list[int], float]]]:
         """Batched generation (left-padded prompts, KV cache). Per clip, the candidates best
-        first as (token ids, score): every beam when llm.num_beams > 1, the one greedy
-        sequence otherwise. At most max_new_tokens ids each, the end-of-sequence token and
-        what follows removed. The score is the length-normalised log-probability under the
-        decoding's own (suppressed-token) distribution: HF's beam score, and for greedy the
-        mean log-probability of its tokens (the beam score with length_penalty 1)."""
+        first as (token ids, score): every beam when the beam count (`num_beams`, default
+        llm.num_beams) is > 1, the one greedy sequence otherwise. At most max_new_tokens ids
+        each, the end-of-sequence token and what follows removed. The score is the
+        length-normalised log-probability under the decoding's own (suppressed-token)
+        distribution: HF's beam score, and for greedy the mean log-probability of its tokens
+        (the beam score with length_penalty 1)."""
         pad = self.tok.pad_token_id
         rows = self.prompts(items, subtitles)
         n = max(map(len, rows))
@@ -255,13 +257,13 @@ class Decoder(nn.Module):
         ids = torch.tensor([[pad] * (n - len(r)) + r for r in rows], device=dev)
         mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=dev)
         c = self.card.llm
-        beams = max(1, c.num_beams)
+        beams = max(1, c.num_beams if num_beams is None else num_beams)
         out = self.llm.generate(
             inputs_embeds=self.embed(ids, queries, visual),
             attention_mask=mask,
             max_new_tokens=c.max_new_tokens,
             min_new_tokens=min(c.min_new_tokens, c.max_new_tokens),
-            num_beams=c.num_beams,
+            num_beams=beams,
             num_return_sequences=beams,
             do_sample=False,
             use_cache=True,
@@ -307,11 +309,12 @@ class Decoder(nn.Module):
         items: list[list[ContextItem]],
         subtitles: list[str],
         visual: VisualHook | None = None,
+        num_beams: int | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per clip, (text, score) candidates best first, repeated texts dropped (two token
         sequences can decode to the same words)."""
         result = []
-        for cands in self.generate_nbest_ids(queries, items, subtitles, visual):
+        for cands in self.generate_nbest_ids(queries, items, subtitles, visual, num_beams):
             seen: dict[str, float] = {}
             for ids, score in cands:
                 text = self.tok.decode(ids, skip_special_tokens=True).strip()

@@ -33,8 +33,9 @@ class Generation:
     scores: list[float]
     """The DSM's scores of the selected items (also for overrides; empty for `local`)."""
     candidates: list[tuple[str, float]] = field(default_factory=list)
-    """The decoder's n-best (text, score), best first; `text` is the first. One candidate
-    for greedy cards (llm.num_beams 1). See Decoder.generate_nbest_ids for the score."""
+    """The decoder's n-best (text, score), best first; `text` is the first unless it
+    repeated an avoided text (llm.avoid_repeats). One candidate for greedy cards (llm.num_beams
+    1). See Decoder.generate_nbest_ids for the score."""
 
 
 class LoCoMAD(nn.Module):
@@ -245,10 +246,13 @@ class LoCoMAD(nn.Module):
         setting: str = "context",
         selection_override: list[list[int]] | None = None,
         visual: VisualHook | None = None,
+        avoid: list[list[str]] | None = None,
     ) -> list[Generation]:
         """Describe each clip. `context`: the DSM picks the items (or `selection_override`
         gives indices into batch.contexts[i]); `local`: no context items, same path.
-        `visual` replaces the projected visual prompt (the demo's ablations)."""
+        `visual` replaces the projected visual prompt (the demo's ablations). `avoid[i]`:
+        texts clip i's description may not equal (the recurrent loop's previous
+        descriptions, llm.avoid_repeats); see `_avoid_repeats`."""
         if setting not in SETTINGS:
             raise LocomadError(f"unknown setting '{setting}' (choose {', '.join(SETTINGS)})")
         was = self.training
@@ -272,15 +276,56 @@ class LoCoMAD(nn.Module):
             else:
                 sel = self.select_context(batch)
                 idx, scores = sel.indices, sel.scores
-            nbest = self.decoder.generate_nbest(
-                q, _pick(batch.contexts, idx), batch.subtitles, visual
-            )
+            items = _pick(batch.contexts, idx)
+            nbest = self.decoder.generate_nbest(q, items, batch.subtitles, visual)
+            texts = [c[0][0] for c in nbest]
+            if avoid is not None:
+                texts = self._avoid_repeats(q, items, batch.subtitles, visual, nbest, avoid)
         finally:
             self.train(was)
         return [
-            Generation(text=c[0][0], selected=i, scores=s, candidates=c)
-            for c, i, s in zip(nbest, idx, scores, strict=True)
+            Generation(text=t, selected=i, scores=s, candidates=c)
+            for t, c, i, s in zip(texts, nbest, idx, scores, strict=True)
         ]
+
+    def _avoid_repeats(
+        self,
+        q: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        visual: VisualHook | None,
+        nbest: list[list[tuple[str, float]]],
+        avoid: list[list[str]],
+    ) -> list[str]:
+        """Per clip, the best candidate that is not word for word one of `avoid[i]`
+        (compared case- and space-insensitively); clips whose every candidate is avoided are
+        decoded again with llm.avoid_beams beams. Where all of those are avoided too, the
+        best candidate stays: a repeat is better than nothing."""
+        if len(avoid) != len(nbest):
+            raise LocomadError("avoid needs one text list per clip")
+
+        def key(text: str) -> str:
+            return " ".join(text.lower().split())
+
+        banned = [{key(t) for t in a} for a in avoid]
+
+        def first_new(cands: list[tuple[str, float]], ban: set[str]) -> str | None:
+            return next((t for t, _ in cands if key(t) not in ban), None)
+
+        texts = [first_new(c, b) for c, b in zip(nbest, banned, strict=True)]
+        again = [i for i, t in enumerate(texts) if t is None]
+        beams = max(self.card.llm.avoid_beams, self.card.llm.num_beams, 2)
+        if again:
+            more = self.decoder.generate_nbest(
+                q[again],
+                [items[i] for i in again],
+                [subtitles[i] for i in again],
+                visual,
+                num_beams=beams,
+            )
+            for i, cands in zip(again, more, strict=True):
+                texts[i] = first_new(cands, banned[i])
+        return [t if t is not None else c[0][0] for t, c in zip(texts, nbest, strict=True)]
 
 
 def card_path(card: ModelCard, spec: str) -> str:
