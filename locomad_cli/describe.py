@@ -382,6 +382,18 @@ class Models:
     model: Any = None
     encode_text: TextEncoder | None = None
     failed: bool = False
+    clips: dict[tuple[str, str], Any] = field(default_factory=dict)
+    """CLIP encoders by (device, dtype): the text encoder, and the image encoder of films
+    whose features are extracted on the way (on the CPU both are the same one)."""
+
+    def clip(self, card: ModelCard, device: str, dtype: torch.dtype):
+        """The card's CLIP on `device` in `dtype`, loaded on first use."""
+        from locomad_cli.clip import load_clip
+
+        key = (device, str(dtype))
+        if key not in self.clips:
+            self.clips[key] = load_clip(card, device, dtype)
+        return self.clips[key]
 
 
 @contextlib.contextmanager
@@ -471,14 +483,17 @@ def describe(
             if models is not None:
                 models.model = model
         if film.features is None:
-            film.features, meta = _features_for(video, card, out_dir, device, opts)
+            film.features, meta = _features_for(video, card, out_dir, device, opts, models)
             film.fps = float(meta.get("fps") or card.fps)
         _warn_unfamiliar(card, video, duration)
         if encode_text is None:
+            import torch
+
             from locomad_cli.clip import load_clip
 
             with _loading(models):
-                encode_text = load_clip(card, device=device).encode_text
+                clip = models.clip if models is not None else load_clip
+                encode_text = clip(card, device, torch.float32).encode_text
             if models is not None:
                 models.encode_text = encode_text
         track = {
@@ -582,15 +597,24 @@ def _no_trace_on_bad_input(out_dir: Path):
         raise
 
 
-def _features_for(video: Path, card: ModelCard, out_dir: Path, device: str, opts):
+def _features_for(
+    video: Path, card: ModelCard, out_dir: Path, device: str, opts, models: Models | None
+):
     """The film's cached features (beside the video or in the output folder), extracted
-    through `extract-features` when there are none yet."""
+    through `extract-features` when there are none yet (with the CLIP `models` keeps)."""
+    from locomad_cli.clip import load_clip
     from locomad_cli.features import extract_features, load_features, output_path
 
     beside = output_path(video)
     target_dir = None if beside.is_file() else out_dir
     results = extract_features(
-        [video], card, out_dir=target_dir, device=device, progress=opts.progress, shared=False
+        [video],
+        card,
+        out_dir=target_dir,
+        device=device,
+        progress=opts.progress,
+        shared=False,
+        load_encoder=models.clip if models is not None else load_clip,
     )
     features, meta = load_features(results[0].output)
     _check_features(results[0].output, meta, card, features)

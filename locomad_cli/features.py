@@ -454,9 +454,11 @@ def extract_features(
     chunk_frames: int = CHUNK_FRAMES,
     on_chunk: Callable[[Path, int, int], None] | None = None,
     shared: bool = True,
+    load_encoder: Callable[[ModelCard, str, torch.dtype], ClipEncoder] = load_clip,
 ) -> list[FilmResult]:
     """Extract features for every film (this rank's share under torchrun/accelerate, see
     films.share; `shared=False`: all of them, for a caller that has already taken its share).
+    `load_encoder` builds the CLIP when a film needs it (describe keeps one across films).
     All inputs are checked before any work starts, so a bad file fails fast and writes
     nothing."""
     fps = float(fps if fps is not None else card.fps)
@@ -496,6 +498,7 @@ def extract_features(
             chunk_frames,
             on_chunk,
             shared,
+            load_encoder,
         )
     except LocomadError:
         for folder in created:  # leave no trace of a run that failed on bad input
@@ -518,6 +521,7 @@ def _extract_all(
     chunk_frames: int,
     on_chunk: Callable[[Path, int, int], None] | None,
     shared: bool = True,
+    load_encoder: Callable[[ModelCard, str, torch.dtype], ClipEncoder] = load_clip,
 ) -> list[FilmResult]:
     _, world, local_rank = rank_and_world()
     mine = share(range(len(infos))) if shared else list(range(len(infos)))
@@ -545,7 +549,7 @@ def _extract_all(
         if dev == "cuda" and world > 1:
             # several processes may share a GPU: decoding, not the GPU, is then the limit
             dev = f"cuda:{local_rank % torch.cuda.device_count()}"
-        encoder = load_clip(card, dev, resolve_dtype(dtype, dev))
+        encoder = load_encoder(card, dev, resolve_dtype(dtype, dev))
         # Reading every film's frame index first catches unreadable films before any work.
         plans = {i: plan_frames(infos[i], fps, encoder.decode_short_side) for i in todo}
         for i in todo[1:]:  # one open reader at a time: each holds a file and its frame index

@@ -1,8 +1,9 @@
 """Short films cut from the shipped demo film, each with its own files beside it, as a
 folder of films is laid out for `locomad describe FOLDER`: NAME.mp4 (picture and sound of
 [start, start + seconds) of demo/demo.mp4, re-encoded so that it starts exactly there),
-NAME.srt (the demo's subtitles inside that stretch) and NAME.ad-times.srt (its reference AD
-inside it: the slots). Used by the multi-film tests and by benchmarks/describe.py.
+NAME.srt (the demo's subtitles inside that stretch, if any) and NAME.ad-times.srt (its
+reference AD inside it: the slots, if any). Used by the multi-film tests and by
+benchmarks/describe.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ def _ts(t: float) -> str:
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
-def _cut_cues(path: Path, start: float, seconds: float, out: Path) -> Path:
+def _cut_cues(path: Path, start: float, seconds: float, out: Path) -> Path | None:
+    """The cues inside the stretch, shifted to its start; no file when there are none."""
     cues = [c for c in read_cues(path) if c.start >= start and c.end <= start + seconds]
+    if not cues:
+        return None
     blocks = [
         f"{i}\n{_ts(c.start - start)} --> {_ts(c.end - start)}\n{c.text}\n"
         for i, c in enumerate(cues, 1)
