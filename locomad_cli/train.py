@@ -23,10 +23,10 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -47,10 +47,18 @@ from locomad_cli.train_state import (
 )
 from locomad_cli.utils import LocomadError, atomic_open, check_writable_dir, replace_dir
 
+if TYPE_CHECKING:  # imported where used: `locomad --help` should not wait for them
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.scheduler import AcceleratedScheduler
+    from rich.progress import Progress
+
 # The authors' settings (REFERENCE-NOTES.md): 10 epochs at batch 64 for stage 1, 5 epochs at
 # batch 32 per GPU for stage 2; AdamW (0.9, 0.999), wd 0.05; warm-up 500 steps from 1e-8 to
 # 1e-5, then cosine to 0; seed 2023.
 STAGE_DEFAULTS = {1: {"epochs": 10, "batch_size": 64}, 2: {"epochs": 5, "batch_size": 32}}
+# the score best/ keeps: the lowest validation loss in stage 1, the highest CIDEr in stage 2
+BEST_KEY = {1: "val/loss", 2: "val/CIDEr"}
 NO_DECAY = ("bias", "norm", "ln_", "layer_norm", "embed", "query_tokens", "temp", "position")
 
 
@@ -389,27 +397,71 @@ def _validate(cfg, accelerator, wrapped, model, val: ClipDataset, card, step) ->
     return out
 
 
-def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Run (or resume) one training stage; returns where it ended. `callback(step, logs)` is
-    called on the main process after every optimizer step (progress for library users)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+@dataclass
+class _Plan:
+    """The run's sizes, fixed once the training split is known: the micro-batch size, and when
+    the loop logs epochs, validates, checkpoints and stops (in optimizer steps)."""
 
+    batch_size: int
+    steps_per_epoch: int
+    total: int
+    eval_every: int
+    save_every: int
+
+
+@dataclass
+class _Run:
+    """A prepared run, as the training step, validation and checkpoints share it, and where
+    it stands (`step`, `best`); one per train() call, passed along, never global."""
+
+    cfg: TrainConfig
+    plan: _Plan
+    run_dir: Path
+    accelerator: Accelerator
+    model: nn.Module
+    """The LoCoMAD itself: validation generates with it."""
+    card: ModelCard
+    wrapped: nn.Module
+    """The StageModule as Accelerate prepared it (DDP/FSDP-wrapped with several processes)."""
+    optimizer: AcceleratedOptimizer
+    scheduler: AcceleratedScheduler
+    schedule: WarmupCosine
+    fsdp: bool
+    """FSDP shards the optimizer state: gathered to write it, re-sharded to load it."""
+    scalars: dict[str, torch.Size]
+    """0-dim parameters trained as 1-element vectors under FSDP (see _unscalar)."""
+    step: int = 0
+    best: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def _checked_batch_size(cfg: TrainConfig) -> int:
+    """The clips per process per micro-batch, once the settings are known to make sense:
+    refused before anything starts or is written."""
     if cfg.stage not in (1, 2):
         raise LocomadError(f"--stage {cfg.stage}: choose 1 or 2")
-    defaults = STAGE_DEFAULTS[cfg.stage]
-    batch_size = cfg.batch_size or defaults["batch_size"]
+    batch_size = cfg.batch_size or STAGE_DEFAULTS[cfg.stage]["batch_size"]
     if batch_size < 1 or cfg.grad_accum < 1 or cfg.keep_last < 1:
         raise LocomadError("--batch-size, --grad-accum and --keep-last must be at least 1")
     if not 0.0 <= cfg.context_dropout <= 1.0:
         raise LocomadError(f"--context-dropout is a chance in [0, 1], got {cfg.context_dropout:g}")
-    run_dir = Path(cfg.out)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise LocomadError("--tensorboard needs the tensorboard package (pip install tensorboard)")
+    return batch_size
+
+
+def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
+    """Accelerate owns devices, mixed precision, accumulation and the process group."""
+    from accelerate import Accelerator
+
     # No GPU: say so, so that processes started by `accelerate launch --multi_gpu` (torchrun)
     # join a gloo process group on the CPU instead of each running alone.
     no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise LocomadError("--tensorboard needs the tensorboard package (pip install tensorboard)")
-    accelerator = Accelerator(
+    return Accelerator(
         cpu=no_gpu,
         log_with="tensorboard" if cfg.tensorboard else None,
         project_dir=str(run_dir),
@@ -417,29 +469,50 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         gradient_accumulation_steps=cfg.grad_accum,
         step_scheduler_with_optimizer=False,
     )
-    main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
+
+
+def _claim_run_dir(cfg: TrainConfig, run_dir: Path, main: bool) -> None:
+    """A new run never writes over an old one's checkpoints: --resume it or pick another -o."""
     if main:
         check_writable_dir(run_dir)
         if not cfg.resume and _checkpoints(run_dir):
             raise LocomadError(f"{run_dir} already holds a run: pass --resume or another -o")
-    # FSDP shards the optimizer state: it is gathered to write it and re-sharded to load it
-    fsdp = accelerator.distributed_type.name == "FSDP"
-    step, best, ckpt, resumed = 0, None, None, {}
-    if cfg.resume:
-        found = _checkpoints(run_dir)
-        if found:
-            step, ckpt = found[-1]
-            expected = {"stage": cfg.stage, "seed": cfg.seed, "batch_size": batch_size}
-            expected |= {"grad_accum": cfg.grad_accum, "world": world, "fsdp": fsdp}
-            resumed = _resumable(ckpt, expected)
-        elif main:
-            print(f"locomad: nothing to resume in {run_dir}; starting at step 0", file=sys.stderr)
-    set_seed(cfg.seed)
-    # a resumed run's weights are its checkpoint's model folder (safetensors)
-    model, card = build_model(cfg, str(accelerator.device), ckpt / "model" if ckpt else None)
 
-    # Datasets: the main process fills the text-feature cache first, the others then read it.
+
+def _run_settings(cfg: TrainConfig, batch_size: int, world: int, fsdp: bool) -> dict[str, Any]:
+    """What fixes the data order and the state's layout: a resume must have the same."""
+    return {
+        "stage": cfg.stage,
+        "seed": cfg.seed,
+        "batch_size": batch_size,
+        "grad_accum": cfg.grad_accum,
+        "world": world,
+        "fsdp": fsdp,
+    }
+
+
+def _resume_point(
+    cfg: TrainConfig, run_dir: Path, settings: dict[str, Any], main: bool
+) -> tuple[int, Path | None, dict[str, Any]]:
+    """(step, checkpoint, its trainer.json) to continue from: the newest checkpoint under
+    --resume, else (0, None, {})."""
+    if not cfg.resume:
+        return 0, None, {}
+    found = _checkpoints(run_dir)
+    if not found:
+        if main:
+            print(f"locomad: nothing to resume in {run_dir}; starting at step 0", file=sys.stderr)
+        return 0, None, {}
+    step, ckpt = found[-1]
+    return step, ckpt, _resumable(ckpt, settings)
+
+
+def _load_data(
+    cfg: TrainConfig, card: ModelCard, accelerator: Accelerator
+) -> tuple[ClipDataset, ClipDataset | None]:
+    """The train and val splits; the main process fills the text-feature cache first, the
+    others then read it."""
+    main = accelerator.is_main_process
     val_spec = cfg.val_data or cfg.data
     datasets: dict[str, ClipDataset | None] = {}
     for turn in (True, False):
@@ -461,124 +534,127 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         report_problems(train_ds.split.skipped)
         if val_ds is not None:
             report_problems(val_ds.split.skipped)
+    return train_ds, val_ds
 
-    n = len(train_ds)
-    per_step = batch_size * cfg.grad_accum * world
-    steps_per_epoch = n // per_step
+
+def _plan(cfg: TrainConfig, n: int, batch_size: int, world: int) -> _Plan:
+    """Steps per epoch from the split's size; the defaults of --max-steps, --eval-every and
+    --save-every follow from it."""
+    steps_per_epoch = n // (batch_size * cfg.grad_accum * world)
     if steps_per_epoch == 0:
         raise LocomadError(
             f"the training split has {n} clips, fewer than one global batch ({batch_size} × "
             f"{cfg.grad_accum} accumulation × {world} processes); lower --batch-size"
         )
-    total = cfg.max_steps or (cfg.epochs or defaults["epochs"]) * steps_per_epoch
+    epochs = cfg.epochs or STAGE_DEFAULTS[cfg.stage]["epochs"]
     eval_every = cfg.eval_every or steps_per_epoch
-    save_every = cfg.save_every or eval_every
+    return _Plan(
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total=cfg.max_steps or epochs * steps_per_epoch,
+        eval_every=eval_every,
+        save_every=cfg.save_every or eval_every,
+    )
 
-    scalars = _unscalar(model) if accelerator.distributed_type.name == "FSDP" else {}
-    # Parameters: only what the stage trains gets gradients and an optimizer slot.
-    trainable = dict(model.trainable_parameters(cfg.stage))
+
+def _select_trainable(model: nn.Module, stage: int) -> dict[str, nn.Parameter]:
+    """Only what the stage trains gets gradients (and, later, an optimizer slot)."""
+    trainable = dict(model.trainable_parameters(stage))
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)
-    model.train()
-    wrapped_model = StageModule(model, cfg.stage, cfg.context_dropout)
+    return trainable
+
+
+def _build_optimizer(
+    cfg: TrainConfig, trainable: dict[str, nn.Parameter], total: int
+) -> tuple[torch.optim.AdamW, WarmupCosine, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters, warm-up then cosine over `total` steps."""
     optimizer = torch.optim.AdamW(
         param_groups(list(trainable.items()), cfg.weight_decay), lr=cfg.lr, betas=cfg.betas
     )
     schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, total, cfg.warmup_lr, cfg.min_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    wrapped, optimizer, scheduler = accelerator.prepare(wrapped_model, optimizer, scheduler)
+    return optimizer, schedule, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    if ckpt is not None:
-        state_dir = ckpt / "state"
-        opt_state = read_state(state_dir / "optimizer")
-        load_optimizer_state(wrapped, optimizer.optimizer, opt_state, fsdp)
-        scheduler.scheduler.load_state_dict(read_state(state_dir / "scheduler"))
-        if accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(read_state(state_dir / "scaler"))
-        set_rng_state(read_state(state_dir / f"rng-{rank}"))
-        accelerator.step = resumed["micro_step"]  # accumulation's micro-batch counter
-        # a new --max-steps moves the schedule's end: recompute the rate of the next step
-        schedule.total = total
-        inner = scheduler.scheduler
-        for group, base in zip(optimizer.param_groups, inner.base_lrs, strict=True):
-            group["lr"] = base * schedule(inner.last_epoch)
-        best = resumed.get("best")
-        if main:
-            print(f"locomad: resuming {run_dir} at step {step}", file=sys.stderr)
 
-    if main:
-        with atomic_open(run_dir / "config.json") as f:
-            json.dump({**asdict(cfg), "card": card.to_dict(), "world": world}, f, indent=1)
-    higher_is_better = cfg.stage == 2
-    best_key = "val/CIDEr" if cfg.stage == 2 else "val/loss"
-    history: list[dict[str, Any]] = []
+def _prepare(
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    model: nn.Module,
+    card: ModelCard,
+    plan: _Plan,
+    run_dir: Path,
+    step: int,
+) -> _Run:
+    """The model, optimizer and scheduler as Accelerate wraps them for the devices and
+    processes it runs on."""
+    fsdp = accelerator.distributed_type.name == "FSDP"
+    scalars = _unscalar(model) if fsdp else {}
+    trainable = _select_trainable(model, cfg.stage)
+    model.train()
+    stage_module = StageModule(model, cfg.stage, cfg.context_dropout)
+    optimizer, schedule, scheduler = _build_optimizer(cfg, trainable, plan.total)
+    wrapped, optimizer, scheduler = accelerator.prepare(stage_module, optimizer, scheduler)
+    return _Run(
+        cfg=cfg,
+        plan=plan,
+        run_dir=run_dir,
+        accelerator=accelerator,
+        model=model,
+        card=card,
+        wrapped=wrapped,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule=schedule,
+        fsdp=fsdp,
+        scalars=scalars,
+        step=step,
+    )
 
-    if cfg.tensorboard:
-        accelerator.init_trackers("tensorboard")
 
-    def log(entry: dict[str, Any]) -> None:
-        if not main:
-            return
-        history.append(entry)
-        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-        if cfg.tensorboard:
-            numbers = {k: v for k, v in entry.items() if k != "step" and isinstance(v, float)}
-            accelerator.log(numbers, step=entry["step"])
+def _restore(run: _Run, ckpt: Path, trainer: dict[str, Any]) -> None:
+    """Continue exactly where the checkpoint stopped (its weights are already loaded): the
+    optimizer, schedule, loss scaler, RNG streams, accumulation counter and best score."""
+    accelerator = run.accelerator
+    state_dir = ckpt / "state"
+    opt_state = read_state(state_dir / "optimizer")
+    load_optimizer_state(run.wrapped, run.optimizer.optimizer, opt_state, run.fsdp)
+    run.scheduler.scheduler.load_state_dict(read_state(state_dir / "scheduler"))
+    if accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(read_state(state_dir / "scaler"))
+    set_rng_state(read_state(state_dir / f"rng-{accelerator.process_index}"))
+    accelerator.step = trainer["micro_step"]  # accumulation's micro-batch counter
+    # a new --max-steps moves the schedule's end: recompute the rate of the next step
+    run.schedule.total = run.plan.total
+    inner = run.scheduler.scheduler
+    for group, base in zip(run.optimizer.param_groups, inner.base_lrs, strict=True):
+        group["lr"] = base * run.schedule(inner.last_epoch)
+    run.best = trainer.get("best")
+    if run.main:
+        print(f"locomad: resuming {run.run_dir} at step {run.step}", file=sys.stderr)
 
-    def save(at: int, is_best: bool = False, collective: bool = True) -> None:
-        ckpts = run_dir / "checkpoints"
-        tmp = ckpts / f".tmp-step-{at:07d}"
-        state_dir = tmp / "state"
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            state_dir.mkdir(parents=True)
-        if collective:
-            accelerator.wait_for_everyone()
-        # No accelerate.save_state: it pickles (see train_state.py). Each process writes its
-        # RNG streams; the main process the optimizer (gathered first under FSDP), scheduler,
-        # loss scaler and the model folder, from which a resume takes the weights.
-        write_state(state_dir / f"rng-{rank}", rng_state())
-        opt_state = optimizer_state(wrapped, optimizer.optimizer, fsdp) if fsdp or main else None
-        to_save = _model_to_save(accelerator, wrapped, scalars)  # collective under FSDP
-        if main:
-            from locomad_cli.model.checkpoint import save_model
 
-            write_state(state_dir / "optimizer", opt_state)
-            write_state(state_dir / "scheduler", scheduler.scheduler.state_dict())
-            if accelerator.scaler is not None:
-                write_state(state_dir / "scaler", accelerator.scaler.state_dict())
-            save_model(to_save, tmp / "model")
-            trainer = {
-                "format": TRAIN_STATE_FORMAT,
-                "step": at,
-                "best": best,
-                "micro_step": accelerator.step,
-                "stage": cfg.stage,
-                "seed": cfg.seed,
-                "batch_size": batch_size,
-                "grad_accum": cfg.grad_accum,
-                "world": world,
-                "fsdp": fsdp,
-            }
-            (tmp / "trainer.json").write_text(json.dumps(trainer))
-        if collective:
-            accelerator.wait_for_everyone()  # every process's RNG file is in before the rename
-        if main:
-            replace_dir(tmp, ckpts / f"step-{at:07d}")
-            if is_best:
-                best_tmp = run_dir / ".best.tmp"
-                shutil.rmtree(best_tmp, ignore_errors=True)
-                shutil.copytree(ckpts / f"step-{at:07d}" / "model", best_tmp)
-                (best_tmp / "best.json").write_text(json.dumps({"step": at, best_key: best}))
-                replace_dir(best_tmp, run_dir / "best")
-            for _, old in _checkpoints(run_dir)[: -cfg.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        if collective:
-            accelerator.wait_for_everyone()
+def _write_config(run: _Run) -> None:
+    """RUN_DIR/config.json: the settings and card this run (or resume) used."""
+    if run.main:
+        with atomic_open(run.run_dir / "config.json") as f:
+            world = run.accelerator.num_processes
+            json.dump({**asdict(run.cfg), "card": run.card.to_dict(), "world": world}, f, indent=1)
 
-    sampler = StepBatches(n, batch_size, cfg.grad_accum, world, rank, cfg.seed, step, total)
-    loader = torch.utils.data.DataLoader(
+
+def _loader(run: _Run, train_ds: ClipDataset) -> torch.utils.data.DataLoader:
+    """This process's micro-batches from the run's step to its end, in the loop's order."""
+    cfg, accelerator, card = run.cfg, run.accelerator, run.card
+    sampler = StepBatches(
+        len(train_ds),
+        run.plan.batch_size,
+        cfg.grad_accum,
+        accelerator.num_processes,
+        accelerator.process_index,
+        cfg.seed,
+        run.step,
+        run.plan.total,
+    )
+    return torch.utils.data.DataLoader(
         train_ds,
         batch_sampler=sampler,
         collate_fn=functools.partial(
@@ -587,6 +663,13 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         num_workers=cfg.num_workers,
         pin_memory=accelerator.device.type == "cuda",
     )
+
+
+def _progress_bar(
+    cfg: TrainConfig, total: int, start: int, main: bool
+) -> tuple[Progress, Callable[[int, dict[str, float], float], None]]:
+    """The stderr progress line (main process, unless --quiet), and `show(step, logs, lr)`
+    to move it on."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -599,81 +682,228 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         console=Console(stderr=True),
         disable=not (main and cfg.progress),
     )
-    task = progress.add_task("train", total=total, completed=step, loss="-", lr="-", speed="-")
-    started, start_step = time.monotonic(), step
+    task = progress.add_task("train", total=total, completed=start, loss="-", lr="-", speed="-")
+    started = time.monotonic()
+
+    def show(step: int, logs: dict[str, float], lr: float) -> None:
+        speed = (step - start) / max(time.monotonic() - started, 1e-9)
+        progress.update(
+            task, completed=step, loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}", speed=f"{speed:.2f}"
+        )
+
+    return progress, show
+
+
+def _train_step(run: _Run, batches: Iterator[Any]) -> tuple[dict[str, float], float]:
+    """One optimizer step over `grad_accum` micro-batches, each seeded by (seed, step,
+    micro-batch) so that dropout and negatives do not depend on the process count or a
+    resume; returns the losses averaged over processes and the rate the step used."""
+    cfg, accelerator, wrapped, optimizer = run.cfg, run.accelerator, run.wrapped, run.optimizer
+    world, rank = accelerator.num_processes, accelerator.process_index
+    parts: dict[str, float] = {}
+    for a in range(cfg.grad_accum):
+        batch = next(batches).to(accelerator.device)
+        torch.manual_seed(micro_seed(cfg.seed, run.step, a * world + rank))
+        with accelerator.accumulate(wrapped):
+            out = wrapped(batch)
+            accelerator.backward(out["loss"])
+            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        for k, v in out.items():
+            parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+    run.scheduler.step()
+    run.step += 1
+    reduced = accelerator.reduce(
+        torch.tensor(list(parts.values()), device=accelerator.device), "mean"
+    )
+    return {k: float(v) for k, v in zip(parts, reduced, strict=True)}, lr
+
+
+def _due(step: int, every: int, total: int) -> bool:
+    """Whether a periodic log, validation or checkpoint falls on `step`: the last one does."""
+    return step % every == 0 or step == total
+
+
+def _log(run: _Run, entry: dict[str, Any]) -> None:
+    """One line of RUN_DIR/metrics.jsonl (and TensorBoard's numbers), main process only."""
+    if not run.main:
+        return
+    run.history.append(entry)
+    with open(run.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+    if run.cfg.tensorboard:
+        numbers = {k: v for k, v in entry.items() if k != "step" and isinstance(v, float)}
+        run.accelerator.log(numbers, step=entry["step"])
+
+
+def _evaluate(run: _Run, val_ds: ClipDataset) -> bool:
+    """Validate and log at this step; True where the score beats the run's best (stage 1:
+    lower val/loss, stage 2: higher val/CIDEr), which only the main process knows."""
+    metrics = _validate(
+        run.cfg, run.accelerator, run.wrapped, run.model, val_ds, run.card, run.step
+    )
+    if not run.main:
+        return False
+    _log(run, {"step": run.step, **metrics})
+    value = metrics.get(BEST_KEY[run.cfg.stage])
+    higher_is_better = run.cfg.stage == 2
+    if isinstance(value, float) and (
+        run.best is None or (value > run.best if higher_is_better else value < run.best)
+    ):
+        run.best = value
+        return True
+    return False
+
+
+def _write_checkpoint(run: _Run, tmp: Path, at: int) -> None:
+    """The checkpoint's files into `tmp` (every process takes part).
+
+    No accelerate.save_state: it pickles (see train_state.py). Each process writes its RNG
+    streams; the main process the optimizer (gathered first under FSDP), scheduler, loss
+    scaler and the model folder, from which a resume takes the weights."""
+    accelerator, wrapped, optimizer = run.accelerator, run.wrapped, run.optimizer
+    state_dir = tmp / "state"
+    write_state(state_dir / f"rng-{accelerator.process_index}", rng_state())
+    opt_state = (
+        optimizer_state(wrapped, optimizer.optimizer, run.fsdp) if run.fsdp or run.main else None
+    )
+    to_save = _model_to_save(accelerator, wrapped, run.scalars)  # collective under FSDP
+    if run.main:
+        from locomad_cli.model.checkpoint import save_model
+
+        write_state(state_dir / "optimizer", opt_state)
+        write_state(state_dir / "scheduler", run.scheduler.scheduler.state_dict())
+        if accelerator.scaler is not None:
+            write_state(state_dir / "scaler", accelerator.scaler.state_dict())
+        save_model(to_save, tmp / "model")
+        trainer = {
+            "format": TRAIN_STATE_FORMAT,
+            "step": at,
+            "best": run.best,
+            "micro_step": accelerator.step,
+            **_run_settings(run.cfg, run.plan.batch_size, accelerator.num_processes, run.fsdp),
+        }
+        (tmp / "trainer.json").write_text(json.dumps(trainer))
+
+
+def _publish_checkpoint(run: _Run, tmp: Path, at: int, is_best: bool) -> None:
+    """Swap the finished checkpoint in (main process): best/ updated, only the last
+    --keep-last checkpoints kept."""
+    ckpts = run.run_dir / "checkpoints"
+    replace_dir(tmp, ckpts / f"step-{at:07d}")
+    if is_best:
+        best_tmp = run.run_dir / ".best.tmp"
+        shutil.rmtree(best_tmp, ignore_errors=True)
+        shutil.copytree(ckpts / f"step-{at:07d}" / "model", best_tmp)
+        best = {"step": at, BEST_KEY[run.cfg.stage]: run.best}
+        (best_tmp / "best.json").write_text(json.dumps(best))
+        replace_dir(best_tmp, run.run_dir / "best")
+    for _, old in _checkpoints(run.run_dir)[: -run.cfg.keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_checkpoint(run: _Run, at: int, is_best: bool = False, collective: bool = True) -> None:
+    """RUN_DIR/checkpoints/step-N, written aside and swapped in whole, so a crash mid-save
+    leaves the previous one intact; `collective=False` where other processes may be gone."""
+    tmp = run.run_dir / "checkpoints" / f".tmp-step-{at:07d}"
+    if run.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "state").mkdir(parents=True)
+    if collective:
+        run.accelerator.wait_for_everyone()
+    _write_checkpoint(run, tmp, at)
+    if collective:
+        run.accelerator.wait_for_everyone()  # every process's RNG file is in before the rename
+    if run.main:
+        _publish_checkpoint(run, tmp, at, is_best)
+    if collective:
+        run.accelerator.wait_for_everyone()
+
+
+def _save_on_interrupt(run: _Run) -> None:
+    """Ctrl-C. One process: write the checkpoint now. Several: the others may already be
+    gone, and a collective save could hang, so point at the last periodic checkpoint."""
+    if run.accelerator.num_processes == 1:
+        if all(s != run.step for s, _ in _checkpoints(run.run_dir)):
+            print(f"locomad: interrupted at step {run.step}; saving a checkpoint", file=sys.stderr)
+            # a half-accumulated step is dropped: its gradients are not part of the state,
+            # and accelerate's micro-batch counter must restart at a step boundary
+            run.accelerator.step = 0
+            _save_checkpoint(run, run.step, collective=False)
+    elif run.main:
+        last = _checkpoints(run.run_dir)
+        print(
+            "locomad: interrupted; resume from the last checkpoint "
+            f"(step {last[-1][0] if last else 0}) with --resume",
+            file=sys.stderr,
+        )
+
+
+def _finish(run: _Run) -> None:
+    """The final weights in RUN_DIR/model; trackers closed. No end_training(): it tears down
+    the process group, and a script may call train() again (stage 1, then stage 2)."""
+    to_save = _model_to_save(run.accelerator, run.wrapped, run.scalars)
+    if run.main:
+        from locomad_cli.model.checkpoint import save_model
+
+        save_model(to_save, run.run_dir / "model")
+    for tracker in run.accelerator.trackers:
+        tracker.finish()
+    run.accelerator.wait_for_everyone()
+
+
+def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Run (or resume) one training stage; returns where it ended. `callback(step, logs)` is
+    called on the main process after every optimizer step (progress for library users)."""
+    from accelerate.utils import set_seed
+
+    batch_size = _checked_batch_size(cfg)
+    run_dir = Path(cfg.out)
+    accelerator = _make_accelerator(cfg, run_dir)
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    _claim_run_dir(cfg, run_dir, main)
+    fsdp = accelerator.distributed_type.name == "FSDP"
+    settings = _run_settings(cfg, batch_size, world, fsdp)
+    step, ckpt, trainer = _resume_point(cfg, run_dir, settings, main)
+
+    set_seed(cfg.seed)
+    # a resumed run's weights are its checkpoint's model folder (safetensors)
+    model, card = build_model(cfg, str(accelerator.device), ckpt / "model" if ckpt else None)
+    train_ds, val_ds = _load_data(cfg, card, accelerator)
+    plan = _plan(cfg, len(train_ds), batch_size, world)
+    run = _prepare(cfg, accelerator, model, card, plan, run_dir, step)
+    if ckpt is not None:
+        _restore(run, ckpt, trainer)
+    _write_config(run)
+    if cfg.tensorboard:
+        accelerator.init_trackers("tensorboard")
+
+    loader = _loader(run, train_ds)
+    progress, show = _progress_bar(cfg, plan.total, run.step, main)
     batches = iter(loader)
     try:
         with progress:
-            while step < total:
-                parts: dict[str, float] = {}
-                for a in range(cfg.grad_accum):
-                    batch = next(batches).to(accelerator.device)
-                    torch.manual_seed(micro_seed(cfg.seed, step, a * world + rank))
-                    with accelerator.accumulate(wrapped):
-                        out = wrapped(batch)
-                        accelerator.backward(out["loss"])
-                        if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad()
-                    for k, v in out.items():
-                        parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-                scheduler.step()
-                step += 1
-                reduced = accelerator.reduce(
-                    torch.tensor(list(parts.values()), device=accelerator.device), "mean"
-                )
-                logs = {k: float(v) for k, v in zip(parts, reduced, strict=True)}
-                speed = (step - start_step) / max(time.monotonic() - started, 1e-9)
-                progress.update(
-                    task, completed=step, loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}",
-                    speed=f"{speed:.2f}",
-                )  # fmt: skip
-                if main and (step % cfg.log_every == 0 or step == total):
-                    log({"step": step, "epoch": step / steps_per_epoch, "lr": lr, **logs})
+            while run.step < plan.total:
+                logs, lr = _train_step(run, batches)
+                show(run.step, logs, lr)
+                if main and _due(run.step, cfg.log_every, plan.total):
+                    epoch = run.step / plan.steps_per_epoch
+                    _log(run, {"step": run.step, "epoch": epoch, "lr": lr, **logs})
                 is_best, evaluated = False, False
-                if val_ds is not None and (step % eval_every == 0 or step == total):
-                    evaluated = True
-                    metrics = _validate(cfg, accelerator, wrapped, model, val_ds, card, step)
-                    if main:
-                        log({"step": step, **metrics})
-                        value = metrics.get(best_key)
-                        if isinstance(value, float) and (
-                            best is None or (value > best if higher_is_better else value < best)
-                        ):
-                            best, is_best = value, True
+                if val_ds is not None and _due(run.step, plan.eval_every, plan.total):
+                    is_best, evaluated = _evaluate(run, val_ds), True
                 # every process takes part in a save: decide it from what all of them know
-                if step % save_every == 0 or step == total or evaluated:
-                    save(step, is_best)
+                if _due(run.step, plan.save_every, plan.total) or evaluated:
+                    _save_checkpoint(run, run.step, is_best)
                 if main and callback is not None:
-                    callback(step, logs)
+                    callback(run.step, logs)
     except KeyboardInterrupt:
-        # One process: write the checkpoint now. Several: the others may already be gone, and
-        # a collective save could hang, so point at the last periodic checkpoint instead.
-        if world == 1:
-            if all(s != step for s, _ in _checkpoints(run_dir)):
-                print(f"locomad: interrupted at step {step}; saving a checkpoint", file=sys.stderr)
-                # a half-accumulated step is dropped: its gradients are not part of the state,
-                # and accelerate's micro-batch counter must restart at a step boundary
-                accelerator.step = 0
-                save(step, collective=False)
-        elif main:
-            last = _checkpoints(run_dir)
-            print(
-                "locomad: interrupted; resume from the last checkpoint "
-                f"(step {last[-1][0] if last else 0}) with --resume",
-                file=sys.stderr,
-            )
+        _save_on_interrupt(run)
         raise
-    to_save = _model_to_save(accelerator, wrapped, scalars)
-    if main:
-        from locomad_cli.model.checkpoint import save_model
-
-        save_model(to_save, run_dir / "model")
-    # No end_training(): it tears down the process group, and a script may call train()
-    # again (stage 1, then stage 2) in the same processes.
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    accelerator.wait_for_everyone()
-    return TrainResult(run_dir=run_dir, step=step, best=best, history=history, is_main=main)
+    _finish(run)
+    return TrainResult(
+        run_dir=run_dir, step=run.step, best=run.best, history=run.history, is_main=main
+    )

@@ -243,6 +243,37 @@ def test_resume_after_ctrl_c_continues_the_same_run(films, tmp_path, one_thread)
         train(_cfg(root, card, run, resume=True, max_steps=9, **acc))
 
 
+@pytest.mark.slow
+def test_stage2_resumed_equals_uninterrupted(films, tmp_path, one_thread):
+    """Stage 2 with context dropout, accumulation and CIDEr validation at every step, cut by
+    Ctrl-C after step 2 and resumed: the same metrics.jsonl, best/ and final weights, bit for
+    bit, as the run that was never stopped (the best score so far travels in the checkpoint)."""
+    root, card = films
+    init = tmp_path / "s1"
+    train(_cfg(root, card, init, max_steps=1))
+    s2 = dict(stage=2, init=str(init), max_steps=4, eval_every=1, val_data=None)
+    s2 |= dict(val_max_clips=3, context_dropout=0.5, batch_size=2, grad_accum=2)
+    full = train(_cfg(root, None, tmp_path / "full", **s2))
+
+    def interrupt(step, logs):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(root, None, run, **s2), callback=interrupt)
+    resumed = train(_cfg(root, None, run, resume=True, **s2))
+    assert resumed.step == 4 and resumed.best == full.best
+    assert sorted(_losses(resumed.history, "val/CIDEr")) == [3, 4]
+    assert (run / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert (run / "best" / "best.json").read_text() == (
+        tmp_path / "full" / "best" / "best.json"
+    ).read_text()
+    for weights in (Path("model", "model.safetensors"), Path("best", "model.safetensors")):
+        wa, wb = load_file(tmp_path / "full" / weights), load_file(run / weights)
+        assert sorted(wa) == sorted(wb) and all(torch.equal(wa[k], wb[k]) for k in wa), weights
+
+
 class _Planted:
     """Unpickling this creates a folder: proof, if it ever exists, that a pickle was opened."""
 
