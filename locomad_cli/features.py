@@ -5,8 +5,9 @@ is what is on screen at i / fps seconds (see video.py). While a film runs, finis
 `<stem>.features.partial/` (each written atomically), so a killed run continues from the last
 finished chunk; the final file appears in one rename, and the partial folder goes.
 
-Decoding runs in a background thread feeding a small bounded queue, so decoding the next chunk
-overlaps encoding the current one and at most a few chunks of frames are ever in memory.
+Decoding runs in background threads, one decord reader per core over spans of the film
+(decode.py), feeding a small bounded queue: decoding overlaps encoding, and at most a few chunks
+of frames are ever in memory.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import functools
 import json
 import math
 import os
-import queue
 import re
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from locomad_cli import decode
 from locomad_cli.card import ModelCard
 from locomad_cli.clip import ClipEncoder, load_clip, weights_id
 from locomad_cli.films import rank_and_world, share
@@ -42,7 +42,6 @@ from locomad_cli.utils import (
 from locomad_cli.video import (
     FramePlan,
     VideoInfo,
-    iter_chunks,
     plan_frames,
     probe,
     source_fingerprint,
@@ -204,35 +203,6 @@ def _prepare_partial(part: Path, state: dict[str, str], n_chunks: int) -> set[in
     return set()
 
 
-def _decode_thread(
-    plan: FramePlan, chunk_frames: int, skip: set[int], out: queue.Queue, stop: threading.Event
-) -> threading.Thread:
-    """Decode chunks into `out` (bounded) until done, an error (passed on as the item) or
-    `stop`. Decord and ffmpeg release the GIL, so this runs beside the encoder."""
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in iter_chunks(plan, chunk_frames, skip):
-                if not put(item):
-                    return
-            put(None)
-        except BaseException as e:  # handed to the consumer, which raises it
-            put(e)
-
-    thread = threading.Thread(target=run, name="locomad-decode", daemon=True)
-    thread.start()
-    return thread
-
-
 def _encode_chunk(encoder: ClipEncoder, frames, batch_size: int) -> torch.Tensor:
     """uint8 frames [n, H, W, 3] (numpy) → fp16 features [n, D] on the CPU."""
     x = torch.from_numpy(frames)
@@ -281,30 +251,30 @@ def extract_film(
     if on_progress is not None:
         on_progress(progress_done, plan.frames)
     if len(done) < n_chunks:
-        chunks: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-        thread = _decode_thread(plan, chunk_frames, done, chunks, stop)
+        # Pieces come from several readers in any order (decode.py): a chunk is written when
+        # all its frames are encoded.
+        pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        pieces = decode.decode_pieces(plan, chunk_frames, done)
         try:
-            while True:
-                item = chunks.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                c, frames = item
-                feats = _encode_chunk(encoder, frames, batch_size)
-                with atomic_path(_chunk_file(part, c)) as tmp:
-                    save_features({"features": feats.contiguous()}, tmp)
-                computed += len(feats)
-                progress_done += len(feats)
-                if on_progress is not None:
-                    on_progress(progress_done, plan.frames)
-                if on_chunk is not None:
-                    on_chunk(c, len(feats))
+            with contextlib.closing(pieces):
+                for piece in pieces:
+                    c = piece.chunk
+                    feats = _encode_chunk(encoder, piece.frames, batch_size)
+                    pending.setdefault(c, []).append((piece.offset, feats))
+                    progress_done += len(feats)
+                    if on_progress is not None:
+                        on_progress(progress_done, plan.frames)
+                    size = min(chunk_frames, plan.frames - c * chunk_frames)
+                    if sum(len(f) for _, f in pending[c]) < size:
+                        continue
+                    feats = torch.cat([f for _, f in sorted(pending.pop(c), key=lambda x: x[0])])
+                    with atomic_path(_chunk_file(part, c)) as tmp:
+                        save_features({"features": feats.contiguous()}, tmp)
+                    computed += len(feats)
+                    if on_chunk is not None:
+                        on_chunk(c, len(feats))
         except LocomadError:
             # bad input (a corrupt film): nothing worth resuming is left behind
-            stop.set()
-            thread.join(timeout=10)
             shutil.rmtree(part, ignore_errors=True)
             raise
         except OSError:
@@ -312,9 +282,6 @@ def extract_film(
             if not done and not computed:
                 shutil.rmtree(part, ignore_errors=True)
             raise
-        finally:
-            stop.set()
-            thread.join(timeout=10)
     features = torch.cat(
         [load_file(str(_chunk_file(part, c)))["features"] for c in range(n_chunks)]
     )

@@ -156,18 +156,25 @@ class FramePlan:
     reader: Any = field(default=None, repr=False, compare=False)
     """The decord reader opened while planning, reused for decoding (opening one reads the
     container's whole index again)."""
+    keyframes: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """decord's keyframe positions (its own numbering, as its seeks use them): where a decoder
+    may start (locomad_cli/decode.py)."""
 
     @property
     def frames(self) -> int:
         return len(self.indices)
 
 
-def _open_reader(path: Path, width: int, height: int):  # -> decord.VideoReader
+def _open_reader(path: Path, width: int, height: int, threads: int = 0):  # -> VideoReader
+    """A decord reader scaling to width x height; `threads`: libavcodec's decoder threads (0:
+    its own choice, frame threads for every core and one more)."""
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)  # libav chatter would break one-line errors
     try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
+        return decord.VideoReader(
+            str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=threads
+        )
     except Exception as e:  # decord raises RuntimeError or DECORDError with C++ context
         raise LocomadError(
             f"{path}: cannot decode the video, the file is truncated or corrupt ({_first_line(e)})"
@@ -226,7 +233,16 @@ def plan_frames(info: VideoInfo, fps: float, short_side: int) -> FramePlan:
             f"{info.path}: video is {duration:.3f} s long, shorter than one frame at {fps:g} FPS"
         )
     indices = sample_indices(starts, fps, count)
-    return FramePlan(info, fps, width, height, duration, indices, reader)
+    keys = np.asarray(reader.get_key_indices(), dtype=np.int64)
+    return FramePlan(info, fps, width, height, duration, indices, reader, keys)
+
+
+def film_keyframes(plan: FramePlan) -> np.ndarray:
+    """The plan's keyframe positions, read from the film when the plan does not hold them."""
+    if plan.keyframes is None:
+        reader = plan.reader or _open_reader(plan.info.path, plan.width, plan.height)
+        plan.keyframes = np.asarray(reader.get_key_indices(), dtype=np.int64)
+    return plan.keyframes
 
 
 def iter_chunks(
