@@ -17,9 +17,7 @@ import warnings
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from locomad_cli import __version__
 from locomad_cli.utils import (
     DEBUG_ENV,
     EXIT_INTERNAL,
@@ -36,16 +34,47 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags show as flags, no boxes in pipes and logs
 )
-console = Console(stderr=True)
 
 MODEL_HELP = "Model card: a shipped name (opt-2.7b, opt-1.3b, opt-350m, demo) or a YAML path."
 SET_HELP = "Override a card field, e.g. --set llm.num_beams=1 (repeatable)."
+THREADS_OPTION = typer.Option(
+    None,
+    "--threads",
+    metavar="N",
+    help="torch CPU threads. Default: the cores the load average leaves free, one fewer "
+    "while a film is decoded (or $OMP_NUM_THREADS).",
+)
+"""One definition for every command that runs torch (locomad_cli/threads.py)."""
+
+
+def _show_help(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        typer.echo(ctx.get_help(), color=ctx.color)
+        raise typer.Exit()
+
+
+HELP_OPTION = typer.Option(
+    False, "--help", is_eager=True, callback=_show_help, help="Show this message and exit."
+)
+"""A group's own --help. Typer's built-in one has no default, so on `locomad CMD --help` the
+group's unset flag goes through pydantic's validation, and importing pydantic was half the
+time of every help screen (benchmarks/startup.py)."""
 
 
 def fail(message: str) -> None:
     """One clear line on stderr, exit code 2."""
     typer.echo(f"locomad: error: {message}", err=True)
     raise typer.Exit(EXIT_USER)
+
+
+def _threads(value: str | None) -> int | None:
+    """--threads as a number (None: the policy picks), or one line and exit 2."""
+    from locomad_cli.threads import parse_threads
+
+    try:
+        return parse_threads(value)
+    except LocomadError as e:
+        fail(str(e))
 
 
 class _WarningLine(logging.Handler):
@@ -72,6 +101,8 @@ def _setup_logging() -> None:
 
 def _version_callback(value: bool) -> None:
     if value:
+        from locomad_cli import __version__
+
         typer.echo(f"locomad {__version__}")
         raise typer.Exit()
 
@@ -86,6 +117,7 @@ def _root(
         "--debug",
         help=f"Show the traceback of an internal error (or set {DEBUG_ENV}=1). Default: off.",
     ),
+    _help: bool = HELP_OPTION,
 ) -> None:
     """locomad: audio description for films (LoCo-MAD)."""
     if debug:
@@ -107,7 +139,10 @@ def doctor(
         rows = run_checks(model)
     except LocomadError as e:
         fail(str(e))
+    from rich.console import Console
     from rich.table import Table
+
+    from locomad_cli import __version__
 
     table = Table(title=f"locomad {__version__} doctor, model card {model}")
     table.add_column("check")
@@ -144,6 +179,7 @@ def extract_features_cmd(
     dtype: str = typer.Option(
         "auto", "--dtype", help="auto | fp32 | fp16 | bf16. Default: auto (bf16 on GPUs, fp32 CPU)."
     ),
+    threads: str = THREADS_OPTION,
     h5: str = typer.Option(
         None, "--h5", help="Also add the films to this MAD-layout HDF5 (key = file stem)."
     ),
@@ -157,6 +193,7 @@ def extract_features_cmd(
     """CLIP frame features at exact 1/fps timestamps into NAME.features.safetensors."""
     from locomad_cli.card import load_card
 
+    n_threads = _threads(threads)
     try:
         card = load_card(model, overrides)  # before importing torch: a bad card fails fast
         from locomad_cli.features import extract_features, summary_line
@@ -170,6 +207,7 @@ def extract_features_cmd(
             batch_size=batch_size,
             device=device,
             dtype=dtype,
+            threads=n_threads,
             h5=h5,
             overwrite=overwrite,
             progress=not quiet,
@@ -251,6 +289,7 @@ def train_cmd(
         None, "--val-max-clips", help="Validate on the first N val clips. Default: all."
     ),
     num_workers: int = typer.Option(2, "--num-workers", help="Data loader workers. Default: 2."),
+    threads: str = THREADS_OPTION,
     strict: bool = typer.Option(
         False, "--strict", help="Refuse malformed annotation rows. Default: skip and report them."
     ),
@@ -264,7 +303,10 @@ def train_cmd(
     ),
 ) -> None:
     """Train stage 1 or 2 (plain, one GPU, or under `accelerate launch` for DDP/FSDP)."""
+    from locomad_cli.threads import torch_threads
     from locomad_cli.train import TrainConfig, train
+
+    n_threads = _threads(threads)
 
     cfg = TrainConfig(
         stage=stage,
@@ -299,7 +341,8 @@ def train_cmd(
         tensorboard=tensorboard,
     )
     try:
-        result = train(cfg)
+        with torch_threads(n_threads, decoding=False, device="auto"):
+            result = train(cfg)
     except LocomadError as e:
         fail(str(e))
     if result.is_main:
@@ -338,6 +381,7 @@ def evaluate_cmd(
         "roberta-large", "--recall-model", help="R@k/N BertScore model. Default: roberta-large."
     ),
     device: str = typer.Option("cpu", "--device", help="BertScore device. Default: cpu."),
+    threads: str = THREADS_OPTION,
     corenlp: str = typer.Option(
         None,
         "--corenlp",
@@ -357,6 +401,7 @@ def evaluate_cmd(
     R@5/16. Exit code 1 when a requested metric is unavailable (unless --allow-missing)."""
     from locomad_cli.evaluate import evaluate, missing_line, report_table, write_report
 
+    n_threads = _threads(threads)
     try:
         report = evaluate(
             prediction,
@@ -367,12 +412,15 @@ def evaluate_cmd(
             bert_rescale=bert_rescale,
             recall_model=recall_model,
             device=device,
+            threads=n_threads,
             corenlp=corenlp,
         )
         if output:
             write_report(report, output)
     except LocomadError as e:
         fail(str(e))
+    from rich.console import Console
+
     Console().print(report_table(report))
     if not quiet and (report["unmatched_predictions"] or report["unmatched_references"]):
         typer.echo(
@@ -434,6 +482,7 @@ def describe_cmd(
         help="Precomputed NAME.features.safetensors. Default: extract (cached, reused).",
     ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda. Default: auto."),
+    threads: str = THREADS_OPTION,
     batch_size: int = typer.Option(
         8, "--batch-size", help="Slots per call for oracle/local (recurrent: 1). Default: 8."
     ),
@@ -504,6 +553,7 @@ def describe_cmd(
         shots=shots,
         cut_margin=cut_margin,
         progress=not quiet,
+        threads=_threads(threads),
     )
     many = several(videos)
 
@@ -669,6 +719,11 @@ demo_app = typer.Typer(
 app.add_typer(demo_app, name="demo")
 
 
+@demo_app.callback()
+def _demo(_help: bool = HELP_OPTION) -> None:
+    """The embedded demo: a rendered film world, its data and its small model."""
+
+
 @demo_app.command("make-data")
 def demo_make_data_cmd(
     out_dir: str = typer.Argument(..., help="Folder for train/, val/ and test/ films."),
@@ -687,9 +742,12 @@ def demo_make_data_cmd(
         True, "--features/--no-features", help="Extract frame features too. Default: on."
     ),
     model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
+    threads: str = THREADS_OPTION,
 ) -> None:
     """Render demo films (MP4 + subtitles + reference AD) in the folder-of-films layout."""
     from locomad_cli.demo.data import DemoDataConfig, make_data
+
+    n_threads = _threads(threads)
 
     cfg = DemoDataConfig(
         seed=seed,
@@ -701,7 +759,9 @@ def demo_make_data_cmd(
         dialogue_intro=dialogue_intro,
     )
     try:
-        out = make_data(out_dir, cfg, features=features, card=model, progress=True)
+        out = make_data(
+            out_dir, cfg, features=features, card=model, progress=True, threads=n_threads
+        )
     except LocomadError as e:
         fail(str(e))
     typer.echo(
@@ -722,13 +782,18 @@ def demo_train_clip_cmd(
     steps: int = typer.Option(600, "--steps", help="Optimizer steps. Default: 600."),
     batch_size: int = typer.Option(64, "--batch-size", help="Default: 64."),
     seed: int = typer.Option(0, "--seed", help="Default: 0."),
+    threads: str = THREADS_OPTION,
 ) -> None:
     """Train the demo card's small CLIP contrastively on demo frames (open_clip's loss)."""
     from locomad_cli.card import load_card
     from locomad_cli.demo.clip_train import train_clip
+    from locomad_cli.threads import torch_threads
 
+    n_threads = _threads(threads)
     try:
-        r = train_clip(data, load_card(model), out, steps=steps, batch_size=batch_size, seed=seed)
+        card = load_card(model)
+        with torch_threads(n_threads, decoding=False, device="cpu"):
+            r = train_clip(data, card, out, steps=steps, batch_size=batch_size, seed=seed)
     except LocomadError as e:
         fail(str(e))
     typer.echo(
@@ -758,12 +823,14 @@ def demo_tokenizers_cmd(
 def demo_features_cmd(
     data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
     model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
+    threads: str = THREADS_OPTION,
 ) -> None:
     """Extract frame features for every demo film (skips films already done)."""
     from locomad_cli.demo.data import extract_demo_features
 
+    n_threads = _threads(threads)
     try:
-        n = extract_demo_features(data, model)
+        n = extract_demo_features(data, model, threads=n_threads)
     except LocomadError as e:
         fail(str(e))
     typer.echo(f"{n} films have features", err=True)
@@ -783,9 +850,13 @@ def demo_train_cmd(
     measure: bool = typer.Option(
         True, "--measure/--no-measure", help="Measure on held-out films. Default: on."
     ),
+    threads: str = THREADS_OPTION,
 ) -> None:
     """Train the demo model from nothing: data, tokenizers, CLIP, stage 1, stage 2, measure."""
     from locomad_cli.demo.pipeline import DemoTrainConfig, train_demo
+    from locomad_cli.threads import pick_threads
+
+    n_threads = _threads(threads)
 
     cfg = DemoTrainConfig(
         work=work,
@@ -798,6 +869,7 @@ def demo_train_cmd(
         measure=measure,
         progress=True,
     )
+    cfg.threads = pick_threads(n_threads, decoding=False, device="cpu")
     try:
         result = train_demo(cfg)
     except LocomadError as e:
@@ -842,15 +914,20 @@ def demo_measure_cmd(
         help="Comma list of oracle, oracle-last-k, recurrent, recurrent-last-k, local, stage1. "
         "Default: oracle,recurrent,recurrent-last-k,local.",
     ),
+    threads: str = THREADS_OPTION,
 ) -> None:
     """Score a model on demo films, slot by slot against world.json: CIDEr, location, look,
     prop, action and name accuracy, and how often a description repeats one of the last 3."""
     from locomad_cli.demo.measure import SETTINGS, measure
+    from locomad_cli.threads import torch_threads
     from locomad_cli.utils import parse_choice_list
 
+    n_threads = _threads(threads)
     try:
         chosen = parse_choice_list(settings, SETTINGS, "--settings")
-        _print_scores(measure(_demo_model(model, weights), data, settings=chosen, split=split))
+        with torch_threads(n_threads, decoding=False, device="cpu"):
+            scores = measure(_demo_model(model, weights), data, settings=chosen, split=split)
+        _print_scores(scores)
     except LocomadError as e:
         fail(str(e))
 
@@ -864,14 +941,18 @@ def demo_probe_cmd(
     train_films: int = typer.Option(
         24, "--train-films", help="Training films the probes are fit on. Default: 24."
     ),
+    threads: str = THREADS_OPTION,
 ) -> None:
     """Where the model loses what its frames show: linear probes (location, look, prop,
     action) on frame features, PME queries and the visual prompt, then the model with its
     visual prompt intact, zeroed and shuffled across slots."""
     from locomad_cli.demo.probe import ProbeConfig, probe
+    from locomad_cli.threads import torch_threads
 
+    n_threads = _threads(threads)
     try:
-        result = probe(_demo_model(model, weights), ProbeConfig(data, split, train_films))
+        with torch_threads(n_threads, decoding=False, device="cpu"):
+            result = probe(_demo_model(model, weights), ProbeConfig(data, split, train_films))
     except LocomadError as e:
         fail(str(e))
     _print_scores(result)

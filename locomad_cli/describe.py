@@ -31,6 +31,7 @@ from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
 from locomad_cli.slots import Slot, plan_film, slots_from_times
 from locomad_cli.subtitles import Cue, dialogue_text, dialogue_windows, read_cues, read_timed
+from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
     LocomadError,
     atomic_open,
@@ -85,6 +86,8 @@ class DescribeOptions:
     cut_margin: float = 0.5
     """Seconds a proposed slot may run across a cut."""
     progress: bool = True
+    threads: int | None = None
+    """torch's CPU threads (None: threads.pick_threads chooses)."""
 
 
 @dataclass
@@ -460,7 +463,7 @@ def describe(
     if opts.ad_times:  # given slots are checked before anything is written
         slots_from_times(opts.ad_times, duration)
 
-    with _no_trace_on_bad_input(out_dir):
+    with _no_trace_on_bad_input(out_dir), torch_threads(opts.threads, False, opts.device):
         slots, slot_plan = plan_slots(opts, subtitles, duration, video, out_dir)
         _warn_mismatches(opts, subtitles, slots, duration)
         film = Film(
@@ -615,6 +618,7 @@ def _features_for(
         progress=opts.progress,
         shared=False,
         load_encoder=models.clip if models is not None else load_clip,
+        threads=opts.threads,
     )
     features, meta = load_features(results[0].output)
     _check_features(results[0].output, meta, card, features)

@@ -8,6 +8,7 @@ report, so a track made on other slots is never silently scored against the wron
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from locomad_cli.metrics import (
     recall_hits,
 )
 from locomad_cli.subtitles import Cue, read_timed
+from locomad_cli.threads import torch_threads
 from locomad_cli.utils import LocomadError, atomic_open, parse_choice_list
 
 
@@ -133,6 +135,7 @@ def evaluate(
     recall_k: int = 5,
     recall_n: int = 16,
     device: str = "cpu",
+    threads: int | None = None,
     bert_pair_score: PairScore | None = None,
     recall_similarity: Similarity | None = None,
     corenlp: str | Path | None = None,
@@ -141,7 +144,8 @@ def evaluate(
     are pooled: corpus-level CIDEr/BLEU/ROUGE-L/METEOR/SPICE over all pairs (as COCOEvalCap
     does), BertScore over all pairs, R@k/N over every window of every film.
     `bert_pair_score` and `recall_similarity` replace the BertScore models (tests); `corenlp`
-    is a folder with CoreNLP's jars for SPICE. Metrics that cannot run are listed under
+    is a folder with CoreNLP's jars for SPICE; `threads` is torch's for BertScore (None:
+    threads.pick_threads chooses). Metrics that cannot run are listed under
     `unavailable` with a reason that names the flag fixing it."""
     names = parse_metrics(metrics)
     films, missing = film_files(prediction, reference)
@@ -159,36 +163,42 @@ def evaluate(
     coco = [m for m in names if m in COCO_METRICS]
     if coco:
         scores.update(coco_scores(p_text, r_text, coco, corenlp=corenlp))
-    if "bertscore" in names:
-        try:
-            pair = bert_pair_score or bertscore_f1(bert_model, rescale=bert_rescale, device=device)
-            scores["BertScore"] = (
-                bertscore(p_text, r_text, pair) if pairs else Unavailable("no matched slot")
-            )
-        except Exception as e:
-            scores["BertScore"] = Unavailable(
-                f"{_reason(e)}; pass --bert-model DIR (a local copy of the model)"
-            )
-    if "recall" in names:
-        key = f"R@{recall_k}/{recall_n}"
-        try:
-            sim = recall_similarity or pairwise_similarity(
-                bertscore_f1(recall_model, rescale=True, lowercase=False, device=device)
-            )
-            hits = []
-            for *_, matches, _, _ in per_film:
-                fp = [m.prediction.text for m in matches]
-                fr = [m.reference.text for m in matches]
-                hits += recall_hits(fp, fr, sim, recall_k, recall_n)
-            scores[key] = (
-                100 * sum(hits) / len(hits)
-                if hits
-                else Unavailable(f"needs at least {recall_n} matched slots in a film")
-            )
-        except Exception as e:
-            scores[key] = Unavailable(
-                f"{_reason(e)}; pass --recall-model DIR (a local copy of the model)"
-            )
+    bert = ("bertscore" in names and bert_pair_score is None) or (
+        "recall" in names and recall_similarity is None
+    )
+    with torch_threads(threads, False, device) if bert else contextlib.nullcontext():
+        if "bertscore" in names:
+            try:
+                pair = bert_pair_score or bertscore_f1(
+                    bert_model, rescale=bert_rescale, device=device
+                )
+                scores["BertScore"] = (
+                    bertscore(p_text, r_text, pair) if pairs else Unavailable("no matched slot")
+                )
+            except Exception as e:
+                scores["BertScore"] = Unavailable(
+                    f"{_reason(e)}; pass --bert-model DIR (a local copy of the model)"
+                )
+        if "recall" in names:
+            key = f"R@{recall_k}/{recall_n}"
+            try:
+                sim = recall_similarity or pairwise_similarity(
+                    bertscore_f1(recall_model, rescale=True, lowercase=False, device=device)
+                )
+                hits = []
+                for *_, matches, _, _ in per_film:
+                    fp = [m.prediction.text for m in matches]
+                    fr = [m.reference.text for m in matches]
+                    hits += recall_hits(fp, fr, sim, recall_k, recall_n)
+                scores[key] = (
+                    100 * sum(hits) / len(hits)
+                    if hits
+                    else Unavailable(f"needs at least {recall_n} matched slots in a film")
+                )
+            except Exception as e:
+                scores[key] = Unavailable(
+                    f"{_reason(e)}; pass --recall-model DIR (a local copy of the model)"
+                )
 
     def cue(c: Cue, film: str) -> dict[str, Any]:
         return {"film": film, "start": c.start, "end": c.end, "text": c.text}

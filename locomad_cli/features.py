@@ -30,6 +30,7 @@ from locomad_cli import decode
 from locomad_cli.card import ModelCard
 from locomad_cli.clip import ClipEncoder, load_clip, weights_id
 from locomad_cli.films import rank_and_world, share
+from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
     LocomadError,
     atomic_open,
@@ -337,22 +338,6 @@ def write_h5(h5_path: str | Path, outputs: list[Path]) -> int:
     return len(films)
 
 
-@contextlib.contextmanager
-def _cpu_threads_beside_decoder(device: str) -> Iterator[None]:
-    """On the CPU, leave one core to the decode thread: with torch's OpenMP pool on every core
-    as well, the two fight and the encoder slows down many times over (measured 30x for a small
-    encoder on 2 cores). An explicit OMP_NUM_THREADS is left alone."""
-    if device != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 2) - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class _Progress:
     """A rich progress bar per film (frames, frames/s, ETA) on stderr; silent when off."""
 
@@ -422,10 +407,13 @@ def extract_features(
     on_chunk: Callable[[Path, int, int], None] | None = None,
     shared: bool = True,
     load_encoder: Callable[[ModelCard, str, torch.dtype], ClipEncoder] = load_clip,
+    threads: int | None = None,
 ) -> list[FilmResult]:
     """Extract features for every film (this rank's share under torchrun/accelerate, see
     films.share; `shared=False`: all of them, for a caller that has already taken its share).
     `load_encoder` builds the CLIP when a film needs it (describe keeps one across films).
+    `threads`: torch's CPU threads while encoding (None: threads.pick_threads' choice, which
+    leaves a core to the decode thread).
     All inputs are checked before any work starts, so a bad file fails fast and writes
     nothing."""
     fps = float(fps if fps is not None else card.fps)
@@ -466,6 +454,7 @@ def extract_features(
             on_chunk,
             shared,
             load_encoder,
+            threads=threads,
         )
     except LocomadError:
         for folder in created:  # leave no trace of a run that failed on bad input
@@ -489,6 +478,7 @@ def _extract_all(
     on_chunk: Callable[[Path, int, int], None] | None,
     shared: bool = True,
     load_encoder: Callable[[ModelCard, str, torch.dtype], ClipEncoder] = load_clip,
+    threads: int | None = None,
 ) -> list[FilmResult]:
     _, world, local_rank = rank_and_world()
     mine = share(range(len(infos))) if shared else list(range(len(infos)))
@@ -521,7 +511,8 @@ def _extract_all(
         plans = {i: plan_frames(infos[i], fps, encoder.decode_short_side) for i in todo}
         for i in todo[1:]:  # one open reader at a time: each holds a file and its frame index
             plans[i].reader = None
-        with _cpu_threads_beside_decoder(dev), _Progress(progress) as bars:
+        # torch's pool on every core would fight the decode thread: 30x slower, measured
+        with torch_threads(threads, decoding=True, device=dev), _Progress(progress) as bars:
             for i in todo:
                 info, out, plan = infos[i], outputs[i], plans[i]
                 hint = "free some space and run the same command again (finished chunks are kept)"

@@ -123,9 +123,11 @@ def make_data(
     features: bool = True,
     card: str = "demo",
     progress: bool = False,
+    threads: int | None = None,
 ) -> dict[str, list[Path]]:
     """Render `cfg.films` films into OUT_DIR/{train,val,test}/ and (optionally) extract their
-    frame features with the card's CLIP. Returns the MP4 paths per split."""
+    frame features with the card's CLIP (`threads`: torch's, see extract_features). Returns the
+    MP4 paths per split."""
     cfg = cfg or DemoDataConfig()
     if cfg.films < 1 or cfg.val < 0 or cfg.test < 0 or cfg.val + cfg.test >= cfg.films:
         raise LocomadError(
@@ -150,11 +152,13 @@ def make_data(
                 flush=True,
             )
     if features:
-        extract_demo_features(root, card)
+        extract_demo_features(root, card, threads=threads)
     return out
 
 
-def extract_demo_features(root: str | Path, card: str = "demo", overwrite: bool = False) -> int:
+def extract_demo_features(
+    root: str | Path, card: str = "demo", overwrite: bool = False, threads: int | None = None
+) -> int:
     """Frame features for every MP4 under root/{train,val,test} with `card`'s CLIP (skips
     films already done unless `overwrite`); returns how many films have features."""
     from locomad_cli.card import load_card
@@ -176,6 +180,7 @@ def extract_demo_features(root: str | Path, card: str = "demo", overwrite: bool 
                     device="cpu",
                     dtype="fp32",
                     overwrite=overwrite,
+                    threads=threads,
                 )
             )
     return done
