@@ -27,14 +27,20 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.utils import LocomadError, hub_reachable
 
-_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+if TYPE_CHECKING:  # imported where used: extract-features plans its films before torch loads
+    import torch
+
+
+def _precision(dtype: torch.dtype | None) -> str | None:
+    import torch
+
+    table = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    return table.get(torch.float32 if dtype is None else dtype)
 
 
 @dataclass
@@ -67,6 +73,7 @@ class ClipEncoder:
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames [N, 3, H, W] (any size, on any device) → float [N, 3, S, S] normalised:
         open_clip's eval transform applied step by step to the whole batch."""
+        import torch
         from open_clip.transform import (
             CenterCropOrPad,
             MaybeConvertMode,
@@ -99,28 +106,32 @@ class ClipEncoder:
                 )
         return x
 
-    @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 frames [N, 3, H, W] (raw, any size) or float [N, 3, S, S] already preprocessed
         → projected image embeddings [N, D], float32 on the CPU."""
-        if images.device.type == "cpu" and self.device.startswith("cuda"):
-            images = images.pin_memory()
-        x = images.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = self.preprocess(x)
-        out = self.model.encode_image(x.to(self.dtype))
-        return out.float().cpu()
+        import torch
 
-    @torch.inference_mode()
+        with torch.inference_mode():
+            if images.device.type == "cpu" and self.device.startswith("cuda"):
+                images = images.pin_memory()
+            x = images.to(self.device, non_blocking=True)
+            if x.dtype == torch.uint8:
+                x = self.preprocess(x)
+            out = self.model.encode_image(x.to(self.dtype))
+            return out.float().cpu()
+
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Projected text embeddings [N, D], float32 on the CPU (DSM text-feature cache)."""
-        if not texts:
-            return torch.zeros(0, self.dim)
-        outs = []
-        for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
-            outs.append(self.model.encode_text(tokens).float().cpu())
-        return torch.cat(outs)
+        import torch
+
+        with torch.inference_mode():
+            if not texts:
+                return torch.zeros(0, self.dim)
+            outs = []
+            for i in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
+                outs.append(self.model.encode_text(tokens).float().cpu())
+            return torch.cat(outs)
 
 
 @contextlib.contextmanager
@@ -219,21 +230,54 @@ def _inline_config(card: ModelCard) -> dict[str, Any] | None:
     return {"model_cfg": cfg, "preprocess_cfg": cfg.get("preprocess_cfg", {})}
 
 
+def input_side(card: ModelCard) -> int | None:
+    """The longer side of the picture the card's CLIP takes (what `decode_short_side` of the
+    built encoder says), from its config alone: the card's own or open_clip's bundled one for
+    a built-in name, read without importing open_clip or torch, so that extract-features can
+    read its films and decode their first frames before those load. None when the config
+    does not say; the built encoder is then asked."""
+    inline = _inline_config(card)
+    cfg = inline["model_cfg"] if inline is not None else _bundled_config(card.clip.model)
+    size = ((cfg or {}).get("vision_cfg") or {}).get("image_size")
+    if isinstance(size, int) and size > 0:
+        return size
+    if isinstance(size, (list, tuple)) and size and all(isinstance(v, int) for v in size):
+        return max(size)
+    return None
+
+
+def _bundled_config(name: str) -> dict[str, Any] | None:
+    """open_clip's own model_configs/NAME.json, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "model_configs" / f"{name}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def load_clip(
     card: ModelCard,
     device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     load_weights: bool = True,
 ) -> ClipEncoder:
     """Build the card's CLIP with open_clip: a shipped architecture name + pretrained tag (from
     the hub or its cache), the card's inline config, and/or a local `.safetensors` file; with
     QuickGELU where the weights were trained with it (`quick_gelu`). `load_weights=False`
     builds the same network at (seeded) random init without the hub or a file: tests and
-    shape checks of the real cards."""
+    shape checks of the real cards. `dtype` None is fp32."""
     import open_clip
+    import torch
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    if dtype not in _PRECISION:
+    precision = _precision(dtype)
+    dtype = torch.float32 if dtype is None else dtype
+    if precision is None:
         raise LocomadError(f"unsupported CLIP dtype {dtype}")
     name, pretrained = card.clip.model, card.clip.pretrained
     weights_file = _resolve_file(card, pretrained) if pretrained else None
@@ -247,7 +291,7 @@ def load_clip(
             "not loaded)"
         )
     inline = _inline_config(card)
-    kwargs = dict(device=device, precision=_PRECISION[dtype], force_quick_gelu=force_quick_gelu)
+    kwargs = dict(device=device, precision=precision, force_quick_gelu=force_quick_gelu)
     try:
         # Random init (tests, demos) is seeded: the same card always builds the same encoder,
         # so a resumed extraction never mixes features of two different random models.

@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from locomad_cli import decode
 from locomad_cli.card import ModelCard
-from locomad_cli.clip import ClipEncoder, load_clip, weights_id
+from locomad_cli.clip import ClipEncoder, input_side, load_clip, weights_id
 from locomad_cli.films import rank_and_world, share
 from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
@@ -47,6 +46,9 @@ from locomad_cli.video import (
     probe,
     source_fingerprint,
 )
+
+if TYPE_CHECKING:  # imported where used: films are read and checked before torch loads
+    import torch
 
 FORMAT = "locomad-features-1"
 SUFFIX = ".features.safetensors"
@@ -206,6 +208,8 @@ def _prepare_partial(part: Path, state: dict[str, str], n_chunks: int) -> set[in
 
 def _encode_chunk(encoder: ClipEncoder, frames, batch_size: int) -> torch.Tensor:
     """uint8 frames [n, H, W, 3] (numpy) → fp16 features [n, D] on the CPU."""
+    import torch
+
     x = torch.from_numpy(frames)
     cuda = encoder.device.startswith("cuda")
     outs = []
@@ -230,6 +234,7 @@ def extract_film(
     """Extract one planned film into `output`, resuming a partial run. `on_progress(done,
     total)` follows output frames (progress bars); `on_chunk(chunk, frames)` runs after each
     newly computed chunk is safely on disk (tests simulate a crash there)."""
+    import torch
     from safetensors.torch import load_file
 
     start = time.perf_counter()
@@ -502,13 +507,20 @@ def _extract_all(
             shutil.rmtree(partial_dir(outputs[i]), ignore_errors=True)
 
     if todo:
+        # Reading every film's frame index (and first frame) first catches unreadable films
+        # before any work, and before torch and open_clip load (seconds, most of the start-up)
+        # when the card's config tells the CLIP's input size.
+        side = input_side(card)
+        plans = {i: plan_frames(infos[i], fps, side) for i in todo} if side else {}
         dev = resolve_device(device)
         if dev == "cuda" and world > 1:
+            import torch
+
             # several processes may share a GPU: decoding, not the GPU, is then the limit
             dev = f"cuda:{local_rank % torch.cuda.device_count()}"
         encoder = load_encoder(card, dev, resolve_dtype(dtype, dev))
-        # Reading every film's frame index first catches unreadable films before any work.
-        plans = {i: plan_frames(infos[i], fps, encoder.decode_short_side) for i in todo}
+        if side != encoder.decode_short_side:  # the config could not tell: plan at its size
+            plans = {i: plan_frames(infos[i], fps, encoder.decode_short_side) for i in todo}
         for i in todo[1:]:  # one open reader at a time: each holds a file and its frame index
             plans[i].reader = None
         # torch's pool on every core would fight the decode thread: 30x slower, measured
