@@ -133,9 +133,10 @@ def describe_films(
             )
     check_options(opts)
     _check_outputs(films, opts)
-    from locomad_cli.card import load_card
+    if len(films) > 1:  # once for all (describe checks a film of its own)
+        from locomad_cli.card import load_card
 
-    check_weights_exist(opts, load_card(opts.model, opts.overrides))
+        check_weights_exist(opts, load_card(opts.model, opts.overrides))
     mine = share(films) if shared else films
     opts = _per_process_device(opts) if mine else opts
     models = Models()
