@@ -1,152 +1,214 @@
-"""How fast is `locomad extract-features`, against the decode limit and a naive loop?
+"""How fast is `locomad extract-features`, as a user runs it, against the decode limit?
 
-Prints frames/s, on the same film, of:
-  1. extract-features (decode thread + batched tensor preprocessing + CLIP, chunked, resumable):
-     the whole call (probe, CLIP load, planning, fingerprint included) and its per-film loop;
-  2. ffmpeg decoding the same 5 FPS frames at the same size to raw RGB, nothing else (the decode
-     limit: no extractor can beat the decoder);
-  3. decord alone, decoding exactly our frames (our own decoder's limit);
-  4. a naive loop: per frame, decord → PIL → open_clip's transform → encode_image one at a time;
-and the ratios (1)/(2) and (1)/(4).
+Times on the same film, round by round and interleaved (a change in the machine's load hits
+every case alike), and prints medians of `--repeats` rounds and ratios against ffmpeg measured
+in the same rounds:
+  1. ffmpeg decode only: the same frames (fps=5) at the same size to raw RGB into a pipe that
+     is drained, nothing else: the decode limit, since no extractor can beat its decoder;
+  2. the command: `locomad extract-features FILM --model CARD -o DIR` in a fresh process, from
+     process start to the features file written (start-up imports, CLIP load, probe,
+     planning, decoding, encoding, writes): what a user waits for;
+  3. the film loop: extract_film() in this process with the model loaded (what the command
+     costs without its start-up), with the default readers and with one reader (the
+     sequential path before parallel decoding);
+  4. decode only, our readers (decode.decode_pieces, no encoder);
+  5. a naive loop: per frame, decord -> PIL -> open_clip's transform -> encode_image, on the
+     first `--naive-frames` frames (0: skipped).
+CPU seconds (user + system) are printed beside wall seconds: on a loaded machine the wall
+ratio follows each case's share of the cores, the CPU ratio what each case costs.
 
-    .venv/bin/python benchmarks/extract.py                      # 60 s 1280x720 testsrc2, tiny CLIP
-    .venv/bin/python benchmarks/extract.py --model demo FILM.mp4 # a film of your own, demo card
+    .venv/bin/python benchmarks/extract.py                    # 120 s 1280x720 testsrc2, demo card
+    .venv/bin/python benchmarks/extract.py FILM.mp4 --model demo --repeats 5
+    .venv/bin/python benchmarks/extract.py --seconds 600      # a 10-minute film
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from locomad_cli.card import load_card, tiny_card  # noqa: E402
-from locomad_cli.clip import load_clip  # noqa: E402
-from locomad_cli.features import extract_features  # noqa: E402
-from locomad_cli.video import iter_chunks, plan_frames, probe  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+LOCOMAD = str(Path(sys.executable).with_name("locomad"))
 
 
 def make_film(path: Path, seconds: float, size: str) -> Path:
-    cmd = [
-        "ffmpeg",
-        "-v",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=s={size}:r=25:d={seconds}",
-    ]
-    subprocess.run([*cmd, "-c:v", "libx264", "-preset", "veryfast", str(path)], check=True)
+    """testsrc2 at 25 fps, H.264 as x264 makes it by default (B-frames, keyframes up to 10 s
+    apart)."""
+    src = f"testsrc2=s={size}:r=25:d={seconds}"
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", src, "-c:v", "libx264"]
+    subprocess.run([*cmd, "-preset", "veryfast", str(path)], check=True)
     return path
 
 
-def ffmpeg_decode(path: Path, fps: float, width: int, height: int) -> tuple[int, float]:
+def _cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
+    """(frames, wall seconds, CPU seconds of this process and its children)."""
+    cpu, start = _cpu(), time.perf_counter()
+    frames = fn()
+    return frames, time.perf_counter() - start, _cpu() - cpu
+
+
+def ffmpeg_decode(film: Path, fps: float, width: int, height: int) -> int:
     """ffmpeg alone: decode, pick frames at `fps`, scale, write raw RGB to a pipe we drain."""
-    cmd = ["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"fps={fps},scale={width}:{height}"]
-    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    cmd = ["ffmpeg", "-v", "error", "-i", str(film), "-vf", f"fps={fps:g},scale={width}:{height}"]
+    proc = subprocess.Popen([*cmd, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], stdout=PIPE)
     total = 0
     while chunk := proc.stdout.read(1 << 20):
         total += len(chunk)
-    proc.wait()
-    return total // (width * height * 3), time.perf_counter() - start
+    if proc.wait() != 0:
+        raise SystemExit("ffmpeg failed")
+    return total // (width * height * 3)
 
 
-def decord_decode(path: Path, fps: float, short_side: int) -> tuple[int, float]:
-    start = time.perf_counter()
-    plan = plan_frames(probe(path), fps, short_side)
-    n = sum(len(f) for _, f in iter_chunks(plan, 250))
-    return n, time.perf_counter() - start
+PIPE = subprocess.PIPE
 
 
-def naive(path: Path, fps: float, encoder, limit: int) -> tuple[int, float]:
-    """What one writes first: every frame alone through PIL and the model (first `limit`)."""
-    import decord
-    from PIL import Image
+def command(film: Path, model: str, out: Path, extra: list[str]) -> int:
+    """The locomad entry point in a fresh process, as a user types it."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [LOCOMAD, "extract-features", str(film), "--model", model, "-o", str(out), "-q"]
+    proc = subprocess.run([*cmd, *extra], stdout=PIPE, stderr=PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"locomad failed: {proc.stderr.strip()}")
+    from locomad_cli.features import load_features
 
-    start = time.perf_counter()
-    vr = decord.VideoReader(str(path))
-    step = vr.get_avg_fps() / fps
-    n = min(limit, int(len(vr) / step))
-    with torch.inference_mode():
-        for i in range(n):
-            frame = vr[int(i * step)].asnumpy()
-            x = encoder.transform(Image.fromarray(frame))[None].to(encoder.device, encoder.dtype)
-            encoder.model.encode_image(x)
-    return n, time.perf_counter() - start
-
-
-def best(rows: dict, name: str, row: tuple[int, float]) -> None:
-    if name not in rows or row[0] / row[1] > rows[name][0] / rows[name][1]:
-        rows[name] = row
+    return int(load_features(out / f"{film.stem}.features.safetensors")[1]["frames"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("film", nargs="?", help="video file (default: a generated testsrc2 film)")
-    ap.add_argument("--model", help="model card name or YAML (default: the tests' tiny card)")
-    ap.add_argument("--seconds", type=float, default=60.0, help="generated film length (60)")
+    ap.add_argument("--model", default="demo", help="model card name or YAML (default: demo)")
+    ap.add_argument("--seconds", type=float, default=120.0, help="generated film length (120)")
     ap.add_argument("--size", default="1280x720", help="generated film size (1280x720)")
-    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--repeat", type=int, default=2, help="best of N runs (2)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; medians are printed (3)")
     ap.add_argument("--naive-frames", type=int, default=100, help="frames for the naive loop")
+    ap.add_argument("--no-loop", action="store_true", help="skip the in-process cases (2 only)")
     args = ap.parse_args()
 
-    card = load_card(args.model) if args.model else tiny_card()
-    with tempfile.TemporaryDirectory() as tmp:
+    import torch
+
+    from locomad_cli import decode
+    from locomad_cli.card import load_card
+    from locomad_cli.clip import load_clip
+    from locomad_cli.features import extract_features
+    from locomad_cli.utils import resolve_dtype
+    from locomad_cli.video import plan_frames, probe
+
+    card = load_card(args.model)
+    with tempfile.TemporaryDirectory(prefix="locomad-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         film = (
-            Path(args.film)
-            if args.film
-            else make_film(Path(tmp) / "film.mp4", args.seconds, args.size)
+            Path(args.film) if args.film else make_film(tmp / "film.mp4", args.seconds, args.size)
         )
         info = probe(film)
-        from locomad_cli.utils import resolve_dtype
-
-        encoder = load_clip(card, args.device, resolve_dtype(args.dtype, args.device))
+        encoder = load_clip(card, args.device, resolve_dtype("auto", args.device))
         plan = plan_frames(info, card.fps, encoder.decode_short_side)
+        readers, threads = decode.default_decoders()
+        load_start = os.getloadavg()
         print(
             f"film {film.name}: {info.width}x{info.height} {info.codec}, {info.duration:.1f} s; "
             f"{plan.frames} frames at {card.fps:g} FPS decoded at {plan.width}x{plan.height}; "
-            f"CLIP {card.clip.model} on {args.device}; torch threads {torch.get_num_threads()}"
+            f"card {card.name} on {args.device}; {readers} reader(s) x {threads} thread(s); "
+            f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
         )
-        rows: dict[str, tuple[int, float]] = {}
-        for _ in range(args.repeat):  # best of N: other work on the machine only slows things
-            start = time.perf_counter()
-            res = extract_features(
-                [film],
-                card,
-                out_dir=Path(tmp) / "out",
-                batch_size=args.batch_size,
-                device=args.device,
-                dtype=args.dtype,
-                overwrite=True,
-            )
-            best(rows, "extract-features call", (res[0].frames, time.perf_counter() - start))
-            best(rows, "extract-features films", (res[0].frames, res[0].seconds))
-            best(rows, "ffmpeg decode only", ffmpeg_decode(film, card.fps, plan.width, plan.height))
-            best(
-                rows, "decord decode only", decord_decode(film, card.fps, encoder.decode_short_side)
-            )
-        rows["naive per-frame loop"] = naive(film, card.fps, encoder, args.naive_frames)
-    for name, (n, secs) in rows.items():
-        print(f"{name:22s} {n:6d} frames {secs:7.2f} s {n / secs:8.1f} frames/s")
-    fps = {k: n / s for k, (n, s) in rows.items()}
-    ours = fps["extract-features call"]
-    films = fps["extract-features films"]
-    print(f"extract-features / ffmpeg decode limit: {ours / fps['ffmpeg decode only']:.2f}x")
-    print(f"  (film loop alone, model loaded: {films / fps['ffmpeg decode only']:.2f}x)")
-    print(f"extract-features / decord decode limit: {ours / fps['decord decode only']:.2f}x")
-    print(f"extract-features / naive loop:          {ours / fps['naive per-frame loop']:.2f}x")
+        extra = ["--device", args.device]
+
+        def loop(n_readers: int | None) -> Callable[[], int]:
+            def run() -> int:
+                policy = decode.default_decoders
+                if n_readers is not None:
+                    decode.default_decoders = lambda cores=None: (n_readers, 0)
+                try:
+                    res = extract_features(
+                        [film], card, out_dir=tmp / "loop", device=args.device, overwrite=True
+                    )
+                finally:
+                    decode.default_decoders = policy
+                loops[n_readers].append(res[0].seconds)
+                return res[0].frames
+
+            return run
+
+        def ours() -> int:
+            fresh = plan_frames(info, card.fps, encoder.decode_short_side)
+            return sum(len(p.frames) for p in decode.decode_pieces(fresh, 250))
+
+        cases: dict[str, Callable[[], int]] = {
+            "ffmpeg decode only": lambda: ffmpeg_decode(film, card.fps, plan.width, plan.height),
+            "command (process start to file)": lambda: command(
+                film, args.model, tmp / "cmd", extra
+            ),
+        }
+        loops: dict[int | None, list[float]] = {None: [], 1: []}
+        if not args.no_loop:
+            cases["film loop, default readers"] = loop(None)
+            cases["film loop, 1 reader"] = loop(1)
+            cases["decode only, our readers"] = ours
+        rows: dict[str, list[tuple[int, float, float]]] = {name: [] for name in cases}
+        names = list(cases)
+        for r in range(args.repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+                rows[name].append(timed(cases[name]))
+                n, wall, cpu = rows[name][-1]
+                line = f"  round {r + 1}: {name:34s} {wall:7.2f} s wall {cpu:7.2f} s CPU"
+                print(line, flush=True)
+        # the film loop's own clock (extract_film), not the call around it
+        for key, name in ((None, "film loop, default readers"), (1, "film loop, 1 reader")):
+            if name in rows:
+                own = zip(rows[name], loops[key], strict=True)
+                rows[name] = [(n, s, c) for (n, _, c), s in own]
+        if args.naive_frames > 0 and not args.no_loop:
+            rows["naive per-frame loop"] = [timed(lambda: naive(film, card.fps, encoder, args))]
+        load_end = os.getloadavg()
+
+    print(f"\nmedians of {args.repeats} ({torch.__version__}, {os.cpu_count()} cores):")
+    med = {}
+    for name, runs in rows.items():
+        n = runs[0][0]
+        wall = statistics.median(w for _, w, _ in runs)
+        cpu = statistics.median(c for _, _, c in runs)
+        med[name] = (n / wall, cpu)
+        print(f"{name:34s} {n:6d} frames {wall:7.2f} s {n / wall:7.1f} frames/s {cpu:7.2f} s CPU")
+    limit, limit_cpu = med["ffmpeg decode only"]
+    print("ratios to ffmpeg decode only (frames/s; CPU seconds ffmpeg / case):")
+    for name, (speed, cpu) in med.items():
+        if name != "ffmpeg decode only" and not name.startswith("naive"):
+            print(f"  {name:34s} {speed / limit:5.2f}x   CPU {limit_cpu / cpu:5.2f}x")
+    print(f"load average at the end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+
+
+def naive(film: Path, fps: float, encoder, args) -> int:
+    """What one writes first: every frame alone through PIL and the model (first frames)."""
+    import decord
+    import torch
+    from PIL import Image
+
+    vr = decord.VideoReader(str(film))
+    step = vr.get_avg_fps() / fps
+    n = min(args.naive_frames, int(len(vr) / step))
+    with torch.inference_mode():
+        for i in range(n):
+            frame = vr[int(i * step)].asnumpy()
+            x = encoder.transform(Image.fromarray(frame))[None].to(encoder.device, encoder.dtype)
+            encoder.model.encode_image(x)
+    return n
 
 
 if __name__ == "__main__":
