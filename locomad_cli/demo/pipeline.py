@@ -70,8 +70,8 @@ def _card_file(cfg: DemoTrainConfig, weights: Path) -> str:
         return cfg.card
     data = card.to_dict()
     data["clip"]["pretrained"] = str((weights / "clip.safetensors").resolve())
-    data["pme"]["tokenizer"] = str((weights / "tokenizer-pme").resolve())
-    data["llm"]["tokenizer"] = str((weights / "tokenizer-llm").resolve())
+    data["pme"]["tokenizer"] = str((weights / "tokenizers" / "pme").resolve())
+    data["llm"]["tokenizer"] = str((weights / "tokenizers" / "llm").resolve())
     data["weights"] = str(weights.resolve())
     path = Path(cfg.work) / "card.yaml"
     with atomic_open(path) as f:

@@ -46,12 +46,14 @@ def train_tokenizer(texts: list[str], role: str, vocab_size: int = 1000) -> PreT
 
 
 def make_tokenizers(root: str | Path, out_dir: str | Path, vocab_size: int = 1000) -> list[Path]:
-    """Train both demo tokenizers on root/train and save them as tokenizer-pme/ and
-    tokenizer-llm/ under out_dir."""
+    """Train both demo tokenizers on root/train and save them as tokenizers/pme/ and
+    tokenizers/llm/ under out_dir: where a checkpoint keeps its own (checkpoint.py), so the
+    weights folder holds them once (the checkpoint's copies add only the special tokens,
+    which loading adds again to a fresh tokenizer)."""
     texts = demo_corpus(root)
     out = []
     for role in ("pme", "llm"):
-        folder = Path(out_dir) / f"tokenizer-{role}"
+        folder = Path(out_dir) / "tokenizers" / role
         # written beside, then swapped in: a reader never sees half a tokenizer folder
         with atomic_dir(folder) as tmp:
             train_tokenizer(texts, role, vocab_size).save_pretrained(str(tmp))
