@@ -112,24 +112,59 @@ def _pieces(span: tuple[int, int], chunk_frames: int) -> Iterator[tuple[int, int
         yield c, max(a, c * chunk_frames), min(b, (c + 1) * chunk_frames)
 
 
+class Pieces:
+    """Readers started on a film (decode_pieces): iterate for the Pieces as they finish; close
+    (or leave the `with` block) to stop the readers, iterated or not."""
+
+    def __init__(self, out: queue.Queue, stop: threading.Event, workers: list[threading.Thread]):
+        self._out, self._stop, self._workers = out, stop, workers
+        self._running = len(workers)
+
+    def __iter__(self) -> Iterator[Piece]:
+        return self
+
+    def __next__(self) -> Piece:
+        while self._running:
+            item = self._out.get()
+            if item is None:
+                self._running -= 1
+            elif isinstance(item, BaseException):
+                self.close()
+                raise item
+            else:
+                return item
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        self._running = 0
+        self._stop.set()
+        for w in self._workers:
+            w.join(timeout=10)
+
+    def __enter__(self) -> Pieces:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def decode_pieces(
     plan: FramePlan,
     chunk_frames: int,
     skip: set[int] | None = None,
     readers: int | None = None,
     threads: int | None = None,
-) -> Iterator[Piece]:
-    """Every output frame of the chunks not in `skip`, as Pieces in the order they finish,
-    from `readers` decord readers of `threads` decoder threads each (default_decoders). The
-    readers run in background threads (decord releases the GIL) while the caller works on
-    what came; a bounded queue keeps a few pieces in memory at most. Closing the generator
-    (or an error, raised here) stops them."""
+) -> Pieces:
+    """Start decoding every output frame of the chunks not in `skip`, with `readers` decord
+    readers of `threads` decoder threads each (default_decoders), in background threads
+    (decord releases the GIL): they run from now on, beside whatever the caller does (loading
+    the model, encoding what came), and a bounded queue keeps a few pieces in memory at most.
+    The Pieces come in the order they finish; an error in a reader is raised there."""
     default_readers, default_threads = default_decoders()
     readers = max(1, readers or default_readers)
     threads = max(1, threads or default_threads)
     spans = plan_spans(plan, chunk_frames, skip or set(), readers)
-    if not spans:
-        return
     readers = min(readers, len(spans))
     work: queue.Queue = queue.Queue()
     for span in spans:
@@ -177,17 +212,4 @@ def decode_pieces(
     ]
     for w in workers:
         w.start()
-    try:
-        finished = 0
-        while finished < readers:
-            item = out.get()
-            if item is None:
-                finished += 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(timeout=10)
+    return Pieces(out, stop, workers)

@@ -181,3 +181,43 @@ def test_resume_with_parallel_readers(films, tmp_path, monkeypatch):
         atol=1e-3,
         rtol=0,
     )
+
+
+def test_decoding_starts_while_the_model_loads(films, tmp_path, monkeypatch):
+    from locomad_cli.clip import load_clip
+
+    events = []
+    real = decode.decode_pieces
+
+    def spy(plan, chunk_frames, skip=None, **kw):
+        events.append(("decode", sorted(skip or ())))
+        return real(plan, chunk_frames, skip, **kw)
+
+    def load(card, device, dtype):
+        events.append(("load", []))
+        return load_clip(card, device, dtype)
+
+    monkeypatch.setattr(decode, "decode_pieces", spy)
+    card, film = tiny_card(), films["uneven"]
+    extract_features([film], card, out_dir=tmp_path, chunk_frames=8, load_encoder=load)
+    assert events == [("decode", []), ("load", [])]
+    encoder = load_clip(card)
+    plan = plan_frames(probe(film), 5.0, encoder.decode_short_side)
+    frames = np.concatenate([f for _, f in iter_chunks(plan, 100)])
+    ref = encoder.encode_images(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    got = load_features(tmp_path / "uneven.features.safetensors")[0]
+    torch.testing.assert_close(got.float(), ref, atol=2e-3, rtol=2e-3)
+
+    # a partial run to resume: the model loads first, then only the missing chunks decode
+    events.clear()
+
+    def crash(path, chunk, n):
+        raise Crash
+
+    with pytest.raises(Crash):
+        extract_features(
+            [film], card, out_dir=tmp_path / "r", chunk_frames=8, on_chunk=crash, load_encoder=load
+        )
+    events.clear()
+    extract_features([film], card, out_dir=tmp_path / "r", chunk_frames=8, load_encoder=load)
+    assert events[0] == ("load", []) and events[1][0] == "decode" and len(events[1][1]) == 1
