@@ -668,23 +668,28 @@ def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
     }
 
 
-def _generate(model, records: list[ClipRecord], setting: str):
+def _generate(model, records: list[ClipRecord], setting: str, avoid: list[list[str]] | None = None):
     from locomad_cli.data.records import collate
 
     card = model.card
     batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
-    return model.generate(batch, setting="local" if setting == "local" else "context")
+    if avoid is None:
+        return model.generate(batch, setting="local" if setting == "local" else "context")
+    return model.generate(batch, setting="context", avoid=avoid)
 
 
 def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):
-    """One slot at a time: each description joins the proposal of the next ones."""
+    """One slot at a time: each description joins the proposal of the next ones, and may
+    not repeat one of the last llm.avoid_repeats word for word (a model fed its own output
+    can lock into copying it)."""
     from locomad_cli.data.records import ContextItem
 
-    p = model.card.dsm.proposal_len
+    p, n = model.card.dsm.proposal_len, model.card.llm.avoid_repeats
     history = [ContextItem(r["text"], r.get("subtitles", ""), r["start"], r["end"]) for r in done]
     for slot in film.slots[len(done) :]:
         record = film.record(slot, history[-p:] if p > 0 else [], cache)
-        row = _row(slot, record, _generate(model, [record], "recurrent")[0])
+        avoid = [[h.text for h in history[-n:]]] if n > 0 else None
+        row = _row(slot, record, _generate(model, [record], "recurrent", avoid)[0])
         history.append(ContextItem(row["text"], row["subtitles"], slot.start, slot.end))
         yield row
 

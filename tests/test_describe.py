@@ -88,10 +88,12 @@ class Spy:
         self.model = model
         self.card = model.card
         self.calls = []
+        self.avoided = []
 
-    def generate(self, batch, setting="context", selection_override=None):
+    def generate(self, batch, setting="context", selection_override=None, avoid=None):
         self.calls.append((setting, batch))
-        return self.model.generate(batch, setting, selection_override)
+        self.avoided.append(avoid)
+        return self.model.generate(batch, setting, selection_override, avoid=avoid)
 
 
 class CountingEncoder:
@@ -330,3 +332,42 @@ def test_features_extracted_once_then_reused(tmp_path, tiny_model):
     stamp = cache.stat().st_mtime_ns
     describe(video, opts)
     assert cache.stat().st_mtime_ns == stamp  # reused, not recomputed
+
+
+def _repeats(texts, window=3):
+    low = [" ".join(t.lower().split()) for t in texts]
+    return [i for i in range(len(low)) if low[i] in low[max(0, i - window) : i]]
+
+
+def test_recurrent_descriptions_do_not_repeat_the_last_three(film, tiny_model, encoder):
+    """llm.avoid_repeats: the random tiny model copies itself; with the constraint no
+    description equals one of the previous three, and the track is the unconstrained one up
+    to its first repeat."""
+    card = tiny_model.card
+    try:
+        card.llm.avoid_repeats = 0
+        free, _ = describe(
+            film / "film.mp4",
+            _opts(film, output_dir=str(film / "a")),
+            model=tiny_model,
+            encode_text=encoder,
+        )
+        card.llm.avoid_repeats = 3
+        spy = Spy(tiny_model)
+        held, _ = describe(
+            film / "film.mp4",
+            _opts(film, output_dir=str(film / "b")),
+            model=spy,
+            encode_text=encoder,
+        )
+    finally:
+        card.llm.avoid_repeats = 3
+    free_texts = [r["text"] for r in free["slots"]]
+    held_texts = [r["text"] for r in held["slots"]]
+    first = _repeats(free_texts)
+    assert first, free_texts  # the unconstrained random model does repeat itself
+    assert _repeats(held_texts) == []
+    assert held_texts[: first[0]] == free_texts[: first[0]]
+    assert held_texts[first[0]] != free_texts[first[0]]
+    # what each call was told to avoid: the previous three generated descriptions
+    assert spy.avoided == [[held_texts[max(0, i - 3) : i]] for i in range(len(held_texts))]
