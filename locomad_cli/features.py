@@ -230,13 +230,10 @@ def extract_film(
     chunk_frames: int = CHUNK_FRAMES,
     on_progress: Callable[[int, int], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
-    started: decode.Pieces | None = None,
 ) -> FilmResult:
     """Extract one planned film into `output`, resuming a partial run. `on_progress(done,
     total)` follows output frames (progress bars); `on_chunk(chunk, frames)` runs after each
-    newly computed chunk is safely on disk (tests simulate a crash there). `started`: readers
-    already decoding the whole film (begun while the model loaded), used unless a partial run
-    turns up, then stopped."""
+    newly computed chunk is safely on disk (tests simulate a crash there)."""
     import torch
     from safetensors.torch import load_file
 
@@ -254,15 +251,7 @@ def extract_film(
         "dtype": str(encoder.dtype),
     }
     part = partial_dir(output)
-    try:
-        done = _prepare_partial(part, state, n_chunks)
-    except BaseException:
-        if started is not None:
-            started.close()
-        raise
-    if started is not None and done:  # a partial run to resume: decode only what it lacks
-        started.close()
-        started = None
+    done = _prepare_partial(part, state, n_chunks)
     computed = 0
     progress_done = sum(min(chunk_frames, plan.frames - c * chunk_frames) for c in done)
     if on_progress is not None:
@@ -271,7 +260,7 @@ def extract_film(
         # Pieces come from several readers in any order (decode.py): a chunk is written when
         # all its frames are encoded.
         pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        pieces = started or decode.decode_pieces(plan, chunk_frames, done)
+        pieces = decode.decode_pieces(plan, chunk_frames, done)
         try:
             with contextlib.closing(pieces):
                 for piece in pieces:
@@ -529,34 +518,23 @@ def _extract_all(
 
             # several processes may share a GPU: decoding, not the GPU, is then the limit
             dev = f"cuda:{local_rank % torch.cuda.device_count()}"
-        # The first film's decoding starts now, beside torch's and open_clip's imports and the
-        # CLIP build (most of the start-up, on one core): a fresh film only, as a partial run
-        # decodes just what it lacks.
-        first, early = todo[0], None
-        if plans and not partial_dir(outputs[todo[0]]).exists():
-            early = decode.decode_pieces(plans[first], chunk_frames, set())
-        try:
-            encoder = load_encoder(card, dev, resolve_dtype(dtype, dev))
-            if side != encoder.decode_short_side:  # the config could not tell: plan at its size
-                if early is not None:
-                    early.close()
-                    early = None
-                plans = {i: plan_frames(infos[i], fps, encoder.decode_short_side) for i in todo}
-            for i in todo[1:]:  # one open reader at a time: each holds a file and its index
-                plans[i].reader = None
-            hint = "free some space and run the same command again (finished chunks are kept)"
-            # torch's pool on every core would fight the decode threads: 30x slower, measured
-            with torch_threads(threads, decoding=True, device=dev), _Progress(progress) as bars:
-                for i in todo:
-                    info, out, plan = infos[i], outputs[i], plans[i]
-                    with bars.film(info.path.stem) as update, write_errors(out, hint):
-                        hook = None if on_chunk is None else functools.partial(on_chunk, info.path)
-                        run = (plan, out, card, encoder, batch_size, chunk_frames, update, hook)
-                        started = early if i == first else None
-                        results.append(extract_film(*run, started=started))
-        finally:
-            if early is not None:
-                early.close()
+        encoder = load_encoder(card, dev, resolve_dtype(dtype, dev))
+        if side != encoder.decode_short_side:  # the config could not tell: plan at its size
+            plans = {i: plan_frames(infos[i], fps, encoder.decode_short_side) for i in todo}
+        for i in todo[1:]:  # one open reader at a time: each holds a file and its frame index
+            plans[i].reader = None
+        # torch's pool on every core would fight the decode thread: 30x slower, measured
+        with torch_threads(threads, decoding=True, device=dev), _Progress(progress) as bars:
+            for i in todo:
+                info, out, plan = infos[i], outputs[i], plans[i]
+                hint = "free some space and run the same command again (finished chunks are kept)"
+                with bars.film(info.path.stem) as update, write_errors(out, hint):
+                    hook = None if on_chunk is None else functools.partial(on_chunk, info.path)
+                    results.append(
+                        extract_film(
+                            plan, out, card, encoder, batch_size, chunk_frames, update, hook
+                        )
+                    )
     if h5 is not None:
         with write_errors(h5):
             write_h5(h5, [r.output for r in results])
