@@ -13,10 +13,12 @@ Prints, in one run (so that the ratios hold on a machine shared with others):
      on the demo film (24 slots) and on the demo film repeated `--long` times (its features,
      subtitles and AD times tiled end to end): the mean seconds per slot once the context
      proposal is full (slot index >= dsm.proposal_len), on the short film, on the long
-     film's first and last such slots, and their ratios (1.0 = flat in film length).
+     film's first and last such slots, the long film's two halves, and their ratios (1.0 =
+     flat in film length; the halves, ~90 slots each, are the steadiest figure).
 
     .venv/bin/python benchmarks/describe.py                 # 4 films of 14 s, demo x8
     .venv/bin/python benchmarks/describe.py --films 6 --long 16
+    .venv/bin/python benchmarks/describe.py --skip startup --set llm.avoid_repeats=0
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def _slot_times(video: Path, opts, model, encode) -> list[tuple[float, float]]:
     return marks
 
 
-def per_slot(work: Path, times: int) -> None:
+def per_slot(work: Path, times: int, overrides: list[str]) -> None:
     import torch
 
     from locomad_cli.card import load_card
@@ -158,7 +160,7 @@ def per_slot(work: Path, times: int) -> None:
     from locomad_cli.describe import DescribeOptions
     from locomad_cli.model.checkpoint import load_model
 
-    card = load_card("demo")
+    card = load_card("demo", overrides)
     model = load_model(card, device="cpu")
     encode = load_clip(card, "cpu", torch.float32).encode_text
     p = card.dsm.proposal_len
@@ -166,6 +168,7 @@ def per_slot(work: Path, times: int) -> None:
     def opts(features, subs, ad_times, out):
         return DescribeOptions(
             model="demo",
+            overrides=list(overrides),
             subs=str(subs),
             ad_times=str(ad_times),
             features=str(features),
@@ -208,6 +211,13 @@ def per_slot(work: Path, times: int) -> None:
         (f"demo x{times}, all {len(long)} slots", long),
     ):
         print(f"  {label:32s} {mean(rows, 0):6.3f} s wall  {mean(rows, 1):6.3f} s CPU")
+    half = len(long) // 2
+    early, late = long[p:half], long[half:]
+    print(
+        f"  second / first half of the long film  {mean(late, 0) / mean(early, 0):5.2f}x wall  "
+        f"{mean(late, 1) / mean(early, 1):5.2f}x CPU (slots {p + 1}-{half} against "
+        f"{half + 1}-{len(long)})"
+    )
     print(
         f"  last / first of the long film  {mean(last, 0) / mean(first, 0):5.2f}x wall  "
         f"{mean(last, 1) / mean(first, 1):5.2f}x CPU;  long (last) / short  "
@@ -222,6 +232,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=14.0, help="length of each of those films")
     ap.add_argument("--long", type=int, default=8, help="times the demo film is repeated")
     ap.add_argument("--skip", choices=("startup", "slots"), help="leave one part out")
+    ap.add_argument(
+        "--set", action="append", default=[], help="card override for the per-slot part"
+    )
     args = ap.parse_args()
     if args.films < 2 or args.long < 2:
         sys.exit("--films and --long must be at least 2")
@@ -231,7 +244,7 @@ def main() -> None:
         if args.skip != "startup":
             startup(work, args.films, args.seconds)
         if args.skip != "slots":
-            per_slot(work, args.long)
+            per_slot(work, args.long, args.set)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

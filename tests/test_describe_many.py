@@ -191,6 +191,22 @@ def test_oracle_takes_each_films_reference_from_its_ad_times(tiny, films, tmp_pa
     assert [s["text"] for s in selected] == ["b reference 0"]
 
 
+def test_voice_follows_each_films_track(tiny, films, tmp_path, monkeypatch):
+    import locomad_cli.voice
+
+    heard = []
+
+    def fake_voice(video, vopts, track=None):
+        heard.append((Path(video).name, Path(vopts.ad).name, track["film"]))
+        return {"voice": {"summary": f"voiced {track['film']}"}}, [Path(vopts.ad)]
+
+    monkeypatch.setattr(locomad_cli.voice, "voice", fake_voice)
+    (films / "b.ad-times.srt").write_text(_srt([(1.0, 9.0, "")]))  # b fails: not voiced
+    outcomes = describe_films([films], _opts(tiny, tmp_path / "out"), then_voice=True)
+    assert heard == [("a.mp4", "a.ad.json", "a"), ("c.mp4", "c.ad.json", "c")]
+    assert [o.voiced for o in outcomes] == ["voiced a", None, "voiced c"]
+
+
 def test_each_process_describes_its_share(tiny, films, tmp_path, monkeypatch):
     """Process 1 of 2 takes b (of a, b, c) and extracts its features itself (not split again)."""
     monkeypatch.setenv("RANK", "1")
