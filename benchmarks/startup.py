@@ -1,8 +1,8 @@
 """How much does `locomad` cost before it does anything: help screens and the first frame.
 
-Times, as a user runs them (fresh processes), interleaved round by round so a change in the
-machine's load hits every case alike, and prints medians with the difference to and the ratio
-against `python -c pass` measured in the same rounds:
+Times, as a user runs them (fresh processes), interleaved round by round (in a shuffled order)
+so a change in the machine's load hits every case alike, and prints medians with the difference
+to and the ratio against `python -c pass` measured in the same rounds:
   1. `python -c pass` (the interpreter's own start-up, the floor);
   2. `locomad --help` and `locomad CMD --help` for every command and `demo` subcommand;
   3. `locomad extract-features FILM --model CARD`: process start → first frame decoded (decord
@@ -11,16 +11,21 @@ against `python -c pass` measured in the same rounds:
     .venv/bin/python benchmarks/startup.py                       # demo film, demo card
     .venv/bin/python benchmarks/startup.py --rounds 7 --film F.mkv --model opt-2.7b
     .venv/bin/python benchmarks/startup.py --no-extract          # help screens only
+    .venv/bin/python benchmarks/startup.py --also /tmp/old       # and an older tree beside it
+    .venv/bin/python benchmarks/startup.py --imports --no-extract # what the imports cost
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +55,14 @@ main()
 """
 
 
+@dataclass
+class Tree:
+    """Which source tree a child runs: its environment (None: ours) and folder."""
+
+    env: dict[str, str] | None
+    cwd: str
+
+
 def help_commands() -> list[list[str]]:
     """[] (the root), every command, every `demo` subcommand: what `--help` is timed for."""
     import typer.main
@@ -65,18 +78,32 @@ def help_commands() -> list[list[str]]:
     return out
 
 
-def wall(cmd: list[str]) -> float:
+IMPORTS = [
+    "numpy",
+    "torch",
+    "torch, torchvision",
+    "torch, transformers",
+    "torch, torchvision, timm",
+    "open_clip",
+    "open_clip, decord",
+]
+"""What extract-features' CLIP loads: open_clip imports torchvision (torch._dynamo with it),
+transformers and timm whatever the model."""
+
+
+def wall(cmd: list[str], tree: Tree) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    out = subprocess.DEVNULL
+    subprocess.run(cmd, stdout=out, stderr=out, check=True, env=tree.env, cwd=tree.cwd)
     return time.perf_counter() - start
 
 
-def first_frame(film: str, model: str, out_dir: str) -> tuple[float, float]:
+def first_frame(film: str, model: str, out_dir: str, tree: Tree) -> tuple[float, float]:
     """(seconds from process start to the first decoded frame, seconds for the whole run)."""
     cmd = [PY, "-c", SHIM, "extract-features", film, "--model", model]
     cmd += ["--out-dir", out_dir, "--overwrite", "--quiet"]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tree.env, cwd=tree.cwd)
     total = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"extract-features failed: {proc.stderr.strip()[-500:]}")
@@ -100,36 +127,65 @@ def main() -> None:
     ap.add_argument("--film", default=str(REPO / "demo" / "demo.mp4"))
     ap.add_argument("--model", default="demo")
     ap.add_argument("--no-extract", action="store_true", help="help screens only")
+    ap.add_argument(
+        "--imports",
+        action="store_true",
+        help="also time `python -c 'import X'` for what the CLIP path loads (torch, then "
+        "torchvision, transformers, timm and open_clip on top of it)",
+    )
+    ap.add_argument(
+        "--also",
+        metavar="DIR",
+        help="another source tree (e.g. `git archive OLD locomad_cli | tar -x -C DIR`, with "
+        "models/ and weights/ beside it): every case runs with it too, interleaved",
+    )
     args = ap.parse_args()
 
+    trees = {"": Tree(None, str(REPO))}
+    if args.also:  # `python -c` puts the current folder first on sys.path: run from the tree
+        also = str(Path(args.also).resolve())
+        trees[f" [{args.also}]"] = Tree({**os.environ, "PYTHONPATH": also}, also)
     cases = {"python -c pass": [PY, "-c", "pass"]}
     for c in help_commands():
         cases[" ".join(["locomad", *c, "--help"])] = [LOCOMAD, *c, "--help"]
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    frames: list[tuple[float, float]] = []
+    if args.imports:
+        for mods in IMPORTS:
+            cases[f"python -c 'import {mods}'"] = [PY, "-c", f"import {mods}"]
+    times: dict[str, list[float]] = {}
+    frames: dict[str, list[tuple[float, float]]] = {}
     print(f"load average before: {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="locomad-startup-") as tmp:
         for r in range(max(args.rounds, 0 if args.no_extract else args.extract_rounds)):
-            if r < args.rounds:
-                for name, cmd in cases.items():
-                    times[name].append(wall(cmd))
-            if not args.no_extract and r < args.extract_rounds:
-                times["python -c pass"].append(wall(cases["python -c pass"]))
-                frames.append(first_frame(args.film, args.model, tmp))
+            for tag, tree in trees.items():
+                if r < args.rounds:
+                    order = list(cases.items())
+                    random.Random(r).shuffle(order)  # no case always runs first or last
+                    for name, cmd in order:
+                        ours = name.startswith("locomad")
+                        if tag and not ours:
+                            continue  # python's own cases once a round
+                        key = name + tag if ours else name
+                        times.setdefault(key, []).append(wall(cmd, tree))
+                if not args.no_extract and r < args.extract_rounds:
+                    times["python -c pass"].append(wall(cases["python -c pass"], tree))
+                    run = first_frame(args.film, args.model, tmp, tree)
+                    frames.setdefault(tag, []).append(run)
+            print(f"round {r + 1} done, load {load()}", flush=True)
     base = statistics.median(times["python -c pass"])
     print(f"load average after: {load()}")
-    print(f"{'what':44s} {'median s':>9s} {'- pass s':>9s} {'/ pass':>7s}")
-    for name, ts in times.items():
+    width = max(len(k) for k in times) + 1
+    print(f"{'what':{width}s} {'median s':>9s} {'- pass s':>9s} {'/ pass':>7s}")
+    for name, ts in sorted(times.items(), key=lambda kv: (kv[0] != "python -c pass", kv[0])):
         m = statistics.median(ts)
-        print(f"{name:44s} {m:9.3f} {m - base:9.3f} {m / base:7.1f}x")
-    if frames:
-        ff = statistics.median(f for f, _ in frames)
-        whole = statistics.median(t for _, t in frames)
-        what = f"extract-features {Path(args.film).name} --model {args.model}"
+        print(f"{name:{width}s} {m:9.3f} {m - base:9.3f} {m / base:7.1f}x")
+    for tag, runs in frames.items():
+        ff = statistics.median(f for f, _ in runs)
+        whole = statistics.median(t for _, t in runs)
+        what = f"extract-features {Path(args.film).name} --model {args.model}{tag}"
         print(
             f"{what}: first frame decoded {ff:.2f} s after process start "
-            f"({ff - base:.2f} s over pass; runs: {', '.join(f'{f:.2f}' for f, _ in frames)}); "
-            f"whole run {whole:.2f} s"
+            f"({ff - base:.2f} s over pass; runs: {', '.join(f'{f:.2f}' for f, _ in runs)}); "
+            f"whole run {whole:.2f} s (runs: {', '.join(f'{t:.2f}' for _, t in runs)})"
         )
 
 

@@ -13,6 +13,7 @@ demo --threads N` command as a user runs it (start-up included).
 
     .venv/bin/python benchmarks/threads.py                    # 1 thread vs every core
     .venv/bin/python benchmarks/threads.py --threads 1,2 --rounds 5 --slots 8 --cli
+    .venv/bin/python benchmarks/threads.py --threads 1,default --models demo  # the policy
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locomad_cli.threads import available_cores  # noqa: E402
+from locomad_cli.threads import available_cores, pick_threads  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
@@ -113,37 +114,45 @@ def load() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", default=f"1,{available_cores()}", help="comma list")
+    ap.add_argument(
+        "--threads", default=f"1,{available_cores()}", help="comma list; 'default' = the policy's"
+    )
+    ap.add_argument("--models", default="demo,mid", help="comma list of demo, mid")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--slots", type=int, default=8, help="demo AD slots per run (of 24)")
     ap.add_argument("--cli", action="store_true", help="also time the whole command")
     args = ap.parse_args()
-    counts = [int(t) for t in args.threads.split(",")]
+    counts = [None if t == "default" else int(t) for t in args.threads.split(",")]
     print(f"cores available: {available_cores()}; load average before: {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="locomad-threads-") as tmp:
         tmp = Path(tmp)
         ad_times = first_slots(args.slots, tmp / "slots.srt")
-        built = models(tmp)
-        times: dict[tuple[str, int], list[float]] = {}
+        built = {k: v for k, v in models(tmp).items() if k in args.models.split(",")}
+        times: dict[tuple[str, int | None], list[float]] = {}
+        chose: dict[tuple[str, int | None], list[int]] = {}
         for model, encode in built.values():  # warm-up: first calls allocate
             run_describe(model, encode, counts[0], ad_times, tmp / "warm")
         for r in range(args.rounds):
             for name, (model, encode) in built.items():
                 for n in counts:
+                    picked = pick_threads(n, decoding=False, device="cpu")
                     t = run_describe(model, encode, n, ad_times, tmp / f"{name}{n}r{r}")
                     times.setdefault((name, n), []).append(t / args.slots)
+                    chose.setdefault((name, n), []).append(picked)
             if args.cli:
-                for n in counts:
+                for n in [c for c in counts if c is not None]:
                     times.setdefault(("cli", n), []).append(run_cli(n, tmp / f"cli{n}r{r}"))
             print(f"round {r + 1}/{args.rounds} done, load {load()}", flush=True)
     print(f"load average after: {load()}")
-    print(f"{'model':6s} {'threads':>7s} {'median':>9s} {'runs':>28s} {'/ 1 thread':>11s}")
+    print(f"{'model':6s} {'threads':>9s} {'median':>9s} {'runs':>28s} {'/ first':>8s}")
     for (name, n), ts in times.items():
-        base = statistics.median(times[(name, counts[0])])
+        first = counts[0] if (name, counts[0]) in times else next(c for c in counts if c)
+        base = statistics.median(times[(name, first)])
         unit = "s/cmd" if name == "cli" else "s/slot"
         runs = " ".join(f"{t:.3f}" for t in ts)
         med = statistics.median(ts)
-        print(f"{name:6s} {n:7d} {med:7.3f} {unit} {runs:>28s} {med / base:10.2f}x")
+        label = str(n) if n is not None else "dflt=" + "/".join(map(str, chose[(name, n)]))
+        print(f"{name:6s} {label:>9s} {med:7.3f} {unit} {runs:>28s} {med / base:7.2f}x")
 
 
 if __name__ == "__main__":

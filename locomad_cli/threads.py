@@ -12,8 +12,10 @@ in. `--threads N` or an explicit OMP_NUM_THREADS overrides it. Figures: docs/per
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from locomad_cli.utils import LocomadError
 
@@ -47,11 +49,31 @@ def available_cores() -> int:
 
 
 def _load() -> float:
-    """Runnable processes over the last minute (0 where the system cannot say)."""
+    """Threads of other processes that wanted a core over the last minute: the 1-minute load
+    average (0 where the system cannot say) less this process's own share, so that a long run
+    (describe over many films) does not read its own busy threads as someone else's."""
     try:
-        return os.getloadavg()[0]
+        load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+    return max(0.0, load - own_load())
+
+
+def own_load() -> float:
+    """About what this process adds to the 1-minute load average: its CPU seconds per second
+    of life, times 1 - e^(-age/60) (the kernel's average forgets with a 1-minute constant, so
+    a young process has barely entered it). 0 where /proc cannot say."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+    age = uptime - int(stat[19]) / ticks  # field 22, starttime, counted after the name
+    if age <= 0:
+        return 0.0
+    cpu = sum(os.times()[:2])
+    return min(cpu / age, float(available_cores())) * (1.0 - math.exp(-age / 60.0))
 
 
 def _env_threads(env: Mapping[str, str]) -> int | None:

@@ -13,7 +13,13 @@ from locomad_cli.cli import app
 from locomad_cli.clip import ClipEncoder
 from locomad_cli.model.checkpoint import save_model
 from locomad_cli.model.locomad import LoCoMAD
-from locomad_cli.threads import parse_threads, pick_threads, torch_threads
+from locomad_cli.threads import (
+    available_cores,
+    own_load,
+    parse_threads,
+    pick_threads,
+    torch_threads,
+)
 from locomad_cli.utils import LocomadError
 
 runner = CliRunner()
@@ -76,6 +82,15 @@ def test_the_cpu_default_takes_the_free_cores(cores, load, decoding, want):
 def test_on_a_gpu_the_load_does_not_matter_but_the_decoder_does():
     assert pick_threads(None, True, "cuda", cores=16, load=30.0, env={}) == 15
     assert pick_threads(None, False, "cuda", cores=16, load=30.0, env={}) == 16
+
+
+def test_a_process_discounts_its_own_share_of_the_load():
+    """A fresh process has not entered the load average yet; a long one (this test run) adds
+    at most a full share per core it may use."""
+    code = "from locomad_cli.threads import own_load; print(own_load())"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert 0.0 <= float(fresh.stdout) < 0.1
+    assert 0.0 <= own_load() <= available_cores()
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "x", "1.5", "", " ", "2000"])
