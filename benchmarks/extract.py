@@ -11,7 +11,9 @@ in the same rounds:
   3. the film loop: extract_film() in this process with the model loaded (what the command
      costs without its start-up), with the default readers and with one reader (the
      sequential path before parallel decoding);
-  4. decode only, our readers (decode.decode_pieces, no encoder);
+  4. decode only, our readers (decode.decode_pieces, no encoder), and with each layout of
+     `--layouts R:T,...` (R readers of T decoder threads each; 1 reader is the planning
+     reader, with libavcodec's own choice of threads);
   5. a naive loop: per frame, decord -> PIL -> open_clip's transform -> encode_image, on the
      first `--naive-frames` frames (0: skipped).
 CPU seconds (user + system) are printed beside wall seconds: on a loaded machine the wall
@@ -100,6 +102,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds; medians are printed (3)")
     ap.add_argument("--naive-frames", type=int, default=100, help="frames for the naive loop")
     ap.add_argument("--no-loop", action="store_true", help="skip the in-process cases (2 only)")
+    ap.add_argument("--layouts", default="", help="decode-only reader layouts, e.g. 1:0,2:1,2:2")
     args = ap.parse_args()
 
     import torch
@@ -146,9 +149,13 @@ def main() -> None:
 
             return run
 
-        def ours() -> int:
-            fresh = plan_frames(info, card.fps, encoder.decode_short_side)
-            return sum(len(p.frames) for p in decode.decode_pieces(fresh, 250))
+        def ours(readers: int | None = None, threads: int | None = None) -> Callable[[], int]:
+            def run() -> int:
+                fresh = plan_frames(info, card.fps, encoder.decode_short_side)
+                pieces = decode.decode_pieces(fresh, 250, readers=readers, threads=threads)
+                return sum(len(p.frames) for p in pieces)
+
+            return run
 
         cases: dict[str, Callable[[], int]] = {
             "ffmpeg decode only": lambda: ffmpeg_decode(film, card.fps, plan.width, plan.height),
@@ -160,7 +167,10 @@ def main() -> None:
         if not args.no_loop:
             cases["film loop, default readers"] = loop(None)
             cases["film loop, 1 reader"] = loop(1)
-            cases["decode only, our readers"] = ours
+            cases["decode only, our readers"] = ours()
+            for layout in filter(None, args.layouts.split(",")):
+                r, t = (int(x) for x in layout.split(":"))
+                cases[f"decode only, {r} x {t}"] = ours(r, t or None)
         rows: dict[str, list[tuple[int, float, float]]] = {name: [] for name in cases}
         names = list(cases)
         for r in range(args.repeats):
