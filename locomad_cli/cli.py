@@ -443,7 +443,10 @@ def describe_cmd(
         "FILM.ad-times.srt) and the model loads once.",
     ),
     subs: str = typer.Option(
-        None, "--subs", help="Subtitles (SRT/WebVTT, any encoding): the slots avoid them."
+        None,
+        "--subs",
+        help="Subtitles (SRT/WebVTT, any encoding): the slots avoid them. One film only; with "
+        "several, each film's NAME.srt/.vtt beside it is used.",
     ),
     subs_encoding: str = typer.Option(
         None, "--subs-encoding", help="Encoding of --subs, e.g. cp1250. Default: detected."
@@ -451,7 +454,8 @@ def describe_cmd(
     ad_times: str = typer.Option(
         None,
         "--ad-times",
-        help="AD slot times (SRT/WebVTT/CSV/JSON). Default: proposed between subtitles.",
+        help="AD slot times (SRT/WebVTT/CSV/JSON). Default: proposed between subtitles. One "
+        "film only; with several, each film's NAME.ad-times.* beside it.",
     ),
     model: str = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -465,7 +469,10 @@ def describe_cmd(
         "local (none). Default: recurrent.",
     ),
     reference: str = typer.Option(
-        None, "--reference", help="Reference AD (SRT/WebVTT/CSV/JSON) for --setting oracle."
+        None,
+        "--reference",
+        help="Reference AD (SRT/WebVTT/CSV/JSON) for --setting oracle. One film only; with "
+        "several, each film's NAME.ad-times.*.",
     ),
     output_dir: str = typer.Option(
         None, "--output-dir", "-o", help="Output folder. Default: beside the video."
@@ -479,7 +486,8 @@ def describe_cmd(
     features: str = typer.Option(
         None,
         "--features",
-        help="Precomputed NAME.features.safetensors. Default: extract (cached, reused).",
+        help="Precomputed NAME.features.safetensors (one film only). Default: the one beside "
+        "the film, else extract (cached, reused).",
     ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda. Default: auto."),
     threads: str = THREADS_OPTION,
