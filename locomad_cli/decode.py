@@ -43,10 +43,10 @@ class Piece:
 
 def default_decoders(cores: int | None = None) -> tuple[int, int]:
     """(readers, decoder threads each) for `cores` cores (default: this process's): a reader
-    per core, at most 8, of 2 threads each. On 2 cores, 2 readers x 2 threads decoded a
-    720p film 1.4x as fast as ffmpeg alone and for 7 % less CPU, where one reader with
-    libavcodec's own choice of threads reached 0.6-0.8x, and 2-4 single-threaded readers
-    0.7-0.8x: a single-threaded reader waits on itself (docs/performance.md)."""
+    per core, at most 8, of 2 threads each. On 2 cores, 2 readers x 2 threads decoded a 720p
+    film 1.16-1.43x as fast as ffmpeg alone, for about its CPU, where one reader with
+    libavcodec's own choice of threads reached 0.64-0.97x and single-threaded readers
+    0.68-1.04x: a single-threaded reader waits on itself (docs/performance.md)."""
     if cores is None:
         try:
             cores = len(os.sched_getaffinity(0))
