@@ -31,6 +31,11 @@ SPANS_PER_DECODER = 4
 film's end does not wait on one reader), few enough that each reads a long stretch."""
 
 
+PIECE_FRAMES = 64
+"""Output frames a reader decodes in one call: 2 x readers + 2 pieces are in memory at most
+(17 MB each for ViT-L/14's 398x224 frames), where whole chunks would be 67 MB each."""
+
+
 @dataclass(frozen=True)
 class Piece:
     """Decoded output frames [offset, offset + n) of chunk `chunk`: a chunk may come in several
@@ -105,11 +110,22 @@ def plan_spans(
     return spans
 
 
-def _pieces(span: tuple[int, int], chunk_frames: int) -> Iterator[tuple[int, int, int]]:
-    """(chunk, start, stop) for each chunk's part of a span."""
+def _pieces(
+    span: tuple[int, int], chunk_frames: int, piece_frames: int, indices: np.ndarray
+) -> Iterator[tuple[int, int, int]]:
+    """(chunk, start, stop) for each chunk's part of a span, in parts of about `piece_frames`
+    (memory: a piece of every reader and the queue's are held at once). A part never starts
+    on a repeated index: within one get_batch a repeat is copied, at the start of the next
+    it would be decoded again after a seek back."""
     a, b = span
     for c in range(a // chunk_frames, math.ceil(b / chunk_frames)):
-        yield c, max(a, c * chunk_frames), min(b, (c + 1) * chunk_frames)
+        start, stop = max(a, c * chunk_frames), min(b, (c + 1) * chunk_frames)
+        while start < stop:
+            cut = min(stop, start + piece_frames)
+            while cut < stop and indices[cut] == indices[cut - 1]:
+                cut += 1
+            yield c, start, cut
+            start = cut
 
 
 class Pieces:
@@ -155,12 +171,14 @@ def decode_pieces(
     skip: set[int] | None = None,
     readers: int | None = None,
     threads: int | None = None,
+    piece_frames: int = PIECE_FRAMES,
 ) -> Pieces:
     """Start decoding every output frame of the chunks not in `skip`, with `readers` decord
     readers of `threads` decoder threads each (default_decoders), in background threads
     (decord releases the GIL): they run from now on, beside whatever the caller does (loading
-    the model, encoding what came), and a bounded queue keeps a few pieces in memory at most.
-    The Pieces come in the order they finish; an error in a reader is raised there."""
+    the model, encoding what came), and a bounded queue keeps a few pieces (of about
+    `piece_frames` frames) in memory at most. The Pieces come in the order they finish; an
+    error in a reader is raised there."""
     default_readers, default_threads = default_decoders()
     readers = max(1, readers or default_readers)
     threads = max(1, threads or default_threads)
@@ -191,7 +209,7 @@ def decode_pieces(
                     span = work.get_nowait()
                 except queue.Empty:
                     break
-                for c, a, b in _pieces(span, chunk_frames):
+                for c, a, b in _pieces(span, chunk_frames, piece_frames, plan.indices):
                     idx = plan.indices[a:b]
                     try:
                         frames = reader.get_batch(idx.tolist()).asnumpy()

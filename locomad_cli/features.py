@@ -260,7 +260,9 @@ def extract_film(
         # Pieces come from several readers in any order (decode.py): a chunk is written when
         # all its frames are encoded.
         pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        pieces = decode.decode_pieces(plan, chunk_frames, done)
+        pieces = decode.decode_pieces(
+            plan, chunk_frames, done, piece_frames=max(batch_size, decode.PIECE_FRAMES)
+        )
         try:
             with contextlib.closing(pieces):
                 for piece in pieces:

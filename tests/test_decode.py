@@ -48,10 +48,10 @@ def _sequential(path: Path, fps: float, chunk: int, skip=None) -> dict[int, np.n
     return dict(iter_chunks(plan_frames(probe(path), fps, 32), chunk, skip))
 
 
-def _parallel(path: Path, fps: float, chunk: int, readers: int, skip=None):
+def _parallel(path: Path, fps: float, chunk: int, readers: int, skip=None, piece=64):
     plan = plan_frames(probe(path), fps, 32)
     got: dict[int, list] = {}
-    for p in decode_pieces(plan, chunk, skip, readers=readers, threads=1):
+    for p in decode_pieces(plan, chunk, skip, readers=readers, threads=1, piece_frames=piece):
         got.setdefault(p.chunk, []).append(p)
     chunks = {}
     for c, pieces in got.items():
@@ -75,9 +75,9 @@ def test_seek_points_follow_decords_rule():
 
 
 @pytest.mark.parametrize("name", ["uneven", "ntsc", "vfr"])
-@pytest.mark.parametrize(("readers", "chunk"), [(2, 7), (3, 5), (4, 250)])
-def test_parallel_frames_are_the_sequential_frames(films, name, readers, chunk):
-    plan, chunks = _parallel(films[name], 5.0, chunk, readers)
+@pytest.mark.parametrize(("readers", "chunk", "piece"), [(2, 7, 64), (3, 5, 2), (4, 250, 4)])
+def test_parallel_frames_are_the_sequential_frames(films, name, readers, chunk, piece):
+    plan, chunks = _parallel(films[name], 5.0, chunk, readers, piece=piece)
     seq = _sequential(films[name], 5.0, chunk)
     assert sorted(chunks) == sorted(seq)
     for c in seq:
@@ -90,6 +90,15 @@ def test_parallel_frames_are_the_sequential_frames(films, name, readers, chunk):
     assert spans[-1][1] == plan.frames
 
 
+def test_pieces_split_chunks_but_never_on_a_repeat():
+    idx = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    # cuts at 3, 7 and 11 would each start on a repeat: moved on by one
+    assert list(decode._pieces((0, 12), 12, 3, idx)) == [(0, 0, 4), (0, 4, 8), (0, 8, 12)]
+    parts = list(decode._pieces((1, 12), 7, 3, idx))  # chunk boundaries always cut
+    assert parts == [(0, 1, 4), (0, 4, 7), (1, 7, 10), (1, 10, 12)]
+    assert list(decode._pieces((0, 5), 250, 64, np.arange(5))) == [(0, 0, 5)]
+
+
 def test_uneven_segments(films):
     plan = plan_frames(probe(films["uneven"]), 5.0, 32)
     assert plan.frames == 36
@@ -100,7 +109,7 @@ def test_uneven_segments(films):
 
 def test_fps_above_the_films_rate(films):
     """30 FPS of a 23.976 film: frames repeat; each reader decodes what iter_chunks does."""
-    _, chunks = _parallel(films["ntsc"], 30.0, 16, 3)
+    _, chunks = _parallel(films["ntsc"], 30.0, 16, 3, piece=3)  # parts never start on a repeat
     seq = _sequential(films["ntsc"], 30.0, 16)
     assert sorted(chunks) == sorted(seq)
     for c in seq:
