@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from extract import decord_decode, ffmpeg_decode, make_film  # noqa: E402
+from extract import ffmpeg_decode, make_film, timed  # noqa: E402
 
 from locomad_cli.card import ModelCard, load_card, tiny_card  # noqa: E402
 from locomad_cli.clip import ClipEncoder, load_clip  # noqa: E402
@@ -217,9 +217,9 @@ def bench_frames(
     plan_s = loop_s = math.inf
     frames = plan.frames
     for _ in range(repeat):  # best of N: other work on the machine only slows things
-        n, s = decord_decode(film, card.fps, encoder.decode_short_side)
+        n, s, _ = timed(lambda p=plan: sum(len(f) for _, f in iter_chunks(p, CHUNK_FRAMES)))
         decord_fps = max(decord_fps, n / s)
-        n, s = ffmpeg_decode(film, card.fps, plan.width, plan.height)
+        n, s, _ = timed(lambda p=plan: ffmpeg_decode(film, card.fps, p.width, p.height))
         ffmpeg_fps = max(ffmpeg_fps, n / s)
         t0 = time.perf_counter()
         plan = plan_frames(info, card.fps, encoder.decode_short_side)
