@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from locomad_cli.utils import LocomadError
-from locomad_cli.video import FramePlan, _first_line, _open_reader, film_keyframes
+from locomad_cli.video import FramePlan, _open_reader, film_keyframes, read_frames
 
 SPANS_PER_DECODER = 4
 """Spans handed to each reader, on average: enough that readers finishing early take more (the
@@ -210,14 +209,7 @@ def decode_pieces(
                 except queue.Empty:
                     break
                 for c, a, b in _pieces(span, chunk_frames, piece_frames, plan.indices):
-                    idx = plan.indices[a:b]
-                    try:
-                        frames = reader.get_batch(idx.tolist()).asnumpy()
-                    except Exception as e:
-                        raise LocomadError(
-                            f"{plan.info.path}: decoding failed near {idx[0] / plan.fps:.1f} s, "
-                            f"the file is truncated or corrupt ({_first_line(e)})"
-                        ) from None
+                    frames = read_frames(reader, plan, plan.indices[a:b])
                     if not put(Piece(c, a - c * chunk_frames, frames)):
                         return
             put(None)

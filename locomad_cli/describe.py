@@ -673,9 +673,7 @@ def _generate(model, records: list[ClipRecord], setting: str, avoid: list[list[s
 
     card = model.card
     batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
-    if avoid is None:
-        return model.generate(batch, setting="local" if setting == "local" else "context")
-    return model.generate(batch, setting="context", avoid=avoid)
+    return model.generate(batch, setting="local" if setting == "local" else "context", avoid=avoid)
 
 
 def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):

@@ -258,15 +258,20 @@ def iter_chunks(
         if c in skip:
             continue
         idx = plan.indices[c * chunk_frames : (c + 1) * chunk_frames]
-        # Duplicate indices (fps above the video's rate) are decoded once by decord.
-        try:
-            frames = reader.get_batch(idx.tolist()).asnumpy()
-        except Exception as e:
-            raise LocomadError(
-                f"{plan.info.path}: decoding failed near {idx[0] / plan.fps:.1f} s, the file is "
-                f"truncated or corrupt ({_first_line(e)})"
-            ) from None
-        yield c, frames
+        yield c, read_frames(reader, plan, idx)
+
+
+def read_frames(reader, plan: FramePlan, idx: np.ndarray) -> np.ndarray:
+    """uint8 [n, H, W, 3] frames `idx` of the plan's film from a decord reader; a decoder
+    error is one line naming the time. Duplicate indices (fps above the video's rate) are
+    decoded once by decord."""
+    try:
+        return reader.get_batch(idx.tolist()).asnumpy()
+    except Exception as e:
+        raise LocomadError(
+            f"{plan.info.path}: decoding failed near {idx[0] / plan.fps:.1f} s, the file is "
+            f"truncated or corrupt ({_first_line(e)})"
+        ) from None
 
 
 def source_fingerprint(path: str | Path) -> dict[str, str]:
