@@ -280,6 +280,13 @@ def train_cmd(
         help="Stage 2: chance a clip's prompt leaves out its context items, so the LLM "
         "learns to read the frames too. Default: 0.",
     ),
+    rename_names: str = typer.Option(
+        None,
+        "--rename-names",
+        help="A file of character names, one per line: each training clip's characters are "
+        "renamed at random from it, so the model reads names from the dialogue and earlier "
+        "AD instead of memorising its films' casts. Default: names as they are.",
+    ),
     seed: int = typer.Option(2023, "--seed", help="Default: 2023."),
     mixed_precision: str = typer.Option(
         "auto", "--mixed-precision", help="auto | no | fp16 | bf16. Default: auto (bf16 on GPU)."
@@ -329,6 +336,7 @@ def train_cmd(
         weight_decay=weight_decay,
         max_grad_norm=max_grad_norm,
         context_dropout=context_dropout,
+        rename_names=rename_names,
         seed=seed,
         mixed_precision=mixed_precision,
         eval_batch_size=eval_batch_size,
@@ -851,10 +859,16 @@ def demo_train_cmd(
         "weights/demo", "--weights", help="Where the model goes. Default: weights/demo."
     ),
     seed: int = typer.Option(0, "--seed", help="World and training seed. Default: 0."),
-    films: int = typer.Option(60, "--films", help="Films in all. Default: 60."),
+    films: int = typer.Option(96, "--films", help="Films in all. Default: 96."),
     clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps. Default: 2000."),
-    s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs. Default: 20."),
-    s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs. Default: 30."),
+    s1_epochs: int = typer.Option(12, "--s1-epochs", help="Stage-1 epochs. Default: 12."),
+    s2_epochs: int = typer.Option(18, "--s2-epochs", help="Stage-2 epochs. Default: 18."),
+    rename_names: bool = typer.Option(
+        True,
+        "--rename-names/--keep-names",
+        help="Rename training clips' characters at random from the world's name pool "
+        "(`locomad train --rename-names`). Default: on.",
+    ),
     measure: bool = typer.Option(
         True, "--measure/--no-measure", help="Measure on held-out films. Default: on."
     ),
@@ -874,6 +888,7 @@ def demo_train_cmd(
         clip_steps=clip_steps,
         s1_epochs=s1_epochs,
         s2_epochs=s2_epochs,
+        rename_names=rename_names,
         measure=measure,
         progress=True,
     )

@@ -35,6 +35,7 @@ from locomad_cli.card import ModelCard, load_card
 from locomad_cli.data import load_split
 from locomad_cli.data.dataset import ClipDataset, report_problems
 from locomad_cli.data.records import collate
+from locomad_cli.data.rename import name_pattern, read_names, rename_batch
 from locomad_cli.train_state import FORMAT as TRAIN_STATE_FORMAT
 from locomad_cli.train_state import (
     load_optimizer_state,
@@ -95,6 +96,9 @@ class TrainConfig:
     """Gradient clipping (0 = off)."""
     context_dropout: float = 0.0
     """Stage 2: chance a clip's prompt leaves out its context items (see forward_stage2)."""
+    rename_names: str | None = None
+    """A file of character names, one per line: every training clip's characters are renamed
+    at random from it, step by step (data/rename.py), so names are read, not memorised."""
     seed: int = 2023
     mixed_precision: str = "auto"
     """auto (bf16 where the GPU has it, else fp16; none on CPU) | no | fp16 | bf16."""
@@ -426,6 +430,8 @@ class _Run:
     optimizer: AcceleratedOptimizer
     scheduler: AcceleratedScheduler
     schedule: WarmupCosine
+    names: list[str]
+    """The pool `--rename-names` draws from (empty: names are left as they are)."""
     fsdp: bool
     """FSDP shards the optimizer state: gathered to write it, re-sharded to load it."""
     scalars: dict[str, torch.Size]
@@ -449,6 +455,8 @@ def _checked_batch_size(cfg: TrainConfig) -> int:
         raise LocomadError("--batch-size, --grad-accum and --keep-last must be at least 1")
     if not 0.0 <= cfg.context_dropout <= 1.0:
         raise LocomadError(f"--context-dropout is a chance in [0, 1], got {cfg.context_dropout:g}")
+    if cfg.rename_names is not None:
+        read_names(cfg.rename_names)  # a bad names file is refused before anything is written
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise LocomadError("--tensorboard needs the tensorboard package (pip install tensorboard)")
     return batch_size
@@ -605,6 +613,7 @@ def _prepare(
         optimizer=optimizer,
         scheduler=scheduler,
         schedule=schedule,
+        names=read_names(cfg.rename_names) if cfg.rename_names else [],
         fsdp=fsdp,
         scalars=scalars,
         step=step,
@@ -703,7 +712,11 @@ def _train_step(run: _Run, batches: Iterator[Any]) -> tuple[dict[str, float], fl
     parts: dict[str, float] = {}
     for a in range(cfg.grad_accum):
         batch = next(batches).to(accelerator.device)
-        torch.manual_seed(micro_seed(cfg.seed, run.step, a * world + rank))
+        seed = micro_seed(cfg.seed, run.step, a * world + rank)
+        torch.manual_seed(seed)
+        if run.names:
+            g = torch.Generator().manual_seed(seed)
+            batch = rename_batch(batch, run.names, name_pattern(run.names), g)
         with accelerator.accumulate(wrapped):
             out = wrapped(batch)
             accelerator.backward(out["loss"])

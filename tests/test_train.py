@@ -274,6 +274,46 @@ def test_stage2_resumed_equals_uninterrupted(films, tmp_path, one_thread):
         assert sorted(wa) == sorted(wb) and all(torch.equal(wa[k], wb[k]) for k in wa), weights
 
 
+def test_rename_names_trains_on_freshly_named_characters(tmp_path, one_thread, monkeypatch):
+    """--rename-names: what the model is trained on names characters from the pool, drawn
+    afresh step by step, never the film's own cast; a bad names file stops before anything."""
+    from locomad_cli.train import StageModule
+
+    cast = {"film0": ("Tom", "Mira"), "film1": ("Omar", "Lena")}
+    films = {
+        f: [(2.0 * k + 0.5, 2.0 * k + 2.0, f"{a} hands {b} the cup {k}") for k in range(8)]
+        for f, (a, b) in cast.items()
+    }
+    root = write_film_folder(tmp_path / "named", films, frames=100)
+    card = tmp_path / "tiny.yaml"
+    card.write_text(tiny_card().to_yaml())
+    pool = ["Ivo", "Rosa", "Ugo", "Vera", "Tom", "Mira", "Omar", "Lena"]
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(pool) + "\n")
+    seen: list[str] = []
+    forward = StageModule.forward
+
+    def spy(self, batch):
+        seen.extend(batch.texts)
+        return forward(self, batch)
+
+    monkeypatch.setattr(StageModule, "forward", spy)
+    train(_cfg(root, card, tmp_path / "r", max_steps=6, rename_names=str(names)))
+    assert len(seen) == 6 * 4
+    pairs = set()
+    for text in seen:
+        a, _, b, *_ = text.split()
+        assert a in pool and b in pool and a != b, text
+        pairs.add((a, b))
+    originals = set(cast.values())
+    assert len(pairs - originals) >= 10  # fresh pairs, not the films' casts
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Tom\n")
+    with pytest.raises(LocomadError, match="at least two names"):
+        train(_cfg(root, card, tmp_path / "r2", rename_names=str(bad)))
+    assert not (tmp_path / "r2").exists()
+
+
 class _Planted:
     """Unpickling this creates a folder: proof, if it ever exists, that a pickle was opened."""
 

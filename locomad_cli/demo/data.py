@@ -16,7 +16,7 @@ import numpy as np
 import pysrt
 
 from locomad_cli.demo.render import encode_mp4, film_frames, film_soundtrack
-from locomad_cli.demo.world import Film, make_plot
+from locomad_cli.demo.world import NAMES, Film, make_plot
 from locomad_cli.utils import LocomadError, atomic_open, atomic_path, check_writable_dir
 
 SPLITS = ("train", "val", "test")
@@ -141,6 +141,7 @@ def make_data(
     if not 0.0 <= cfg.dialogue_intro <= 1.0:
         raise LocomadError(f"--dialogue-intro is a chance in [0, 1], got {cfg.dialogue_intro:g}")
     root = check_writable_dir(out_dir)
+    write_names(root / NAMES_FILE)
     out: dict[str, list[Path]] = {s: [] for s in SPLITS}
     for i in range(cfg.films):
         split = film_split(i, cfg)
@@ -154,6 +155,15 @@ def make_data(
     if features:
         extract_demo_features(root, card, threads=threads)
     return out
+
+
+NAMES_FILE = "names.txt"
+"""The world's pool of character names, one per line: `locomad train --rename-names` reads it."""
+
+
+def write_names(path: Path) -> None:
+    with atomic_open(path, "w") as f:
+        f.write("".join(n + "\n" for n in NAMES))
 
 
 def extract_demo_features(

@@ -34,20 +34,24 @@ class DemoTrainConfig:
     """Where the CLIP, tokenizers and final checkpoint go."""
     card: str = "demo"
     seed: int = 0
-    films: int = 60
+    films: int = 96
     val: int = 6
     test: int = 6
     clip_steps: int = 2000
     clip_batch: int = 64
-    s1_epochs: int = 20
+    s1_epochs: int = 12
     s1_batch: int = 32
     s1_lr: float = 5e-4
-    s2_epochs: int = 30
+    s2_epochs: int = 18
     s2_batch: int = 16
     s2_lr: float = 1e-3
     s2_context_dropout: float = 0.5
     """Chance a stage-2 clip's prompt leaves out its context items (train.py): measured on
     the demo, it roughly halved how often the recurrent loop repeats itself (docs/demo.md)."""
+    rename_names: bool = True
+    """Both stages rename every training clip's characters at random from the world's name
+    pool (`locomad train --rename-names`, data/rename.py): a name can then only be right when
+    read from the dialogue or the context, never from remembering a training film's cast."""
     s2_eval_epochs: int = 5
     """Validate (generate on val clips, CIDEr) every this many stage-2 epochs."""
     warmup_steps: int = 50
@@ -84,7 +88,13 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
     import torch
 
     from locomad_cli.demo.clip_train import train_clip
-    from locomad_cli.demo.data import DemoDataConfig, extract_demo_features, make_data
+    from locomad_cli.demo.data import (
+        NAMES_FILE,
+        DemoDataConfig,
+        extract_demo_features,
+        make_data,
+        write_names,
+    )
     from locomad_cli.demo.tokenizers import make_tokenizers
     from locomad_cli.train import TrainConfig, train
 
@@ -103,6 +113,7 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
         and json.loads((work / "data.json").read_text()) == dataclasses.asdict(dcfg)
     ):
         say(f"[1/6] reusing the {cfg.films} films in {data}", flush=True)
+        write_names(data / NAMES_FILE)
     else:
         say(f"[1/6] rendering {cfg.films} films into {data}", flush=True)
         make_data(data, dcfg, features=False)
@@ -156,6 +167,7 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
         progress=cfg.progress,
         mixed_precision="no",
         log_every=20,
+        rename_names=str(data / NAMES_FILE) if cfg.rename_names else None,
     )
     say("[5/6] locomad train --stage 1", flush=True)
     s1 = train(
