@@ -37,6 +37,10 @@ app = typer.Typer(
 
 MODEL_HELP = "Model card: a shipped name (opt-2.7b, opt-1.3b, opt-350m, demo) or a YAML path."
 SET_HELP = "Override a card field, e.g. --set llm.num_beams=1 (repeatable)."
+# options that several commands share, the same way each time
+MODEL_OPTION = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP)
+SET_OPTION = typer.Option([], "--set", help=SET_HELP)
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto | cpu | cuda. Default: auto.")
 THREADS_OPTION = typer.Option(
     None,
     "--threads",
@@ -128,7 +132,7 @@ def _root(
 
 @app.command()
 def doctor(
-    model: str = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP),
+    model: str = MODEL_OPTION,
 ) -> None:
     """What this machine has for a model card: tools, CLIP/BERT/OPT weights in the local caches,
     trained LoCo-MAD weights, Java, CoreNLP, espeak-ng. Exit code 1 when the card cannot describe
@@ -171,11 +175,11 @@ def extract_features_cmd(
     out_dir: str = typer.Option(
         None, "--out-dir", "-o", help="Output folder. Default: beside each video."
     ),
-    model: str = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    model: str = MODEL_OPTION,
+    overrides: list[str] = SET_OPTION,
     fps: float = typer.Option(None, "--fps", help="Frames per second. Default: the card's (5)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Frames per CLIP batch. Default: 64."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda. Default: auto."),
+    device: str = DEVICE_OPTION,
     dtype: str = typer.Option(
         "auto", "--dtype", help="auto | fp32 | fp16 | bf16. Default: auto (bf16 on GPUs, fp32 CPU)."
     ),
@@ -243,7 +247,7 @@ def train_cmd(
     model: str = typer.Option(
         None, "--model", "-m", help=MODEL_HELP + " Default: the --init checkpoint's card."
     ),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overrides: list[str] = SET_OPTION,
     init: str = typer.Option(
         None, "--init", help="Start from this run dir or model dir (stage 2: the stage-1 run)."
     ),
@@ -465,8 +469,8 @@ def describe_cmd(
         help="AD slot times (SRT/WebVTT/CSV/JSON). Default: proposed between subtitles. One "
         "film only; with several, each film's NAME.ad-times.* beside it.",
     ),
-    model: str = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    model: str = MODEL_OPTION,
+    overrides: list[str] = SET_OPTION,
     weights: str = typer.Option(
         None, "--weights", help="Trained weights folder or HF repo id. Default: the card's."
     ),
@@ -497,7 +501,7 @@ def describe_cmd(
         help="Precomputed NAME.features.safetensors (one film only). Default: the one beside "
         "the film, else extract (cached, reused).",
     ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda. Default: auto."),
+    device: str = DEVICE_OPTION,
     threads: str = THREADS_OPTION,
     batch_size: int = typer.Option(
         8, "--batch-size", help="Slots per call for oracle/local (recurrent: 1). Default: 8."

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
 from locomad_cli.slots import Slot, plan_film, slots_from_times
-from locomad_cli.subtitles import Cue, dialogue_text, dialogue_windows, read_cues, read_timed
+from locomad_cli.subtitles import Cue, read_cues, read_timed, slot_dialogue
 from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
     LocomadError,
@@ -350,9 +350,8 @@ class Film:
         # each slot's and each reference's dialogue, computed once (cost per slot stays flat)
         self._dialogue: dict[int, str] = {}
         for spans in (self.slots, self.references):
-            begins = dialogue_windows([(x.start, x.end) for x in spans])
-            for x, begin in zip(spans, begins, strict=True):
-                self._dialogue[id(x)] = dialogue_text(self.subtitles, begin, x.start, x.end)
+            texts = slot_dialogue(self.subtitles, [(x.start, x.end) for x in spans])
+            self._dialogue.update(zip(map(id, spans), texts, strict=True))
 
     def dialogue(self, item: Slot | Cue) -> str:
         """The dialogue that goes with a slot or reference of this film (see

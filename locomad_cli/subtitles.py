@@ -78,6 +78,12 @@ def dialogue_text(cues: list[Cue], begin: float, start: float, end: float) -> st
     return " ".join(c.text for c in cues if belongs(c.start, c.end, begin, start, end))
 
 
+def slot_dialogue(cues: list[Cue], spans: list[tuple[float, float]]) -> list[str]:
+    """Each slot's dialogue (spans in film order): dialogue_windows, then dialogue_text."""
+    begins = dialogue_windows(spans)
+    return [dialogue_text(cues, b, s, e) for b, (s, e) in zip(begins, spans, strict=True)]
+
+
 # --- decoding ---------------------------------------------------------------------------------
 
 _BOMS = [

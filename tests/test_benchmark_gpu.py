@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from locomad_cli.card import load_card
+from locomad_cli.threads import torch_threads
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
 
@@ -30,14 +31,9 @@ def bench():
 def tiny_run(bench, tmp_path_factory):
     """One `--tiny --json` run (one torch thread: other suites share the cores)."""
     path = tmp_path_factory.mktemp("gpu") / "gpu.json"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            res = bench.main(["--tiny", "--device", "cpu", "--json", str(path)])
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1, decoding=False, device="cpu"), contextlib.redirect_stdout(out):
+        res = bench.main(["--tiny", "--device", "cpu", "--json", str(path)])
     return res, json.loads(path.read_text(encoding="utf-8")), out.getvalue()
 
 

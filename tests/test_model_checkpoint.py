@@ -17,13 +17,7 @@ from locomad_cli.model.checkpoint import convert_weights, load_model, save_model
 from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.utils import LocomadError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained(card):

@@ -10,13 +10,7 @@ from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.model.tokenizer import LLM_SPECIAL_TOKENS, load_tokenizer
 from locomad_cli.utils import LocomadError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

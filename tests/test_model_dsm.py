@@ -7,13 +7,7 @@ import torch
 
 from locomad_cli.model.dsm import DSM, ccl_loss, masked_softmax, top_k_in_order, visual_anchor
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(card, real=(6, 2, 0), p=10, seed=0):

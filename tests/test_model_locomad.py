@@ -7,13 +7,7 @@ from test_model_helpers import TEXTS, batch_of
 from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.utils import LocomadError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(card):

@@ -25,15 +25,9 @@ from locomad_cli.train import param_groups
 from locomad_cli.utils import LocomadError
 from locomad_cli.video import source_fingerprint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 OPT_CARDS = sorted(p.stem for p in MODELS_DIR.glob("opt-*.yaml"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # -- 1. CLIP: QuickGELU for OpenAI's weights ---------------------------------------------------

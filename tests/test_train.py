@@ -33,15 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def one_thread():
-    """Two cores shared with other test runs: one torch thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def films(tmp_path) -> tuple[Path, Path]:
     root = write_film_folder(tmp_path / "films", simple_films(3, 8), frames=100)
     write_splits(root, {"train": ["film0", "film1"], "val": ["film2"]})

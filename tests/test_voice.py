@@ -148,12 +148,11 @@ def test_options_are_checked():
 # --- the model's n-best ---------------------------------------------------------------------
 
 
-def test_decoder_keeps_its_n_best_with_scores(card):
+def test_decoder_keeps_its_n_best_with_scores(card, one_thread):
     from test_model_helpers import batch_of
 
     from locomad_cli.model.locomad import LoCoMAD
 
-    torch.set_num_threads(1)
     card.llm.max_new_tokens = 6
     card.llm.num_beams = 3
     torch.manual_seed(0)

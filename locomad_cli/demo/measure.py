@@ -30,7 +30,7 @@ import torch
 from locomad_cli.data.records import ClipRecord, ContextItem, collate
 from locomad_cli.demo.attributes import score_films
 from locomad_cli.model.decoder import VisualHook
-from locomad_cli.subtitles import Cue, dialogue_text, dialogue_windows
+from locomad_cli.subtitles import Cue, slot_dialogue
 from locomad_cli.utils import LocomadError
 
 SETTINGS = ("oracle", "oracle-last-k", "recurrent", "recurrent-last-k", "local", "stage1")
@@ -50,11 +50,8 @@ class DemoFilm:
     def dialogue(self) -> list[str]:
         """Each slot's dialogue by the rule `locomad describe` and training use
         (subtitles.dialogue_windows): the lines since the previous slot, and any it overlaps."""
-        begins = dialogue_windows([(s, e) for s, e, _ in self.slots])
         cues = [Cue(s, e, t) for s, e, t in self.subtitles]
-        return [
-            dialogue_text(cues, b, s, e) for b, (s, e, _) in zip(begins, self.slots, strict=True)
-        ]
+        return slot_dialogue(cues, [(s, e) for s, e, _ in self.slots])
 
 
 def load_films(root: str | Path, split: str = "test") -> list[DemoFilm]:
