@@ -863,15 +863,16 @@ def demo_train_cmd(
         "weights/demo", "--weights", help="Where the model goes. Default: weights/demo."
     ),
     seed: int = typer.Option(0, "--seed", help="World and training seed. Default: 0."),
-    films: int = typer.Option(96, "--films", help="Films in all. Default: 96."),
+    films: int = typer.Option(60, "--films", help="Films in all. Default: 60."),
     clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps. Default: 2000."),
-    s1_epochs: int = typer.Option(12, "--s1-epochs", help="Stage-1 epochs. Default: 12."),
-    s2_epochs: int = typer.Option(18, "--s2-epochs", help="Stage-2 epochs. Default: 18."),
+    s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs. Default: 20."),
+    s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs. Default: 30."),
     rename_names: bool = typer.Option(
-        True,
+        False,
         "--rename-names/--keep-names",
         help="Rename training clips' characters at random from the world's name pool "
-        "(`locomad train --rename-names`). Default: on.",
+        "(`locomad train --rename-names`; measured worse on the demo, docs/demo.md). "
+        "Default: off.",
     ),
     measure: bool = typer.Option(
         True, "--measure/--no-measure", help="Measure on held-out films. Default: on."

@@ -200,40 +200,28 @@ def _draw_character(d: ImageDraw.ImageDraw, look: Look, p: Pose, bob: float = 0.
     return hand
 
 
-PROP_SCALE = 2
-"""Props are drawn twice the size of the first demo world's (about 24 x 16 px of the 160 x 120
-frame, 10 x 6 px of the card's 64-px CLIP input): at 12 x 8 px a prop covered half of one
-8-px patch, and no probe could read it from the frame features (docs/demo.md)."""
-
-
 def _draw_prop(d: ImageDraw.ImageDraw, prop: int, x: float, y: float) -> None:
     """A prop whose bottom centre is at (x, y)."""
     pr = PROPS[prop]
-    c, k = pr.color, PROP_SCALE
-
-    def at(*xy: float) -> list[float]:
-        """Offsets from the bottom centre, scaled."""
-        return [v * k + (x if i % 2 == 0 else y) for i, v in enumerate(xy)]
-
+    c = pr.color
     if pr.shape == "key":
-        d.ellipse(at(-6, -7, 0, -1), outline=c, width=2 * k)
-        d.line(at(0, -4, 7, -4), fill=c, width=2 * k)
-        d.line(at(6, -4, 6, -1), fill=c, width=2 * k)
+        d.ellipse([x - 6, y - 7, x, y - 1], outline=c, width=2)
+        d.line([x, y - 4, x + 7, y - 4], fill=c, width=2)
+        d.line([x + 6, y - 4, x + 6, y - 1], fill=c, width=2)
     elif pr.shape == "cup":
-        pts = at(-4, -9, 4, -9, 3, 0, -3, 0)
-        d.polygon(list(zip(pts[::2], pts[1::2], strict=True)), fill=c)
-        d.arc(at(2, -7, 7, -2), -90, 90, fill=c, width=2 * k)
+        d.polygon([(x - 4, y - 9), (x + 4, y - 9), (x + 3, y), (x - 3, y)], fill=c)
+        d.arc([x + 2, y - 7, x + 7, y - 2], -90, 90, fill=c, width=2)
     elif pr.shape == "book":
-        d.rectangle(at(-6, -8, 6, 0), fill=c)
-        d.line(at(-4, -8, -4, 0), fill=(60, 40, 20), width=k)
+        d.rectangle([x - 6, y - 8, x + 6, y], fill=c)
+        d.line([x - 4, y - 8, x - 4, y], fill=(60, 40, 20))
     elif pr.shape == "bottle":
-        d.rectangle(at(-3, -9, 3, 0), fill=c)
-        d.rectangle(at(-1, -13, 1, -9), fill=c)
+        d.rectangle([x - 3, y - 9, x + 3, y], fill=c)
+        d.rectangle([x - 1, y - 13, x + 1, y - 9], fill=c)
     elif pr.shape == "letter":
-        d.rectangle(at(-6, -8, 6, 0), fill=c, outline=(120, 120, 120), width=k)
-        d.line(at(-6, -8, 0, -3, 6, -8), fill=(120, 120, 120), width=k)
+        d.rectangle([x - 6, y - 8, x + 6, y], fill=c, outline=(120, 120, 120))
+        d.line([x - 6, y - 8, x, y - 3, x + 6, y - 8], fill=(120, 120, 120))
     else:
-        d.ellipse(at(-5, -10, 5, 0), fill=c)
+        d.ellipse([x - 5, y - 10, x + 5, y], fill=c)
 
 
 def _ease(a: float) -> float:
@@ -394,7 +382,7 @@ def _frame(film: Film, stage: _Stage, t: float) -> np.ndarray:
     lying = 0
     for prop, h in s.holder.items():
         if h is None:
-            _draw_prop(d, prop, SURFACE_X - 7 + 14 * (lying % 2), 82)
+            _draw_prop(d, prop, SURFACE_X - 6 + 12 * (lying % 2), 82)
             lying += 1
         elif h in hands:
             _draw_prop(d, prop, hands[h][0] + 3, hands[h][1] + 4)
