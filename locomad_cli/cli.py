@@ -288,8 +288,10 @@ def train_cmd(
         None,
         "--rename-names",
         help="A file of character names, one per line: each training clip's characters are "
-        "renamed at random from it, so the model reads names from the dialogue and earlier "
-        "AD instead of memorising its films' casts. Default: names as they are.",
+        "renamed at random from it, so a name can only be learnt from the dialogue and "
+        "earlier AD, not by memorising the films' casts (on the demo it stopped the "
+        "memorising but the decoder did not learn to copy: docs/training.md). "
+        "Default: names as they are.",
     ),
     seed: int = typer.Option(2023, "--seed", help="Default: 2023."),
     mixed_precision: str = typer.Option(

@@ -184,3 +184,16 @@ def test_cli_make_data(tmp_path):
     res = runner.invoke(app, ["demo", "make-data", str(tmp_path / "x"), "--films", "1"])
     assert res.exit_code == 2
     assert "training film" in res.output
+
+
+def test_the_name_pool_is_written_for_rename_names(data_dir):
+    """make-data writes the world's names where `locomad train --rename-names` reads them: every
+    name a film's cast was given is in it."""
+    from locomad_cli.data.rename import read_names
+    from locomad_cli.demo.world import NAMES
+
+    pool = read_names(data_dir / "names.txt")
+    assert pool == list(NAMES) and len(pool) == 48
+    for world in data_dir.rglob("*.world.json"):
+        cast = json.loads(world.read_text(encoding="utf-8"))["cast"]
+        assert cast and all(c["name"] in pool for c in cast)
