@@ -150,13 +150,13 @@ def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
     cfg = DemoTrainConfig(
         work=str(tmp_path / "work"),
         weights=str(tmp_path / "weights"),
-        films=16,
+        films=20,
         val=1,
-        test=2,
-        clip_steps=300,
+        test=3,
+        clip_steps=400,
         s1_epochs=6,
-        s2_epochs=12,
-        s2_eval_epochs=12,
+        s2_epochs=16,
+        s2_eval_epochs=16,
         val_clips=8,
         measure=False,
     )
@@ -169,12 +169,14 @@ def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
     settings = ("recurrent", "local")
     got = measure(trained, data, settings)
     base = measure(untrained, data, settings)
-    # CIDEr is on the usual ×100 scale; a working run gets 45-50 here, an untrained one ~0
+    # CIDEr is on the usual ×100 scale; a working run gets 90 here, an untrained one ~0
     for s in settings:
         assert got[s]["CIDEr"] > base[s]["CIDEr"] + 10, (s, got, base)
-    # measured 0.88 (local) and 0.62 (recurrent) on the 2 held-out films; chance is 0.17
+    # measured 0.95 (local) and 0.93 (recurrent) on the 3 held-out films; chance is 0.17. The
+    # earlier, smaller run (16 films, 300 CLIP steps, 12 stage-2 epochs) measured 0.88 / 0.62
+    # on one machine and 0.45 / 0.30 on an AMD EPYC: too near its floor to be a test.
     assert got["local"]["location"] >= 0.6, got
-    assert got["recurrent"]["location"] >= 0.4, got
+    assert got["recurrent"]["location"] >= 0.6, got
     assert (tmp_path / "weights" / "frame-stats.json").is_file()
 
 
