@@ -98,7 +98,7 @@ class TrainConfig:
     """Stage 2: chance a clip's prompt leaves out its context items (see forward_stage2)."""
     rename_names: str | None = None
     """A file of character names, one per line: every training clip's characters are renamed
-    at random from it, step by step (data/rename.py), so names are read, not memorised."""
+    at random from it, step by step (data/rename.py), so a name cannot be memorised."""
     seed: int = 2023
     mixed_precision: str = "auto"
     """auto (bf16 where the GPU has it, else fp16; none on CPU) | no | fp16 | bf16."""
@@ -432,6 +432,7 @@ class _Run:
     schedule: WarmupCosine
     names: list[str]
     """The pool `--rename-names` draws from (empty: names are left as they are)."""
+    names_pattern: re.Pattern[str] | None
     fsdp: bool
     """FSDP shards the optimizer state: gathered to write it, re-sharded to load it."""
     scalars: dict[str, torch.Size]
@@ -602,6 +603,7 @@ def _prepare(
     stage_module = StageModule(model, cfg.stage, cfg.context_dropout)
     optimizer, schedule, scheduler = _build_optimizer(cfg, trainable, plan.total)
     wrapped, optimizer, scheduler = accelerator.prepare(stage_module, optimizer, scheduler)
+    names = read_names(cfg.rename_names) if cfg.rename_names else []
     return _Run(
         cfg=cfg,
         plan=plan,
@@ -613,7 +615,8 @@ def _prepare(
         optimizer=optimizer,
         scheduler=scheduler,
         schedule=schedule,
-        names=read_names(cfg.rename_names) if cfg.rename_names else [],
+        names=names,
+        names_pattern=name_pattern(names) if names else None,
         fsdp=fsdp,
         scalars=scalars,
         step=step,
@@ -714,9 +717,9 @@ def _train_step(run: _Run, batches: Iterator[Any]) -> tuple[dict[str, float], fl
         batch = next(batches).to(accelerator.device)
         seed = micro_seed(cfg.seed, run.step, a * world + rank)
         torch.manual_seed(seed)
-        if run.names:
+        if run.names_pattern is not None:
             g = torch.Generator().manual_seed(seed)
-            batch = rename_batch(batch, run.names, name_pattern(run.names), g)
+            batch = rename_batch(batch, run.names, run.names_pattern, g)
         with accelerator.accumulate(wrapped):
             out = wrapped(batch)
             accelerator.backward(out["loss"])
