@@ -35,7 +35,7 @@ from locomad_cli.card import ModelCard, load_card
 from locomad_cli.data import load_split
 from locomad_cli.data.dataset import ClipDataset, report_problems
 from locomad_cli.data.records import collate
-from locomad_cli.data.rename import name_pattern, read_names, rename_batch
+from locomad_cli.data.rename import Renamer, read_names
 from locomad_cli.train_state import FORMAT as TRAIN_STATE_FORMAT
 from locomad_cli.train_state import (
     load_optimizer_state,
@@ -430,9 +430,8 @@ class _Run:
     optimizer: AcceleratedOptimizer
     scheduler: AcceleratedScheduler
     schedule: WarmupCosine
-    names: list[str]
-    """The pool `--rename-names` draws from (empty: names are left as they are)."""
-    names_pattern: re.Pattern[str] | None
+    renamer: Renamer | None
+    """`--rename-names`' pool (None: names are left as they are)."""
     fsdp: bool
     """FSDP shards the optimizer state: gathered to write it, re-sharded to load it."""
     scalars: dict[str, torch.Size]
@@ -456,8 +455,6 @@ def _checked_batch_size(cfg: TrainConfig) -> int:
         raise LocomadError("--batch-size, --grad-accum and --keep-last must be at least 1")
     if not 0.0 <= cfg.context_dropout <= 1.0:
         raise LocomadError(f"--context-dropout is a chance in [0, 1], got {cfg.context_dropout:g}")
-    if cfg.rename_names is not None:
-        read_names(cfg.rename_names)  # a bad names file is refused before anything is written
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise LocomadError("--tensorboard needs the tensorboard package (pip install tensorboard)")
     return batch_size
@@ -593,6 +590,7 @@ def _prepare(
     plan: _Plan,
     run_dir: Path,
     step: int,
+    renamer: Renamer | None = None,
 ) -> _Run:
     """The model, optimizer and scheduler as Accelerate wraps them for the devices and
     processes it runs on."""
@@ -603,7 +601,6 @@ def _prepare(
     stage_module = StageModule(model, cfg.stage, cfg.context_dropout)
     optimizer, schedule, scheduler = _build_optimizer(cfg, trainable, plan.total)
     wrapped, optimizer, scheduler = accelerator.prepare(stage_module, optimizer, scheduler)
-    names = read_names(cfg.rename_names) if cfg.rename_names else []
     return _Run(
         cfg=cfg,
         plan=plan,
@@ -615,8 +612,7 @@ def _prepare(
         optimizer=optimizer,
         scheduler=scheduler,
         schedule=schedule,
-        names=names,
-        names_pattern=name_pattern(names) if names else None,
+        renamer=renamer,
         fsdp=fsdp,
         scalars=scalars,
         step=step,
@@ -717,9 +713,8 @@ def _train_step(run: _Run, batches: Iterator[Any]) -> tuple[dict[str, float], fl
         batch = next(batches).to(accelerator.device)
         seed = micro_seed(cfg.seed, run.step, a * world + rank)
         torch.manual_seed(seed)
-        if run.names_pattern is not None:
-            g = torch.Generator().manual_seed(seed)
-            batch = rename_batch(batch, run.names, run.names_pattern, g)
+        if run.renamer is not None:
+            batch = run.renamer(batch, torch.Generator().manual_seed(seed))
         with accelerator.accumulate(wrapped):
             out = wrapped(batch)
             accelerator.backward(out["loss"])
@@ -877,6 +872,8 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     from accelerate.utils import set_seed
 
     batch_size = _checked_batch_size(cfg)
+    # a bad names file is refused here, before anything is written
+    renamer = Renamer(read_names(cfg.rename_names)) if cfg.rename_names else None
     run_dir = Path(cfg.out)
     accelerator = _make_accelerator(cfg, run_dir)
     main, world = accelerator.is_main_process, accelerator.num_processes
@@ -890,7 +887,7 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     model, card = build_model(cfg, str(accelerator.device), ckpt / "model" if ckpt else None)
     train_ds, val_ds = _load_data(cfg, card, accelerator)
     plan = _plan(cfg, len(train_ds), batch_size, world)
-    run = _prepare(cfg, accelerator, model, card, plan, run_dir, step)
+    run = _prepare(cfg, accelerator, model, card, plan, run_dir, step, renamer)
     if ckpt is not None:
         _restore(run, ckpt, trainer)
     _write_config(run)

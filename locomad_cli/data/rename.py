@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +45,20 @@ def name_pattern(names: list[str]) -> re.Pattern[str]:
     """Whole words only ('Tom' but not 'Tomato'), longest name first ('Ann' inside 'Anna')."""
     alts = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
     return re.compile(rf"(?<!\w)({alts})(?!\w)")
+
+
+@dataclass(frozen=True)
+class Renamer:
+    """A pool of names and its pattern, made once per run; called on each training batch."""
+
+    names: list[str]
+    pattern: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", name_pattern(self.names))
+
+    def __call__(self, batch: ClipBatch, generator: torch.Generator) -> ClipBatch:
+        return rename_batch(batch, self.names, self.pattern, generator)
 
 
 def rename_batch(
