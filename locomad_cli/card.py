@@ -112,6 +112,11 @@ class LLMCard:
     """How q̃ is standardised before Proj_l: batch (per-dimension running mean and variance,
     no affine: the queries share a large common component that otherwise drowns what tells
     slots apart; docs/model.md) | none (the paper's plain linear projection)."""
+    copy: bool = False
+    """A copy head over the prompt's tokens (pointer-generator, See et al. 2017): each next
+    token is a learnt mix of the LM's softmax and an attention over the prompt's words. Off
+    for pretrained LLMs, which copy names from their prompt by themselves; on for the demo's
+    random-init OPT, which did not learn to in its training (docs/model.md)."""
 
 
 @dataclass

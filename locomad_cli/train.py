@@ -597,6 +597,8 @@ def _prepare(
     fsdp = accelerator.distributed_type.name == "FSDP"
     scalars = _unscalar(model) if fsdp else {}
     trainable = _select_trainable(model, cfg.stage)
+    if renamer is not None and cfg.stage == 2 and card.llm.train == "all":
+        model.decoder.hold_words(renamer.names)  # see Decoder.hold_words
     model.train()
     stage_module = StageModule(model, cfg.stage, cfg.context_dropout)
     optimizer, schedule, scheduler = _build_optimizer(cfg, trainable, plan.total)

@@ -77,3 +77,30 @@ def test_names_file_is_checked(tmp_path):
         read_names(tmp_path / "twice.txt")
     with pytest.raises(LocomadError, match="cannot read"):
         read_names(tmp_path / "missing.txt")
+
+
+def test_renamed_training_holds_the_names_token_rows():
+    """Renamed names are exchangeable: trained, their tied embedding rows drift together
+    (Decoder.hold_words). Held, a training step leaves their rows exactly as they were and
+    still trains every other row it reaches."""
+    from locomad_cli.card import load_card
+    from locomad_cli.demo.world import NAMES
+    from locomad_cli.model.locomad import LoCoMAD
+
+    card = load_card("demo")  # its tokenizer makes every name one token
+    card.llm.config = dict(card.llm.config, num_hidden_layers=1)
+    torch.manual_seed(0)
+    dec = LoCoMAD.from_card(card).decoder
+    handle = dec.hold_words(list(NAMES))
+    emb = dec.llm.get_input_embeddings().weight
+    rows = [dec.tok(" " + n, add_special_tokens=False).input_ids[0] for n in NAMES]
+    other = dec.tok(" kitchen", add_special_tokens=False).input_ids
+    before = emb.detach().clone()
+    opt = torch.optim.SGD(dec.parameters(), lr=1.0)
+    q = torch.zeros(2, card.pme.num_queries, card.pme.hidden_size)
+    items = [[ContextItem("Tom enters the kitchen.", "Hello, Mira.")], []]
+    dec.loss(q, items, ["", "Omar?"], ["Tom sits in the kitchen.", "Mira waves."]).backward()
+    opt.step()
+    assert torch.equal(emb.detach()[rows], before[rows])
+    assert not torch.equal(emb.detach()[other], before[other])
+    handle.remove()

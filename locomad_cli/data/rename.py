@@ -61,26 +61,31 @@ class Renamer:
         return rename_batch(batch, self.names, self.pattern, generator)
 
 
+def rename_texts(
+    texts: list[str], names: list[str], pattern: re.Pattern[str], generator: torch.Generator
+) -> list[str]:
+    """`texts` (one clip's or one film's) with the pool's names that occur in them mapped
+    one-to-one onto names drawn at random from the pool, the same map for every text."""
+    found = sorted({m.group(1) for s in texts for m in pattern.finditer(s)})
+    order = torch.randperm(len(names), generator=generator)[: len(found)].tolist()
+    table = {old: names[j] for old, j in zip(found, order, strict=True)}
+    if not table:
+        return list(texts)
+    return [pattern.sub(lambda hit: table[hit.group(1)], s) for s in texts]
+
+
 def rename_batch(
     batch: ClipBatch, names: list[str], pattern: re.Pattern[str], generator: torch.Generator
 ) -> ClipBatch:
-    """The batch with each clip's characters renamed: the names of the pool that occur in a
-    clip (target, dialogue, context texts and their dialogue) are mapped one-to-one onto
-    names drawn at random from the pool, the same map for every text of that clip. Frames
-    and the cached context text features are left as they are (names carry no picture)."""
+    """The batch with each clip's characters renamed (`rename_texts` over the clip's target,
+    dialogue, context texts and their dialogue). Frames and the cached context text features
+    are left as they are (names carry no picture)."""
     texts, subtitles, contexts = [], [], []
     for text, sub, items in zip(batch.texts, batch.subtitles, batch.contexts, strict=True):
         every = [text, sub, *(t for c in items for t in (c.text, c.subtitle))]
-        found = sorted({m.group(1) for s in every for m in pattern.finditer(s)})
-        order = torch.randperm(len(names), generator=generator)[: len(found)].tolist()
-        table = {old: names[j] for old, j in zip(found, order, strict=True)}
-
-        def swap(s: str, table: dict[str, str] = table) -> str:
-            return pattern.sub(lambda hit: table[hit.group(1)], s) if table else s
-
-        texts.append(swap(text))
-        subtitles.append(swap(sub))
-        contexts.append(
-            [ContextItem(swap(c.text), swap(c.subtitle), c.start, c.end) for c in items]
-        )
+        new = rename_texts(every, names, pattern, generator)
+        texts.append(new[0])
+        subtitles.append(new[1])
+        pairs = iter(new[2:])
+        contexts.append([ContextItem(next(pairs), next(pairs), c.start, c.end) for c in items])
     return dataclasses.replace(batch, texts=texts, subtitles=subtitles, contexts=contexts)

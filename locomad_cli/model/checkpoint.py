@@ -44,7 +44,7 @@ def architecture(card: ModelCard) -> dict:
         "clip": {"model": card.clip.model, "dim": card.clip.dim},
         "pme": pme,
         "dsm": {"num_layers": d.num_layers, "num_heads": d.num_heads, "ffn": d.intermediate_size},
-        "llm": {"name": card.llm.name, "config": card.llm.config},
+        "llm": {"name": card.llm.name, "config": card.llm.config, "copy": card.llm.copy},
     }
 
 

@@ -23,12 +23,22 @@ tokens start at the mean of the vocabulary embeddings, not random, and are never
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from locomad_cli.card import ModelCard
 from locomad_cli.data.records import ContextItem
@@ -138,6 +148,65 @@ def build_target(tok: PreTrainedTokenizerBase, text: str, max_tokens: int) -> li
     return _ids(tok, text)[: max_tokens - 1] + [tok.eos_token_id]
 
 
+class CopyHead(nn.Module):
+    """A pointer over the prompt's words (pointer-generator, See et al. 2017; card llm.copy).
+
+    p(w) = (1 - g) · softmax(LM logits)(w) + g · Σ_j a_j [x_j = w]: `a` attends from the
+    LM's last hidden state at the step over its last hidden states at the prompt's word
+    positions (context items, dialogue, instruction; never the visual or special tokens), and
+    the gate `g` is learnt from the same state. Why: a pretrained LLM copies a name from its
+    prompt by itself; the demo's OPT, trained from random init on a few thousand clips, did
+    not learn to (docs/demo.md), and this gives it the copy as a path gradient can find."""
+
+    def __init__(self, width: int, dim: int = 64):
+        super().__init__()
+        self.query = nn.Linear(width, dim)
+        self.key = nn.Linear(width, dim)
+        self.gate = nn.Linear(width, 1)
+        self.scale = 1 / math.sqrt(dim)
+
+    def mix(
+        self,
+        logits: torch.Tensor,
+        hidden: torch.Tensor,
+        keys: torch.Tensor,
+        source: torch.Tensor,
+        copyable: torch.Tensor,
+    ) -> torch.Tensor:
+        """Log-probabilities [N, T, V] of the mix, from the LM's `logits` [N, T, V] and last
+        hidden states [N, T, W] at the steps, the prompt's `keys` [N, S, d], its token ids
+        `source` [N, S] and which of them may be copied `copyable` [N, S]."""
+        h = hidden.float()
+        scores = torch.einsum("ntd,nsd->nts", self.query(h), keys) * self.scale
+        scores = scores.masked_fill(~copyable[:, None, :], float("-inf"))
+        attn = torch.nan_to_num(scores.softmax(-1))  # a row with nothing to copy: all zeros
+        index = source.clamp(min=0)[:, None, :].expand(-1, h.shape[1], -1)
+        copied = torch.zeros_like(logits, dtype=torch.float).scatter_add(-1, index, attn)
+        g = torch.sigmoid(self.gate(h)) * copyable.any(-1)[:, None, None]
+        p = (1 - g) * logits.float().softmax(-1) + g * copied
+        return p.clamp(min=1e-12).log()
+
+
+class _CopyLogits(LogitsProcessor):
+    """Generation with the copy head: the LM's scores at each step replaced by the log of
+    the mix (the LM's last hidden states come from a hook on its decoder; the prompt's keys
+    from the first forward, which holds the whole prompt)."""
+
+    def __init__(self, head: CopyHead, seen: dict, source: torch.Tensor, copyable: torch.Tensor):
+        self.head, self.seen, self.source, self.copyable = head, seen, source, copyable
+        self.keys: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        hidden = self.seen["hidden"]
+        if self.keys is None:
+            n = hidden.shape[0] // self.source.shape[0]  # beams: each prompt repeated n times
+            self.source = self.source.repeat_interleave(n, 0)
+            self.copyable = self.copyable.repeat_interleave(n, 0)
+            self.keys = self.head.key(hidden[:, -self.source.shape[1] :].float())
+        out = self.head.mix(scores[:, None], hidden[:, -1:], self.keys, self.source, self.copyable)
+        return out[:, 0].to(scores.dtype)
+
+
 class Decoder(nn.Module):
     def __init__(self, card: ModelCard, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         super().__init__()
@@ -162,6 +231,8 @@ class Decoder(nn.Module):
         base = emb[: min(emb.shape[0], tokenizer.vocab_size)].detach().float()
         noise = torch.randn(len(LLM_SPECIAL_TOKENS), width) * base.std(0) * 0.1
         self.special_embeds = nn.Parameter(base.mean(0) + noise)
+        hidden = getattr(llm.config, "hidden_size", width)
+        self.copy = CopyHead(hidden) if card.llm.copy else None
 
     # -- embeddings -------------------------------------------------------------------------
 
@@ -202,6 +273,25 @@ class Decoder(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
 
+    def hold_words(self, words: list[str]) -> torch.utils.hooks.RemovableHandle:
+        """Keep the token rows of `words` (those that are one token) at their embeddings
+        while training: their gradient is zeroed. For names renamed at random (`locomad
+        train --rename-names`): exchangeable names get the same gradient whichever row
+        stands for which, and with tied input and output embeddings the cheapest way to the
+        uniform guess over names is to make their rows equal — measured on the demo's OPT
+        trained on renamed text alone for 3,000 steps, the 48 names' rows reached a mean
+        cosine of 0.95 (0.00 at init; docs/demo.md), and a decoder that cannot tell names
+        apart cannot copy one. Held, they stay apart."""
+        emb = self.llm.get_input_embeddings().weight
+        rows = [
+            ids[0]
+            for ids in (self.tok(" " + w, add_special_tokens=False).input_ids for w in words)
+            if len(ids) == 1
+        ]
+        keep = torch.ones(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+        keep[rows] = 0
+        return emb.register_hook(lambda g: g * keep.to(g.dtype))
+
     def training_inputs(
         self, items: list[list[ContextItem]], subtitles: list[str], targets: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,8 +319,57 @@ class Decoder(nn.Module):
         """L_GEN: cross-entropy on the target tokens only."""
         dev = queries.device
         ids, lab, mask = (t.to(dev) for t in self.training_inputs(items, subtitles, targets))
-        out = self.llm(inputs_embeds=self.embed(ids, queries), attention_mask=mask, labels=lab)
-        return out.loss.float()
+        if self.copy is None:
+            out = self.llm(inputs_embeds=self.embed(ids, queries), attention_mask=mask, labels=lab)
+            return out.loss.float()
+        logp = self.copy_logprobs(queries, ids, lab, mask)
+        return nn.functional.nll_loss(logp.flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100)
+
+    def copy_logprobs(
+        self,
+        queries: torch.Tensor,
+        ids: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        suppress: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced log-probabilities [B, L-1, V] of the next token under the copy
+        head's mix (`training_inputs` rows; the prompt is where labels are -100). `suppress`:
+        token ids the LM may not write (as generation suppresses the special tokens)."""
+        with self._last_hidden() as seen:
+            logits = self.llm(inputs_embeds=self.embed(ids, queries), attention_mask=mask).logits
+        if suppress:
+            logits = logits.clone()
+            logits[..., suppress] = float("-inf")
+        hidden = seen["hidden"]
+        copyable = self.copyable(ids) & (labels == -100) & mask.bool()  # the prompt's words
+        keys = self.copy.key(hidden.float())
+        return self.copy.mix(logits[:, :-1], hidden[:, :-1], keys, ids, copyable)
+
+    def copyable(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which prompt positions the copy head may point at: words, not the visual queries,
+        the added special tokens, padding, bos or eos."""
+        tok = self.tok
+        out = ids >= 0
+        for t in (*self.special_ids, tok.pad_token_id, tok.bos_token_id, tok.eos_token_id):
+            if t is not None:
+                out &= ids != t
+        return out
+
+    @contextlib.contextmanager
+    def _last_hidden(self) -> Iterator[dict]:
+        """The LM's last hidden states of each forward while inside (a hook on its decoder:
+        the states its LM head reads)."""
+        seen: dict = {}
+
+        def keep(_module, _inputs, output) -> None:
+            seen["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+        handle = self.llm.get_decoder().register_forward_hook(keep)
+        try:
+            yield seen
+        finally:
+            handle.remove()
 
     # -- generation -------------------------------------------------------------------------
 
@@ -258,21 +397,14 @@ class Decoder(nn.Module):
         mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=dev)
         c = self.card.llm
         beams = max(1, c.num_beams if num_beams is None else num_beams)
-        out = self.llm.generate(
-            inputs_embeds=self.embed(ids, queries, visual),
-            attention_mask=mask,
-            max_new_tokens=c.max_new_tokens,
-            min_new_tokens=min(c.min_new_tokens, c.max_new_tokens),
-            num_beams=beams,
-            num_return_sequences=beams,
-            do_sample=False,
-            use_cache=True,
-            eos_token_id=self.tok.eos_token_id,
-            pad_token_id=pad,
-            suppress_tokens=list(self.special_ids),
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
+        with contextlib.ExitStack() as stack:
+            processors = LogitsProcessorList()
+            if self.copy is not None:
+                seen = stack.enter_context(self._last_hidden())
+                processors.append(
+                    _CopyLogits(self.copy, seen, ids, self.copyable(ids) & mask.bool())
+                )
+            out = self._generate(ids, mask, queries, visual, beams, processors)
         seqs = out.sequences[:, : c.max_new_tokens].tolist()
         lengths = []
         for k, row in enumerate(seqs):
@@ -292,6 +424,35 @@ class Decoder(nn.Module):
             [(seqs[i * beams + j], scores[i * beams + j]) for j in range(beams)]
             for i in range(len(rows))
         ]
+
+    def _generate(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        queries: torch.Tensor,
+        visual: VisualHook | None,
+        beams: int,
+        processors: LogitsProcessorList,
+    ) -> Any:
+        """HF generate on the prompt embeddings (left-padded `ids`), KV cache, the special
+        tokens suppressed; `processors` (the copy head) run after HF's own."""
+        c = self.card.llm
+        return self.llm.generate(
+            inputs_embeds=self.embed(ids, queries, visual),
+            attention_mask=mask,
+            max_new_tokens=c.max_new_tokens,
+            min_new_tokens=min(c.min_new_tokens, c.max_new_tokens),
+            num_beams=beams,
+            num_return_sequences=beams,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=self.tok.eos_token_id,
+            pad_token_id=self.tok.pad_token_id,
+            suppress_tokens=list(self.special_ids),
+            output_scores=True,
+            return_dict_in_generate=True,
+            logits_processor=processors,
+        )
 
     def generate_ids(
         self,

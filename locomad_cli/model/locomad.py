@@ -102,10 +102,11 @@ class LoCoMAD(nn.Module):
         return self
 
     def trainable_parameters(self, stage: int) -> list[tuple[str, nn.Parameter]]:
-        """Stage 1 trains the PME. Stage 2 trains the DSM, Proj_l and, per card.llm.train,
-        the six added token embeddings and/or the whole LLM; per card.pme.train_stage2 the PME
-        stays frozen or its query path trains too (`pme.on_query_path`: the text side gets
-        no gradient in stage 2, and unused parameters would stall DDP)."""
+        """Stage 1 trains the PME. Stage 2 trains the DSM, Proj_l, the copy head (llm.copy)
+        and, per card.llm.train, the six added token embeddings and/or the whole LLM; per
+        card.pme.train_stage2 the PME stays frozen or its query path trains too
+        (`pme.on_query_path`: the text side gets no gradient in stage 2, and unused
+        parameters would stall DDP)."""
         if stage == 1:
             return [(n, p) for n, p in self.named_parameters() if n.startswith("pme.")]
         if stage != 2:
@@ -114,7 +115,7 @@ class LoCoMAD(nn.Module):
         pme_trains = self.card.pme.train_stage2 == "all"
         out = []
         for n, p in self.named_parameters():
-            if n.startswith(("dsm.", "decoder.proj.")):
+            if n.startswith(("dsm.", "decoder.proj.", "decoder.copy.")):
                 out.append((n, p))
             elif n.startswith("pme.") and pme_trains and on_query_path(n[len("pme.") :]):
                 out.append((n, p))
