@@ -115,8 +115,9 @@ class LLMCard:
     copy: bool = False
     """A copy head over the prompt's tokens (pointer-generator, See et al. 2017): each next
     token is a learnt mix of the LM's softmax and an attention over the prompt's words. Off
-    for pretrained LLMs, which copy names from their prompt by themselves; on for the demo's
-    random-init OPT, which did not learn to in its training (docs/model.md)."""
+    in every shipped card: pretrained LLMs copy names from their prompt by themselves, and
+    on the demo's random-init OPT it tripled the names right but cost looks (docs/demo.md).
+    Part of the architecture: set it from stage 1 on."""
 
 
 @dataclass

@@ -40,7 +40,7 @@ def test_with_the_gate_open_the_mix_is_the_prompts_word_counts(card):
     items = [[ContextItem("ab ab", "cd")]]
     ids, lab, mask = dec.training_inputs(items, ["ab"], ["ab"])
     logp = dec.copy_logprobs(_queries(card, 1), ids, lab, mask)
-    p = logp.exp()[0]
+    p = logp.exp()[0].detach()
     assert torch.allclose(p.sum(-1), torch.ones(p.shape[0]), atol=1e-5)
     prompt = ids[0][lab[0] == -100]
     words = [int(t) for t in prompt if dec.copyable(t[None])[0]]
@@ -54,11 +54,15 @@ def test_with_the_gate_open_the_mix_is_the_prompts_word_counts(card):
         assert float(p[first, sid]) < 1e-6
 
 
-@pytest.mark.parametrize("beams", [1, 3])
-def test_generation_decodes_the_distribution_training_learns(card, beams):
+@pytest.mark.parametrize(("beams", "projected"), [(1, False), (3, False), (1, True)])
+def test_generation_decodes_the_distribution_training_learns(card, beams, projected):
     """Greedy (and beam) generation with the copy head, batched with left padding, writes
     the tokens whose teacher-forced log-probabilities under the training path add up to its
-    reported score: the processor sees the same hidden states and prompt as training."""
+    reported score: the processor sees the same hidden states and prompt as training.
+    `projected`: an OPT whose hidden states are projected to a narrower embedding before its
+    LM head (as OPT-350m's 1024 → 512); the head reads the projected states."""
+    if projected:
+        card.llm.config = dict(card.llm.config, hidden_size=64, word_embed_proj_dim=32)
     dec = _model(card, seed=3).decoder
     card.llm.min_new_tokens = 0
     with torch.no_grad():

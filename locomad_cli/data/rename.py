@@ -64,7 +64,7 @@ class Renamer:
 def rename_texts(
     texts: list[str], names: list[str], pattern: re.Pattern[str], generator: torch.Generator
 ) -> list[str]:
-    """`texts` (one clip's or one film's) with the pool's names that occur in them mapped
+    """`texts` (one clip's) with the pool's names that occur in them mapped
     one-to-one onto names drawn at random from the pool, the same map for every text."""
     found = sorted({m.group(1) for s in texts for m in pattern.finditer(s)})
     order = torch.randperm(len(names), generator=generator)[: len(found)].tolist()

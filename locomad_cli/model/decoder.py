@@ -231,8 +231,12 @@ class Decoder(nn.Module):
         base = emb[: min(emb.shape[0], tokenizer.vocab_size)].detach().float()
         noise = torch.randn(len(LLM_SPECIAL_TOKENS), width) * base.std(0) * 0.1
         self.special_embeds = nn.Parameter(base.mean(0) + noise)
-        hidden = getattr(llm.config, "hidden_size", width)
-        self.copy = CopyHead(hidden) if card.llm.copy else None
+        # the copy head reads what the LM head reads: OPT-350m projects its 1024-d hidden
+        # states to 512 first
+        head = llm.get_output_embeddings()
+        self.copy = (
+            CopyHead(head.weight.shape[1] if head is not None else width) if card.llm.copy else None
+        )
 
     # -- embeddings -------------------------------------------------------------------------
 
