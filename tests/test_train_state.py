@@ -287,8 +287,16 @@ def _fsdp_worker(out: Path) -> None:
             ),
         }
         (out / "result.json").write_text(json.dumps(result))
+    # Every rank reaches here before any tears gloo down: a rank that destroyed the group
+    # while the other still used it aborted in CI ("terminate called without an active
+    # exception", SIGABRT), a teardown race under load, not a fault of the state code.
+    dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     _fsdp_worker(Path(sys.argv[1]))
+    # Skip the interpreter's teardown: gloo's threads racing the exit are what aborted.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
