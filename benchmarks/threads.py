@@ -53,7 +53,7 @@ def first_slots(n: int, out: Path) -> Path:
     """The demo's AD times cut to the first `n` slots (fewer slots: shorter rounds)."""
     from locomad_cli.subtitles import read_timed
 
-    cues = read_timed(str(DEMO / "demo.ad.srt"))[:n]
+    cues = read_timed(str(DEMO / "demo.ad-times.srt"))[:n]
 
     def ts(t: float) -> str:
         return f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{t % 60:06.3f}".replace(".", ",")
@@ -101,11 +101,18 @@ def run_describe(model, encode, threads: int, ad_times: Path, out: Path) -> floa
 
 def run_cli(threads: int, out: Path) -> float:
     cmd = [str(Path(sys.executable).with_name("locomad")), "describe", str(DEMO / "demo.mp4")]
-    cmd += ["--subs", str(DEMO / "demo.srt"), "--ad-times", str(DEMO / "demo.ad.srt")]
+    cmd += ["--subs", str(DEMO / "demo.srt"), "--ad-times", str(DEMO / "demo.ad-times.srt")]
     cmd += ["--model", "demo", "-o", str(out), "-q", "--threads", str(threads)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
     return time.perf_counter() - start
+
+
+def ensure_features() -> None:
+    """The demo film's features, extracted once as a user would (a fresh clone has none)."""
+    if not (DEMO / "demo.features.safetensors").is_file():
+        cmd = [str(Path(sys.executable).with_name("locomad")), "extract-features"]
+        subprocess.run([*cmd, str(DEMO / "demo.mp4"), "--model", "demo"], check=True, cwd=REPO)
 
 
 def load() -> str:
@@ -123,6 +130,7 @@ def main() -> None:
     ap.add_argument("--cli", action="store_true", help="also time the whole command")
     args = ap.parse_args()
     counts = [None if t == "default" else int(t) for t in args.threads.split(",")]
+    ensure_features()
     print(f"cores available: {available_cores()}; load average before: {load()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="locomad-threads-") as tmp:
         tmp = Path(tmp)

@@ -509,7 +509,11 @@ def describe_cmd(
         8, "--batch-size", help="Slots per call for oracle/local (recurrent: 1). Default: 8."
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue an interrupted run after its last slot. Default: off."
+        False,
+        "--resume",
+        help="Continue an interrupted run after its last slot; films already described by "
+        "the same card and setting (their tracks written, json among them) are kept. "
+        "Default: off.",
     ),
     min_gap: float = typer.Option(
         2.0, "--min-gap", help="Shortest gap between speech to describe (s). Default: 2.0."
@@ -588,7 +592,10 @@ def describe_cmd(
         if outcome.voiced is not None:
             summary = f"{outcome.video.name}  {outcome.voiced}" if many else outcome.voiced
             print(summary, flush=True)
-        if not quiet:
+        if outcome.skipped and not quiet:
+            names = ", ".join(p.name for p in outcome.paths)
+            typer.echo(f"{outcome.video}: already described, kept {names} (--resume)", err=True)
+        elif not quiet:
             for p in outcome.paths:
                 typer.echo(f"wrote {p}", err=True)
 

@@ -7,6 +7,10 @@ data, where the reference AD gives both) and FILM.features.safetensors (features
 when missing, as for one film). A flag naming one film's file is refused with several films.
 FILM.ad.srt is not read: it is what describe writes.
 
+With `--resume`, a film already described (its tracks written by the same card and setting,
+no progress file left) is skipped, an interrupted one continues after its last slot and the
+rest are described: rerunning the same command after a crash redoes nothing that was done.
+
 A film whose input is bad is reported in one line and the others go on; the caller exits
 non-zero at the end. What every film would fail on alike (an option, the model card, its
 weights, loading the model) stops the run at once. Under `accelerate launch` or `torchrun`
@@ -16,6 +20,7 @@ each process describes its share of the films (films.share).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +35,7 @@ from locomad_cli.describe import (
 )
 from locomad_cli.films import beside, expand_films, rank_and_world, share
 from locomad_cli.utils import LocomadError
+from locomad_cli.writers import parse_formats
 
 SUBTITLES = (".srt", ".vtt")
 AD_TIMES = (".ad-times.srt", ".ad-times.vtt", ".ad-times.csv", ".ad-times.json")
@@ -51,6 +57,8 @@ class FilmOutcome:
     voiced: str | None = None
     """`voice`'s summary line, when the film was voiced too."""
     error: str | None = None
+    skipped: bool = False
+    """Already described (`--resume`): its tracks were there and were left as they were."""
 
 
 def several(videos: list[str | Path]) -> bool:
@@ -90,6 +98,27 @@ def _check_outputs(films: list[Path], opts: DescribeOptions) -> None:
                 "rename one or describe them into different output folders"
             )
         seen[key] = video
+
+
+def already_described(video: Path, opts: DescribeOptions, card: Any) -> dict[str, Any] | None:
+    """Under `--resume`, the film's finished track when there is one to keep: no progress
+    file beside it (an interrupted run continues instead), every track `-f` asks for exists,
+    and the JSON track (the one that says who wrote it, so json must be among the formats) is
+    a whole track of this card, weights and setting. None: describe the film."""
+    out = Path(opts.output_dir) if opts.output_dir else video.parent
+    formats = parse_formats(opts.formats)
+    if "json" not in formats or (out / f"{video.stem}.ad.progress.jsonl").exists():
+        return None
+    if not all((out / f"{video.stem}.ad.{f}").is_file() for f in formats):
+        return None
+    try:
+        track = json.loads((out / f"{video.stem}.ad.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(track, dict) or not isinstance(track.get("slots"), list):
+        return None
+    same = (track.get("card"), track.get("weights"), track.get("setting"))
+    return track if same == (card.name, opts.weights or card.weights, opts.setting) else None
 
 
 def _per_process_device(opts: DescribeOptions) -> DescribeOptions:
@@ -133,10 +162,13 @@ def describe_films(
             )
     check_options(opts)
     _check_outputs(films, opts)
-    if len(films) > 1:  # once for all (describe checks a film of its own)
+    card = None
+    if len(films) > 1 or opts.resume:
         from locomad_cli.card import load_card
 
-        check_weights_exist(opts, load_card(opts.model, opts.overrides))
+        card = load_card(opts.model, opts.overrides)
+    if len(films) > 1:  # once for all (describe checks a film of its own)
+        check_weights_exist(opts, card)
     mine = share(films) if shared else films
     opts = _per_process_device(opts) if mine else opts
     models = Models()
@@ -147,9 +179,15 @@ def describe_films(
         try:
             film_opts = film_options(video, opts) if beside_films else opts
             hook = None if on_description is None else _bind(on_description, video)
-            outcome.track, outcome.paths = describe(
-                video, film_opts, on_description=hook, models=models
-            )
+            kept = already_described(video, film_opts, card) if opts.resume else None
+            if kept is not None:
+                out = Path(opts.output_dir) if opts.output_dir else video.parent
+                outcome.skipped, outcome.track = True, kept
+                outcome.paths = [out / f"{video.stem}.ad.{f}" for f in parse_formats(opts.formats)]
+            else:
+                outcome.track, outcome.paths = describe(
+                    video, film_opts, on_description=hook, models=models
+                )
             if then_voice:
                 outcome.voiced = _voice(video, film_opts, outcome)
         except LocomadError as e:

@@ -81,7 +81,8 @@ def _is_film(path: Path) -> bool:
 
 def rank_and_world() -> tuple[int, int, int]:
     """(rank, world size, local rank) as set by `torchrun` or `accelerate launch`; (0, 1, 0)
-    for a plain run. Read from the environment: no process group is needed to split films."""
+    for a plain run. Read from the environment: no process group is needed to split films.
+    Both launchers also set MASTER_ADDR; a WORLD_SIZE above 1 without it is refused."""
     try:
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -90,6 +91,13 @@ def rank_and_world() -> tuple[int, int, int]:
         raise LocomadError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers") from None
     if world < 1 or not 0 <= rank < world:
         raise LocomadError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
+    if world > 1 and not os.environ.get("MASTER_ADDR"):
+        # a WORLD_SIZE left exported in a shell: this process alone would do its share of
+        # the films, silently, then wait at the end for processes that were never started
+        raise LocomadError(
+            f"WORLD_SIZE={world} is set but no launcher started this process (no MASTER_ADDR): "
+            "run under `accelerate launch` or `torchrun`, or unset WORLD_SIZE and RANK"
+        )
     return rank, world, local
 
 

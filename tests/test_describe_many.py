@@ -207,8 +207,62 @@ def test_voice_follows_each_films_track(tiny, films, tmp_path, monkeypatch):
     assert [o.voiced for o in outcomes] == ["voiced a", None, "voiced c"]
 
 
+def test_resume_keeps_films_already_described_and_continues_the_rest(tiny, films, tmp_path):
+    """The same command rerun with --resume after a crash: a described film is kept as it
+    is, the interrupted one continues after its last slot, the rest are described, all as an
+    uninterrupted run; a track of another setting is not taken for this run's."""
+    whole = describe_films([films], _opts(tiny, tmp_path / "whole", formats="srt,json"))
+    out = tmp_path / "out"
+
+    def crash_in_b(video, row):
+        if video.stem == "b":  # Ctrl-C after b's first description
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        describe_films([films], _opts(tiny, out, formats="srt,json"), crash_in_b)
+    assert sorted(p.name for p in out.glob("*.ad.*")) == [
+        "a.ad.json",
+        "a.ad.srt",
+        "b.ad.progress.jsonl",
+    ]
+    a_json, a_mtime = (out / "a.ad.json").read_bytes(), (out / "a.ad.srt").stat().st_mtime_ns
+
+    again = describe_films([films], _opts(tiny, out, formats="srt,json", resume=True))
+    assert [(o.video.name, o.skipped, o.error) for o in again] == [
+        ("a.mp4", True, None),
+        ("b.mp4", False, None),
+        ("c.mp4", False, None),
+    ]
+    assert (out / "a.ad.json").read_bytes() == a_json
+    assert (out / "a.ad.srt").stat().st_mtime_ns == a_mtime  # not rewritten
+    assert again[0].track == json.loads(a_json)
+    assert [p.name for p in again[0].paths] == ["a.ad.srt", "a.ad.json"]
+    assert [_texts(o.track) for o in again] == [_texts(o.track) for o in whole]
+    assert not list(out.glob("*.progress.jsonl"))
+
+    # another setting's tracks are not this run's: described again; the command says which
+    # films it kept, on stderr, and stdout holds only the descriptions it wrote
+    args = ["describe", str(films), "--model", str(tiny / "tiny.yaml"), "--weights"]
+    args += [str(tiny / "weights"), "-o", str(out), "-f", "srt,json", "--device", "cpu"]
+    res = CliRunner().invoke(app, [*args, "--setting", "local", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert len(res.stdout.splitlines()) == 6  # 2 + 3 + 1 slots
+    assert "already described" not in res.stderr
+    res = CliRunner().invoke(app, [*args, "--setting", "local", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == ""
+    assert [ln for ln in res.stderr.splitlines() if "already described" in ln] == [
+        f"{films / n}.mp4: already described, kept {n}.ad.srt, {n}.ad.json (--resume)"
+        for n in "abc"
+    ]
+    # without json among the formats nothing says who wrote a track: described again
+    srt_only = describe_films([films], _opts(tiny, out, formats="srt", resume=True))
+    assert [o.skipped for o in srt_only] == [False, False, False]
+
+
 def test_each_process_describes_its_share(tiny, films, tmp_path, monkeypatch):
     """Process 1 of 2 takes b (of a, b, c) and extracts its features itself (not split again)."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     outcomes = describe_films([films], _opts(tiny, tmp_path / "out"))

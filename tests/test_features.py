@@ -241,6 +241,7 @@ def test_same_stem_twice_is_refused(films, tmp_path):
 
 
 def test_ranks_split_films(films, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     res = extract_features([films["c"], films["b"], films["a"]], tiny_card(), out_dir=tmp_path)

@@ -46,6 +46,7 @@ def test_a_folder_without_films_is_refused(tmp_path):
 def test_share_is_round_robin_by_rank(monkeypatch):
     films = ["a", "b", "c", "d", "e"]
     assert share(films) == films  # a plain run: all of them
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what a launcher sets beside WORLD_SIZE
     monkeypatch.setenv("WORLD_SIZE", "2")
     shares = []
     for rank in (0, 1):
@@ -58,6 +59,7 @@ def test_share_is_round_robin_by_rank(monkeypatch):
 
 
 def test_bad_launcher_environment_is_one_error(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(LocomadError, match="bad RANK=2 / WORLD_SIZE=2"):
@@ -65,6 +67,17 @@ def test_bad_launcher_environment_is_one_error(monkeypatch):
     monkeypatch.setenv("RANK", "one")
     with pytest.raises(LocomadError, match="whole numbers"):
         rank_and_world()
+
+
+def test_world_size_without_a_launcher_is_refused(monkeypatch):
+    """A WORLD_SIZE left exported in a shell would make a plain run describe half the films."""
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(LocomadError, match="WORLD_SIZE=2 is set but no launcher .* unset"):
+        share(["a", "b", "c"])
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a launcher's single process: no MASTER_ADDR needed
+    assert share(["a", "b", "c"]) == ["a", "b", "c"]
 
 
 def test_beside_finds_the_first_sidecar(tmp_path):
