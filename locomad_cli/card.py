@@ -112,6 +112,11 @@ class LLMCard:
     """How q̃ is standardised before Proj_l: batch (per-dimension running mean and variance,
     no affine: the queries share a large common component that otherwise drowns what tells
     slots apart; docs/model.md) | none (the paper's plain linear projection)."""
+    names: list[str] = field(default_factory=list)
+    """Character names a description may write only once its prompt holds them (the slot's
+    dialogue or a chosen context item): until the film has said a name, the listener does
+    not know it and the description says who by their look. Decoding bans an unheard name's
+    first token. `locomad describe --cast FILE` adds a film's own cast. Empty: no rule."""
     copy: bool = False
     """A copy head over the prompt's tokens (pointer-generator, See et al. 2017): each next
     token is a learnt mix of the LM's softmax and an attention over the prompt's words. Off

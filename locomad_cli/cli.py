@@ -505,6 +505,13 @@ def describe_cmd(
     ),
     device: str = DEVICE_OPTION,
     threads: str = THREADS_OPTION,
+    cast: str = typer.Option(
+        None,
+        "--cast",
+        help="The film's character names, one per line: a description names a character only "
+        "once the film has said the name (with several films: FILM.cast.txt beside each). "
+        "Default: the card's names, if any.",
+    ),
     batch_size: int = typer.Option(
         8, "--batch-size", help="Slots per call for oracle/local (recurrent: 1). Default: 8."
     ),
@@ -580,6 +587,7 @@ def describe_cmd(
         cut_margin=cut_margin,
         progress=not quiet,
         threads=_threads(threads),
+        cast=cast,
     )
     many = several(videos)
 
@@ -951,6 +959,12 @@ def demo_measure_cmd(
         help="Comma list of oracle, oracle-last-k, recurrent, recurrent-last-k, local, stage1. "
         "Default: oracle,recurrent,recurrent-last-k,local.",
     ),
+    heard_names: bool = typer.Option(
+        False,
+        "--heard-names",
+        help="Name a character only once the prompt holds the name (llm.names = the world's "
+        "48 names, as describe --cast does for a film). Default: the card's llm.names.",
+    ),
     threads: str = THREADS_OPTION,
 ) -> None:
     """Score a model on demo films, slot by slot against world.json: CIDEr, location, look,
@@ -962,8 +976,13 @@ def demo_measure_cmd(
     n_threads = _threads(threads)
     try:
         chosen = parse_choice_list(settings, SETTINGS, "--settings")
+        demo_model = _demo_model(model, weights)
+        if heard_names:
+            from locomad_cli.demo.world import NAMES
+
+            demo_model.card.llm.names = list(NAMES)
         with torch_threads(n_threads, decoding=False, device="cpu"):
-            scores = measure(_demo_model(model, weights), data, settings=chosen, split=split)
+            scores = measure(demo_model, data, settings=chosen, split=split)
         _print_scores(scores)
     except LocomadError as e:
         fail(str(e))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
 from locomad_cli.slots import Slot, plan_film, slots_from_times
-from locomad_cli.subtitles import Cue, read_cues, read_timed, slot_dialogue
+from locomad_cli.subtitles import Cue, read_cues, read_text, read_timed, slot_dialogue
 from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
     LocomadError,
@@ -88,6 +88,9 @@ class DescribeOptions:
     progress: bool = True
     threads: int | None = None
     """torch's CPU threads (None: threads.pick_threads chooses)."""
+    cast: str | None = None
+    """The film's character names, one per line (read_cast): a description names one only
+    once the film has said it (LLMCard.names, to which these are added)."""
 
 
 @dataclass
@@ -286,8 +289,23 @@ def _identity(video: Path, card: ModelCard, opts: DescribeOptions, slots: list[S
         "setting": opts.setting,
         "reference": Path(opts.reference).name if opts.reference else None,
         "subtitles": Path(opts.subs).name if opts.subs else None,
+        "cast": Path(opts.cast).name if opts.cast else None,
         "slots": [[s.start, s.end] for s in slots],
     }
+
+
+def read_cast(path: str) -> list[str]:
+    """A cast file: one character name per line (as the credits spell it); blank lines and
+    lines starting with # are skipped. A file that names nobody is refused: the rule it feeds
+    would then do nothing, silently."""
+    names = []
+    for line in read_text(path).splitlines():
+        name = line.strip()
+        if name and not name.startswith("#") and name not in names:
+            names.append(name)
+    if not names:
+        raise LocomadError(f"{path}: names no character (one name per line)")
+    return names
 
 
 def _read_progress(path: Path, identity: dict) -> list[dict[str, Any]]:
@@ -345,6 +363,8 @@ class Film:
     features: torch.Tensor | None = None
     """[T, D] frame features; None until extracted."""
     fps: float = 5.0
+    names: list[str] = field(default_factory=list)
+    """Names a description may use only once heard (the card's llm.names and --cast)."""
 
     def __post_init__(self) -> None:
         # each slot's and each reference's dialogue, computed once (cost per slot stays flat)
@@ -444,6 +464,7 @@ def describe(
         check_weights_exist(opts, card)
     out_dir = Path(opts.output_dir) if opts.output_dir else video.parent
     subtitles = read_cues(opts.subs, opts.subs_encoding) if opts.subs else []
+    cast = read_cast(opts.cast) if opts.cast else []
     refs = [c for c in read_timed(opts.reference) if c.text] if opts.reference else []
     if opts.setting == "oracle" and not refs:
         raise LocomadError(f"{opts.reference}: no reference description with text")
@@ -468,6 +489,7 @@ def describe(
         film = Film(
             video.stem, slots, subtitles, refs, features, float((meta or {}).get("fps") or card.fps)
         )
+        film.names = list(dict.fromkeys([*card.llm.names, *cast]))
         progress_path = out_dir / f"{film.name}.ad.progress.jsonl"
         identity = _identity(video, card, opts, slots)
         done: list[dict[str, Any]] = []
@@ -667,12 +689,19 @@ def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
     }
 
 
-def _generate(model, records: list[ClipRecord], setting: str, avoid: list[list[str]] | None = None):
+def _generate(
+    model,
+    records: list[ClipRecord],
+    setting: str,
+    names: list[str],
+    avoid: list[list[str]] | None = None,
+):
     from locomad_cli.data.records import collate
 
     card = model.card
     batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
-    return model.generate(batch, setting="local" if setting == "local" else "context", avoid=avoid)
+    local = "local" if setting == "local" else "context"
+    return model.generate(batch, setting=local, avoid=avoid, names=names)
 
 
 def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):
@@ -686,7 +715,7 @@ def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOpt
     for slot in film.slots[len(done) :]:
         record = film.record(slot, history[-p:] if p > 0 else [], cache)
         avoid = [[h.text for h in history[-n:]]] if n > 0 else None
-        row = _row(slot, record, _generate(model, [record], "recurrent", avoid)[0])
+        row = _row(slot, record, _generate(model, [record], "recurrent", film.names, avoid)[0])
         history.append(ContextItem(row["text"], row["subtitles"], slot.start, slot.end))
         yield row
 
@@ -709,7 +738,7 @@ def _run_batched(model, film: Film, cache: TextFeatureCache, opts: DescribeOptio
                 ]
             records.append(film.record(slot, context, cache))
         for slot, record, gen in zip(
-            chunk, records, _generate(model, records, opts.setting), strict=True
+            chunk, records, _generate(model, records, opts.setting, film.names), strict=True
         ):
             yield _row(slot, record, gen)
 

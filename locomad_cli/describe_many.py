@@ -3,7 +3,8 @@
 With several films (or a folder), each film's own files are found beside it by name, as in
 the folder-of-films layout: FILM.srt or FILM.vtt (subtitles), FILM.ad-times.srt/.vtt/.csv/
 .json (AD times; with `--setting oracle` also the reference descriptions, as in the paper's
-data, where the reference AD gives both) and FILM.features.safetensors (features; extracted
+data, where the reference AD gives both), FILM.cast.txt (its character names) and
+FILM.features.safetensors (features; extracted
 when missing, as for one film). A flag naming one film's file is refused with several films.
 FILM.ad.srt is not read: it is what describe writes.
 
@@ -44,7 +45,9 @@ PER_FILM_FLAGS = {
     "ad_times": "--ad-times",
     "reference": "--reference",
     "features": "--features",
+    "cast": "--cast",
 }
+CAST = (".cast.txt",)
 
 
 @dataclass
@@ -78,11 +81,13 @@ def film_options(video: Path, opts: DescribeOptions) -> DescribeOptions:
             )
         reference = str(ad_times)
     subs = beside(video, SUBTITLES)
+    cast = beside(video, CAST)
     return dataclasses.replace(
         opts,
         subs=str(subs) if subs else None,
         ad_times=str(ad_times) if ad_times else None,
         reference=reference,
+        cast=str(cast) if cast else None,
     )
 
 

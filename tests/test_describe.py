@@ -90,10 +90,10 @@ class Spy:
         self.calls = []
         self.avoided = []
 
-    def generate(self, batch, setting="context", selection_override=None, avoid=None):
+    def generate(self, batch, setting="context", selection_override=None, avoid=None, names=None):
         self.calls.append((setting, batch))
         self.avoided.append(avoid)
-        return self.model.generate(batch, setting, selection_override, avoid=avoid)
+        return self.model.generate(batch, setting, selection_override, avoid=avoid, names=names)
 
 
 class CountingEncoder:

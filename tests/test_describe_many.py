@@ -260,6 +260,35 @@ def test_resume_keeps_films_already_described_and_continues_the_rest(tiny, films
     assert [o.skipped for o in srt_only] == [False, False, False]
 
 
+def test_a_cast_beside_a_film_keeps_its_unheard_names_out(tiny, films, tmp_path):
+    """FILM.cast.txt beside a film (or --cast for one): a description may use a cast name
+    only once the film has said it; the other films are described as before."""
+    free = describe_films([films], _opts(tiny, tmp_path / "free"))
+    said = "".join(s["text"] for s in free[0].track["slots"])
+    # the tiny model's vocabulary is bytes: a letter it writes stands in for a name
+    word = next(c for c in said if c.strip() and c != "\ufffd")
+    (films / "a.cast.txt").write_text(f"# a's cast\n\n{word}\n")
+    ruled = describe_films([films], _opts(tiny, tmp_path / "ruled"))
+    assert word not in "".join(s["text"] for s in ruled[0].track["slots"]), word
+    assert _texts(ruled[1].track) == _texts(free[1].track)  # b has no cast file
+    # one film: --cast; a file that names nobody is one line, nothing written
+    (tmp_path / "none.txt").write_text("# nobody\n")
+    args = ["describe", str(films / "a.mp4"), "--ad-times", str(films / "a.ad-times.srt")]
+    args += ["--subs", str(films / "a.srt"), "--model", str(tiny / "tiny.yaml")]
+    args += ["--weights", str(tiny / "weights")]
+    args += ["-o", str(tmp_path / "cli"), "-f", "json", "--device", "cpu", "-q"]
+    res = CliRunner().invoke(app, [*args, "--cast", str(tmp_path / "none.txt")])
+    assert res.exit_code == 2
+    assert res.stderr.splitlines() == [
+        f"locomad: error: {tmp_path / 'none.txt'}: names no character (one name per line)"
+    ]
+    assert not (tmp_path / "cli").exists() or not list((tmp_path / "cli").glob("*.ad.*"))
+    res = CliRunner().invoke(app, [*args, "--cast", str(films / "a.cast.txt")])
+    assert res.exit_code == 0, res.output
+    track = json.loads((tmp_path / "cli" / "a.ad.json").read_text())
+    assert _texts(track) == _texts(ruled[0].track)
+
+
 def test_each_process_describes_its_share(tiny, films, tmp_path, monkeypatch):
     """Process 1 of 2 takes b (of a, b, c) and extracts its features itself (not split again)."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")

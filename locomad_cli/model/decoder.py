@@ -187,6 +187,22 @@ class CopyHead(nn.Module):
         return p.clamp(min=1e-12).log()
 
 
+class _BanTokens(LogitsProcessor):
+    """Per prompt, token ids the description may not contain (the first tokens of names the
+    prompt has not yet given: LLMCard.names). Rows of `scores` are prompts x beams, prompt by
+    prompt, as HF's generate lays them out."""
+
+    def __init__(self, banned: list[list[int]], beams: int):
+        self.banned, self.beams = banned, beams
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row in range(scores.shape[0]):
+            ids = self.banned[row // self.beams]
+            if ids:
+                scores[row, ids] = -math.inf
+        return scores
+
+
 class _CopyLogits(LogitsProcessor):
     """Generation with the copy head: the LM's scores at each step replaced by the log of
     the mix (the LM's last hidden states come from a hook on its decoder; the prompt's keys
@@ -350,6 +366,23 @@ class Decoder(nn.Module):
         keys = self.copy.key(hidden.float())
         return self.copy.mix(logits[:, :-1], hidden[:, :-1], keys, ids, copyable)
 
+    def name_tokens(self, unheard: list[str], heard: list[str]) -> list[int]:
+        """The token ids that would start one of the `unheard` names (with and without a
+        leading space: mid-sentence and at the start), less those that start a `heard` one:
+        banning them keeps the unheard names out of a description. With a BPE vocabulary a
+        name's first piece ("Ol" of "Olga") is banned for every word it starts."""
+
+        def firsts(names: list[str]) -> set[int]:
+            out = set()
+            for name in names:
+                for form in (name, " " + name):
+                    ids = self.tok(form, add_special_tokens=False).input_ids
+                    if ids and self.tok.decode(ids[:1]).strip():  # never a bare space
+                        out.add(ids[0])
+            return out
+
+        return sorted(firsts(unheard) - firsts(heard))
+
     def copyable(self, ids: torch.Tensor) -> torch.Tensor:
         """Which prompt positions the copy head may point at: words, not the visual queries,
         the added special tokens, padding, bos or eos."""
@@ -385,6 +418,7 @@ class Decoder(nn.Module):
         subtitles: list[str],
         visual: VisualHook | None = None,
         num_beams: int | None = None,
+        banned: list[list[int]] | None = None,
     ) -> list[list[tuple[list[int], float]]]:
         """Batched generation (left-padded prompts, KV cache). Per clip, the candidates best
         first as (token ids, score): every beam when the beam count (`num_beams`, default
@@ -392,7 +426,8 @@ class Decoder(nn.Module):
         each, the end-of-sequence token and what follows removed. The score is the
         length-normalised log-probability under the decoding's own (suppressed-token)
         distribution: HF's beam score, and for greedy the mean log-probability of its tokens
-        (the beam score with length_penalty 1)."""
+        (the beam score with length_penalty 1). `banned[i]`: token ids clip i's candidates
+        may not contain (name_tokens)."""
         pad = self.tok.pad_token_id
         rows = self.prompts(items, subtitles)
         n = max(map(len, rows))
@@ -408,6 +443,10 @@ class Decoder(nn.Module):
                 processors.append(
                     _CopyLogits(self.copy, seen, ids, self.copyable(ids) & mask.bool())
                 )
+            if banned is not None and any(banned):
+                if len(banned) != len(rows):
+                    raise LocomadError("banned needs one token list per clip")
+                processors.append(_BanTokens(banned, beams))
             out = self._generate(ids, mask, queries, visual, beams, processors)
         seqs = out.sequences[:, : c.max_new_tokens].tolist()
         lengths = []
@@ -475,11 +514,13 @@ class Decoder(nn.Module):
         subtitles: list[str],
         visual: VisualHook | None = None,
         num_beams: int | None = None,
+        banned: list[list[int]] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per clip, (text, score) candidates best first, repeated texts dropped (two token
         sequences can decode to the same words)."""
         result = []
-        for cands in self.generate_nbest_ids(queries, items, subtitles, visual, num_beams):
+        nbest = self.generate_nbest_ids(queries, items, subtitles, visual, num_beams, banned)
+        for cands in nbest:
             seen: dict[str, float] = {}
             for ids, score in cands:
                 text = self.tok.decode(ids, skip_special_tokens=True).strip()

@@ -7,6 +7,7 @@ Entry points take a `ClipBatch` (data/records.py) and tokenize text themselves:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,12 +249,15 @@ class LoCoMAD(nn.Module):
         selection_override: list[list[int]] | None = None,
         visual: VisualHook | None = None,
         avoid: list[list[str]] | None = None,
+        names: list[str] | None = None,
     ) -> list[Generation]:
         """Describe each clip. `context`: the DSM picks the items (or `selection_override`
         gives indices into batch.contexts[i]); `local`: no context items, same path.
         `visual` replaces the projected visual prompt (the demo's ablations). `avoid[i]`:
         texts clip i's description may not equal (the recurrent loop's previous
-        descriptions, llm.avoid_repeats); see `_avoid_repeats`."""
+        descriptions, llm.avoid_repeats); see `_avoid_repeats`. `names` (default
+        llm.names): character names a description may use only once its prompt holds them
+        (the slot's dialogue or a chosen context item); see `unheard_names`."""
         if setting not in SETTINGS:
             raise LocomadError(f"unknown setting '{setting}' (choose {', '.join(SETTINGS)})")
         was = self.training
@@ -278,10 +282,17 @@ class LoCoMAD(nn.Module):
                 sel = self.select_context(batch)
                 idx, scores = sel.indices, sel.scores
             items = _pick(batch.contexts, idx)
-            nbest = self.decoder.generate_nbest(q, items, batch.subtitles, visual)
+            cast = self.card.llm.names if names is None else names
+            banned = None
+            if cast:
+                banned = [
+                    self.decoder.name_tokens(*unheard_names(cast, subtitle, its))
+                    for subtitle, its in zip(batch.subtitles, items, strict=True)
+                ]
+            nbest = self.decoder.generate_nbest(q, items, batch.subtitles, visual, banned=banned)
             texts = [c[0][0] for c in nbest]
             if avoid is not None:
-                texts = self._avoid_repeats(q, items, batch.subtitles, visual, nbest, avoid)
+                texts = self._avoid_repeats(q, items, batch.subtitles, visual, nbest, avoid, banned)
         finally:
             self.train(was)
         return [
@@ -297,6 +308,7 @@ class LoCoMAD(nn.Module):
         visual: VisualHook | None,
         nbest: list[list[tuple[str, float]]],
         avoid: list[list[str]],
+        names_banned: list[list[int]] | None = None,
     ) -> list[str]:
         """Per clip, the best candidate that is not word for word one of `avoid[i]`
         (compared case- and space-insensitively); clips whose every candidate is avoided are
@@ -323,10 +335,23 @@ class LoCoMAD(nn.Module):
                 [subtitles[i] for i in again],
                 visual,
                 num_beams=beams,
+                banned=None if names_banned is None else [names_banned[i] for i in again],
             )
             for i, cands in zip(again, more, strict=True):
                 texts[i] = first_new(cands, banned[i])
         return [t if t is not None else c[0][0] for t, c in zip(texts, nbest, strict=True)]
+
+
+def unheard_names(
+    names: list[str], subtitle: str, items: list[ContextItem]
+) -> tuple[list[str], list[str]]:
+    """(unheard, heard): which of the cast's `names` the prompt does not / does hold, as whole
+    words in any case, in the slot's dialogue or a chosen item's description or dialogue.
+    What a listener has not heard named, the description does not name either: it says who
+    by their look ("a man in a green coat") until the film has said the name."""
+    said = " ".join([subtitle, *(f"{it.text} {it.subtitle}" for it in items)])
+    heard = [n for n in names if re.search(rf"\b{re.escape(n)}\b", said, re.IGNORECASE)]
+    return [n for n in names if n not in heard], heard
 
 
 def card_path(card: ModelCard, spec: str) -> str:
