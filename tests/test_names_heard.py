@@ -2,6 +2,8 @@
 character only when its prompt holds the name (the slot's dialogue or a chosen context
 item); decoding bans the first token of every name it does not."""
 
+import re
+
 import pytest
 import torch
 
@@ -24,14 +26,14 @@ def _generated(model, items, subtitles, names, beams):
     """Every candidate's token ids, with the names rule as LoCoMAD.generate applies it."""
     dec = model.decoder
     pairs = zip(subtitles, items, strict=True)
-    banned = [dec.name_tokens(*unheard_names(names, s, its)) for s, its in pairs]
+    rules = [dec.name_tokens(*unheard_names(names, s, its)) for s, its in pairs]
     q = torch.randn(
         len(items),
         model.card.pme.num_queries,
         model.card.pme.hidden_size,
         generator=torch.Generator().manual_seed(1),
     )
-    return dec.generate_nbest_ids(q, items, subtitles, num_beams=beams, banned=banned)
+    return dec.generate_nbest_ids(q, items, subtitles, num_beams=beams, names=rules)
 
 
 @pytest.mark.parametrize("beams", [1, 3])
@@ -47,7 +49,7 @@ def test_an_unheard_name_is_never_written_and_a_heard_one_changes_nothing(card, 
     words = [t for t in best if dec.tok.decode([t]).strip().isalpha()]
     assert words, [dec.tok.decode([t]) for t in best]
     word = dec.tok.decode([words[0]]).strip()
-    tokens = set(dec.name_tokens([word], []))
+    tokens = set(dec.name_tokens([word], []).unheard)
     assert words[0] in tokens
     ruled = _generated(model, items, subs, [word], beams)
     for cands in ruled:
@@ -77,5 +79,32 @@ def test_generate_takes_the_cards_names_by_default(card):
     model.card.llm.names = [word]
     ruled = model.generate(batch, setting="local")[0].text
     assert ruled != free
-    assert not set(dec.name_tokens([word], [])) & set(dec.tok(ruled).input_ids)
+    assert not set(dec.name_tokens([word], []).unheard) & set(dec.tok(ruled).input_ids)
     assert model.generate(batch, setting="local", names=[])[0].text == free
+
+
+def test_where_a_name_is_heard_it_takes_the_place_of_the_unheard_one(card):
+    """Greedy: up to where the model would write the unheard name nothing changes; there the
+    likeliest heard name is written instead, so the sentence goes on about someone known."""
+    card.llm.min_new_tokens = 2
+    torch.manual_seed(0)
+    model = LoCoMAD.from_card(card).eval()
+    dec = model.decoder
+    items, subs = [[ContextItem("the red key", "take it")]], ["where is it"]
+    free = _generated(model, items, subs, [], 1)[0][0][0]
+    k, x = next((i, t) for i, t in enumerate(free) if dec.tok.decode([t]).strip().isalpha())
+    name = dec.tok.decode([x]).strip()
+    other = next(
+        w
+        for w in (dec.tok.decode([t]).strip() for t in range(len(dec.tok)))
+        if w.isalpha()
+        and w != name
+        and not re.search(rf"\b{re.escape(w)}\b", subs[0] + " the red key take it")
+    )
+    heard_subs = [f"{subs[0]} {other}"]
+    free = _generated(model, items, heard_subs, [], 1)[0][0][0]
+    k, x = next((i, t) for i, t in enumerate(free) if dec.tok.decode([t]).strip() == name)
+    rule = dec.name_tokens([name], [other])
+    ruled = _generated(model, items, heard_subs, [name, other], 1)[0][0][0]
+    assert ruled[:k] == free[:k]
+    assert ruled[k] in rule.heard and x not in ruled

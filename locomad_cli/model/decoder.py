@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,19 +188,35 @@ class CopyHead(nn.Module):
         return p.clamp(min=1e-12).log()
 
 
-class _BanTokens(LogitsProcessor):
-    """Per prompt, token ids the description may not contain (the first tokens of names the
-    prompt has not yet given: LLMCard.names). Rows of `scores` are prompts x beams, prompt by
+@dataclass
+class NameTokens:
+    """One prompt's names rule (LLMCard.names): the first tokens of the cast names it has not
+    said, which the description may not contain, and of those it has."""
+
+    unheard: list[int]
+    heard: list[int]
+
+
+class _NameRule(LogitsProcessor):
+    """Unheard names out of the description. Where the likeliest next token starts an unheard
+    name and the prompt has said a name, the likeliest heard name takes its score: the model
+    meant a person, and the sentence it was writing goes on about one the listener knows (on
+    the demo, banning alone made it write other sentences, and more wrong rooms). Then every
+    unheard name's first token gets -inf. Rows of `scores` are prompts x beams, prompt by
     prompt, as HF's generate lays them out."""
 
-    def __init__(self, banned: list[list[int]], beams: int):
-        self.banned, self.beams = banned, beams
+    def __init__(self, names: list[NameTokens], beams: int):
+        self.names, self.beams = names, beams
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(scores.shape[0]):
-            ids = self.banned[row // self.beams]
-            if ids:
-                scores[row, ids] = -math.inf
+            rule = self.names[row // self.beams]
+            if not rule.unheard:
+                continue
+            if rule.heard and int(scores[row].argmax()) in rule.unheard:
+                best = rule.heard[int(scores[row, rule.heard].argmax())]
+                scores[row, best] = scores[row].max()
+            scores[row, rule.unheard] = -math.inf
         return scores
 
 
@@ -366,11 +383,12 @@ class Decoder(nn.Module):
         keys = self.copy.key(hidden.float())
         return self.copy.mix(logits[:, :-1], hidden[:, :-1], keys, ids, copyable)
 
-    def name_tokens(self, unheard: list[str], heard: list[str]) -> list[int]:
+    def name_tokens(self, unheard: list[str], heard: list[str]) -> NameTokens:
         """The token ids that would start one of the `unheard` names (with and without a
-        leading space: mid-sentence and at the start), less those that start a `heard` one:
-        banning them keeps the unheard names out of a description. With a BPE vocabulary a
-        name's first piece ("Ol" of "Olga") is banned for every word it starts."""
+        leading space: mid-sentence and at the start), less those that start a `heard` one,
+        and those that start a heard one: the names rule of one prompt (_NameRule). With a
+        BPE vocabulary a name's first piece ("Ol" of "Olga") is banned for every word it
+        starts."""
 
         def firsts(names: list[str]) -> set[int]:
             out = set()
@@ -381,7 +399,8 @@ class Decoder(nn.Module):
                         out.add(ids[0])
             return out
 
-        return sorted(firsts(unheard) - firsts(heard))
+        said = firsts(heard)
+        return NameTokens(sorted(firsts(unheard) - said), sorted(said))
 
     def copyable(self, ids: torch.Tensor) -> torch.Tensor:
         """Which prompt positions the copy head may point at: words, not the visual queries,
@@ -418,7 +437,7 @@ class Decoder(nn.Module):
         subtitles: list[str],
         visual: VisualHook | None = None,
         num_beams: int | None = None,
-        banned: list[list[int]] | None = None,
+        names: list[NameTokens] | None = None,
     ) -> list[list[tuple[list[int], float]]]:
         """Batched generation (left-padded prompts, KV cache). Per clip, the candidates best
         first as (token ids, score): every beam when the beam count (`num_beams`, default
@@ -426,8 +445,8 @@ class Decoder(nn.Module):
         each, the end-of-sequence token and what follows removed. The score is the
         length-normalised log-probability under the decoding's own (suppressed-token)
         distribution: HF's beam score, and for greedy the mean log-probability of its tokens
-        (the beam score with length_penalty 1). `banned[i]`: token ids clip i's candidates
-        may not contain (name_tokens)."""
+        (the beam score with length_penalty 1). `names[i]`: clip i's names rule
+        (name_tokens): its candidates never contain an unheard name's first token."""
         pad = self.tok.pad_token_id
         rows = self.prompts(items, subtitles)
         n = max(map(len, rows))
@@ -443,10 +462,10 @@ class Decoder(nn.Module):
                 processors.append(
                     _CopyLogits(self.copy, seen, ids, self.copyable(ids) & mask.bool())
                 )
-            if banned is not None and any(banned):
-                if len(banned) != len(rows):
-                    raise LocomadError("banned needs one token list per clip")
-                processors.append(_BanTokens(banned, beams))
+            if names is not None and any(r.unheard for r in names):
+                if len(names) != len(rows):
+                    raise LocomadError("names needs one rule per clip")
+                processors.append(_NameRule(names, beams))
             out = self._generate(ids, mask, queries, visual, beams, processors)
         seqs = out.sequences[:, : c.max_new_tokens].tolist()
         lengths = []
@@ -514,12 +533,12 @@ class Decoder(nn.Module):
         subtitles: list[str],
         visual: VisualHook | None = None,
         num_beams: int | None = None,
-        banned: list[list[int]] | None = None,
+        names: list[NameTokens] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per clip, (text, score) candidates best first, repeated texts dropped (two token
         sequences can decode to the same words)."""
         result = []
-        nbest = self.generate_nbest_ids(queries, items, subtitles, visual, num_beams, banned)
+        nbest = self.generate_nbest_ids(queries, items, subtitles, visual, num_beams, names)
         for cands in nbest:
             seen: dict[str, float] = {}
             for ids, score in cands:

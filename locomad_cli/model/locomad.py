@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
-from locomad_cli.model.decoder import Decoder, VisualHook, load_llm
+from locomad_cli.model.decoder import Decoder, NameTokens, VisualHook, load_llm
 from locomad_cli.model.dsm import DSM, Selection
 from locomad_cli.model.pme import PME, on_query_path
 from locomad_cli.model.tokenizer import load_tokenizer
@@ -283,16 +283,16 @@ class LoCoMAD(nn.Module):
                 idx, scores = sel.indices, sel.scores
             items = _pick(batch.contexts, idx)
             cast = self.card.llm.names if names is None else names
-            banned = None
+            rules = None
             if cast:
-                banned = [
+                rules = [
                     self.decoder.name_tokens(*unheard_names(cast, subtitle, its))
                     for subtitle, its in zip(batch.subtitles, items, strict=True)
                 ]
-            nbest = self.decoder.generate_nbest(q, items, batch.subtitles, visual, banned=banned)
+            nbest = self.decoder.generate_nbest(q, items, batch.subtitles, visual, names=rules)
             texts = [c[0][0] for c in nbest]
             if avoid is not None:
-                texts = self._avoid_repeats(q, items, batch.subtitles, visual, nbest, avoid, banned)
+                texts = self._avoid_repeats(q, items, batch.subtitles, visual, nbest, avoid, rules)
         finally:
             self.train(was)
         return [
@@ -308,7 +308,7 @@ class LoCoMAD(nn.Module):
         visual: VisualHook | None,
         nbest: list[list[tuple[str, float]]],
         avoid: list[list[str]],
-        names_banned: list[list[int]] | None = None,
+        rules: list[NameTokens] | None = None,
     ) -> list[str]:
         """Per clip, the best candidate that is not word for word one of `avoid[i]`
         (compared case- and space-insensitively); clips whose every candidate is avoided are
@@ -335,7 +335,7 @@ class LoCoMAD(nn.Module):
                 [subtitles[i] for i in again],
                 visual,
                 num_beams=beams,
-                banned=None if names_banned is None else [names_banned[i] for i in again],
+                names=None if rules is None else [rules[i] for i in again],
             )
             for i, cands in zip(again, more, strict=True):
                 texts[i] = first_new(cands, banned[i])
