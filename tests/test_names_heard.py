@@ -2,7 +2,7 @@
 character only when its prompt holds the name (the slot's dialogue or a chosen context
 item); decoding bans the first token of every name it does not."""
 
-import re
+import math
 
 import pytest
 import torch
@@ -83,28 +83,24 @@ def test_generate_takes_the_cards_names_by_default(card):
     assert model.generate(batch, setting="local", names=[])[0].text == free
 
 
-def test_where_a_name_is_heard_it_takes_the_place_of_the_unheard_one(card):
-    """Greedy: up to where the model would write the unheard name nothing changes; there the
-    likeliest heard name is written instead, so the sentence goes on about someone known."""
-    card.llm.min_new_tokens = 2
-    torch.manual_seed(0)
-    model = LoCoMAD.from_card(card).eval()
-    dec = model.decoder
-    items, subs = [[ContextItem("the red key", "take it")]], ["where is it"]
-    free = _generated(model, items, subs, [], 1)[0][0][0]
-    k, x = next((i, t) for i, t in enumerate(free) if dec.tok.decode([t]).strip().isalpha())
-    name = dec.tok.decode([x]).strip()
-    other = next(
-        w
-        for w in (dec.tok.decode([t]).strip() for t in range(len(dec.tok)))
-        if w.isalpha()
-        and w != name
-        and not re.search(rf"\b{re.escape(w)}\b", subs[0] + " the red key take it")
-    )
-    heard_subs = [f"{subs[0]} {other}"]
-    free = _generated(model, items, heard_subs, [], 1)[0][0][0]
-    k, x = next((i, t) for i, t in enumerate(free) if dec.tok.decode([t]).strip() == name)
-    rule = dec.name_tokens([name], [other])
-    ruled = _generated(model, items, heard_subs, [name, other], 1)[0][0][0]
-    assert ruled[:k] == free[:k]
-    assert ruled[k] in rule.heard and x not in ruled
+def test_where_a_name_is_heard_it_takes_the_names_probability():
+    """Per row (prompts x beams): when the cast names together outscore every other token,
+    the likeliest heard name gets their whole probability; unheard names are always out."""
+    from locomad_cli.model.decoder import NameTokens, _NameRule
+
+    logp = torch.log(torch.tensor([0.30, 0.25, 0.20, 0.05, 0.20]))  # 1, 2 unheard; 3 heard
+    rules = [NameTokens(unheard=[1, 2], heard=[3]), NameTokens(unheard=[1, 2], heard=[])]
+    out = _NameRule(rules, beams=2)(None, logp.repeat(4, 1))
+    for row in (0, 1):  # prompt 0, both beams: names 0.25 + 0.20 + 0.05 = 0.50 > 0.30
+        assert int(out[row].argmax()) == 3
+        assert float(out[row, 3].exp()) == pytest.approx(0.50)
+        assert out[row, 1] == -math.inf and out[row, 2] == -math.inf
+        assert torch.equal(out[row, [0, 4]], logp[[0, 4]])
+    for row in (2, 3):  # prompt 1 has heard no name: the unheard ones are banned, that is all
+        assert int(out[row].argmax()) == 0
+        assert out[row, 1] == -math.inf and out[row, 2] == -math.inf
+        assert torch.equal(out[row, [0, 3, 4]], logp[[0, 3, 4]])
+    # names together below the best other token: the heard name keeps its own score
+    low = torch.log(torch.tensor([0.60, 0.10, 0.10, 0.05, 0.15]))
+    out = _NameRule(rules[:1], beams=1)(None, low[None].clone())
+    assert int(out[0].argmax()) == 0 and out[0, 3] == low[3]

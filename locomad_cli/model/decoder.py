@@ -198,12 +198,13 @@ class NameTokens:
 
 
 class _NameRule(LogitsProcessor):
-    """Unheard names out of the description. Where the likeliest next token starts an unheard
-    name and the prompt has said a name, the likeliest heard name takes its score: the model
-    meant a person, and the sentence it was writing goes on about one the listener knows (on
-    the demo, banning alone made it write other sentences, and more wrong rooms). Then every
-    unheard name's first token gets -inf. Rows of `scores` are prompts x beams, prompt by
-    prompt, as HF's generate lays them out."""
+    """Unheard names out of the description. Where the model would rather write a name than
+    anything else — the cast names' first tokens together outscore every other token — and
+    the prompt has said a name, the likeliest heard name takes all the names' probability:
+    the sentence goes on about a person the listener knows (on the demo, banning alone made
+    the model write other sentences, and more wrong rooms). Then every unheard name's first
+    token gets -inf. Rows of `scores` are prompts x beams, prompt by prompt, as HF's
+    generate lays them out."""
 
     def __init__(self, names: list[NameTokens], beams: int):
         self.names, self.beams = names, beams
@@ -213,9 +214,13 @@ class _NameRule(LogitsProcessor):
             rule = self.names[row // self.beams]
             if not rule.unheard:
                 continue
-            if rule.heard and int(scores[row].argmax()) in rule.unheard:
-                best = rule.heard[int(scores[row, rule.heard].argmax())]
-                scores[row, best] = scores[row].max()
+            if rule.heard:
+                cast = rule.unheard + rule.heard
+                names = torch.logsumexp(scores[row, cast], 0)
+                other = scores[row].clone()
+                other[cast] = -math.inf
+                if names > other.max():
+                    scores[row, rule.heard[int(scores[row, rule.heard].argmax())]] = names
             scores[row, rule.unheard] = -math.inf
         return scores
 
