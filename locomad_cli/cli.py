@@ -599,7 +599,7 @@ def describe_cmd(
             typer.echo(f"locomad: error: {outcome.error}", err=True)
         if outcome.voiced is not None:
             summary = f"{outcome.video.name}  {outcome.voiced}" if many else outcome.voiced
-            print(summary, flush=True)
+            result_line(summary)
         if outcome.skipped and not quiet:
             names = ", ".join(p.name for p in outcome.paths)
             typer.echo(f"{outcome.video}: already described, kept {names} (--resume)", err=True)
@@ -633,6 +633,15 @@ def _end_of_films(outcomes: list) -> None:
         fail(f"{len(bad)} of {len(outcomes)} films{who} failed: {names}{rest}")
 
 
+def result_line(text: str) -> None:
+    """One result line on stdout in one write, flushed. print() writes the text and the
+    newline separately, and with PYTHONUNBUFFERED (set in many containers and CI images)
+    those are two writes: under a launcher, two processes sharing stdout then glue one's line
+    onto the other's (seen in CI: a description lost inside another film's line)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def _print_description(row: dict, film: str | None = None) -> None:
     """A result line on stdout, flushed at once (a pipe sees each description as it is made),
     after the film's name with several films. Plain print: rich would wrap long lines at 80
@@ -640,7 +649,7 @@ def _print_description(row: dict, film: str | None = None) -> None:
     from locomad_cli.writers import format_timestamp, one_line
 
     when = f"{format_timestamp(row['start'])} --> {format_timestamp(row['end'])}"
-    print(f"{film + '  ' if film else ''}{when}  {one_line(row['text'])}", flush=True)
+    result_line(f"{film + '  ' if film else ''}{when}  {one_line(row['text'])}")
 
 
 @app.command("voice")
@@ -742,7 +751,7 @@ def voice_cmd(
         voiced, paths = voice(video, opts)
     except LocomadError as e:
         fail(str(e))
-    print(voiced["voice"]["summary"], flush=True)
+    result_line(voiced["voice"]["summary"])
     if not quiet:
         for p in paths:
             typer.echo(f"wrote {p}", err=True)

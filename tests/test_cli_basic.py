@@ -149,3 +149,31 @@ def test_console_script_exit_code(tmp_path):
     )
     assert res.returncode == 2
     assert res.stderr.strip() == f"locomad: error: {tmp_path / 'none.mp4'}: no such file"
+
+
+def test_a_result_line_is_one_write(monkeypatch):
+    """Under a launcher several processes share stdout. print() writes a line's text and its
+    newline separately, and unbuffered (PYTHONUNBUFFERED, as in CI) each is a write of its
+    own, so another process's line can land between them (CI lost a description that way).
+    A description line goes out in one write, newline included."""
+    import io
+
+    from locomad_cli import cli
+
+    class Writes(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def write(self, s):
+            self.calls.append(s)
+            return super().write(s)
+
+    out = Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    cli._print_description({"start": 1.0, "end": 2.5, "text": "Tom\nsits."}, "a.mp4")
+    cli.result_line("voiced 3 descriptions")
+    assert out.calls == [
+        "a.mp4  00:00:01.000 --> 00:00:02.500  Tom sits.\n",
+        "voiced 3 descriptions\n",
+    ]
