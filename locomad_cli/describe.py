@@ -528,6 +528,7 @@ def describe(
             "version": __version__,
             "weights": card.weights,
             "subtitles_file": str(opts.subs) if opts.subs else None,
+            "cast_file": str(opts.cast) if opts.cast else None,
             "film_duration": round(duration, 3),
             "film_source": _film_source(video, meta),
             "slots": [],

@@ -109,7 +109,7 @@ def already_described(video: Path, opts: DescribeOptions, card: Any) -> dict[str
     """Under `--resume`, the film's finished track when there is one to keep: no progress
     file beside it (an interrupted run continues instead), every track `-f` asks for exists,
     and the JSON track (the one that says who wrote it, so json must be among the formats) is
-    a whole track of this card, weights and setting. None: describe the film."""
+    a whole track of this card, weights, setting and cast file. None: describe the film."""
     out = Path(opts.output_dir) if opts.output_dir else video.parent
     formats = parse_formats(opts.formats)
     if "json" not in formats or (out / f"{video.stem}.ad.progress.jsonl").exists():
@@ -122,8 +122,12 @@ def already_described(video: Path, opts: DescribeOptions, card: Any) -> dict[str
         return None
     if not isinstance(track, dict) or not isinstance(track.get("slots"), list):
         return None
-    same = (track.get("card"), track.get("weights"), track.get("setting"))
-    return track if same == (card.name, opts.weights or card.weights, opts.setting) else None
+    same = [track.get(k) for k in ("card", "weights", "setting", "cast_file")]
+    return (
+        track
+        if same == [card.name, opts.weights or card.weights, opts.setting, opts.cast]
+        else None
+    )
 
 
 def _per_process_device(opts: DescribeOptions) -> DescribeOptions:

@@ -258,6 +258,17 @@ def test_resume_keeps_films_already_described_and_continues_the_rest(tiny, films
     # without json among the formats nothing says who wrote a track: described again
     srt_only = describe_films([films], _opts(tiny, out, formats="srt", resume=True))
     assert [o.skipped for o in srt_only] == [False, False, False]
+    # nor is a track written without a cast list this run's, which has one
+    (tmp_path / "cast.txt").write_text("Tom\n")
+    kw = dict(
+        formats="srt,json", setting="local", resume=True, ad_times=str(films / "c.ad-times.srt")
+    )
+    cast = describe_films(
+        [films / "c.mp4"], _opts(tiny, out, cast=str(tmp_path / "cast.txt"), **kw)
+    )
+    assert [o.skipped for o in cast] == [False]
+    assert json.loads((out / "c.ad.json").read_text())["cast_file"] == str(tmp_path / "cast.txt")
+    assert describe_films([films / "c.mp4"], _opts(tiny, out, **kw))[0].skipped is False
 
 
 def test_a_cast_beside_a_film_keeps_its_unheard_names_out(tiny, films, tmp_path):
@@ -375,7 +386,7 @@ def test_two_processes_describe_each_film_once_as_one_process_does(demo_folder, 
     for name in "abc":
         track = json.loads((tmp_path / "one" / f"{name}.ad.json").read_text())
         printed = [ln for ln in two.stdout.splitlines() if ln.startswith(f"{name}.mp4  ")]
-        assert len(printed) == len(track["slots"]) > 0
+        assert len(printed) == len(track["slots"]) > 0, two.stdout
         same = (tmp_path / "two" / f"{name}.ad.json").read_text()
         assert json.loads(same) == track
         assert (tmp_path / "two" / f"{name}.ad.srt").read_bytes() == (
