@@ -116,7 +116,9 @@ class LLMCard:
     """Character names a description may write only once its prompt holds them (the slot's
     dialogue or a chosen context item): until the film has said a name, the listener does
     not know it and the description says who by their look. Decoding bans an unheard name's
-    first token. `locomad describe --cast FILE` adds a film's own cast. Empty: no rule."""
+    first token and, where the model would write a name, gives the likeliest heard one the
+    names' probability (docs/model.md). `locomad describe --cast FILE` adds a film's own
+    cast. Empty: no rule."""
     copy: bool = False
     """A copy head over the prompt's tokens (pointer-generator, See et al. 2017): each next
     token is a learnt mix of the LM's softmax and an attention over the prompt's words. Off

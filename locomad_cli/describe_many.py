@@ -8,9 +8,10 @@ FILM.features.safetensors (features; extracted
 when missing, as for one film). A flag naming one film's file is refused with several films.
 FILM.ad.srt is not read: it is what describe writes.
 
-With `--resume`, a film already described (its tracks written by the same card and setting,
-no progress file left) is skipped, an interrupted one continues after its last slot and the
-rest are described: rerunning the same command after a crash redoes nothing that was done.
+With `--resume`, a film already described (its tracks written by the same card, weights,
+setting and cast file, no progress file left) is skipped, an interrupted one continues after
+its last slot and the rest are described: rerunning the same command after a crash redoes
+nothing that was done.
 
 A film whose input is bad is reported in one line and the others go on; the caller exits
 non-zero at the end. What every film would fail on alike (an option, the model card, its
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from locomad_cli.card import ModelCard, load_card
 from locomad_cli.describe import (
     DescribeOptions,
     Models,
@@ -105,16 +107,20 @@ def _check_outputs(films: list[Path], opts: DescribeOptions) -> None:
         seen[key] = video
 
 
-def already_described(video: Path, opts: DescribeOptions, card: Any) -> dict[str, Any] | None:
-    """Under `--resume`, the film's finished track when there is one to keep: no progress
-    file beside it (an interrupted run continues instead), every track `-f` asks for exists,
-    and the JSON track (the one that says who wrote it, so json must be among the formats) is
-    a whole track of this card, weights, setting and cast file. None: describe the film."""
+def already_described(
+    video: Path, opts: DescribeOptions, card: ModelCard
+) -> tuple[dict[str, Any], list[Path]] | None:
+    """Under `--resume`, the film's finished track and its files when there is one to keep:
+    no progress file beside it (an interrupted run continues instead), every track `-f` asks
+    for exists, and the JSON track (the one that says who wrote it, so json must be among the
+    formats) is a whole track of this card, weights, setting and cast file. None: describe
+    the film."""
     out = Path(opts.output_dir) if opts.output_dir else video.parent
     formats = parse_formats(opts.formats)
+    paths = [out / f"{video.stem}.ad.{f}" for f in formats]
     if "json" not in formats or (out / f"{video.stem}.ad.progress.jsonl").exists():
         return None
-    if not all((out / f"{video.stem}.ad.{f}").is_file() for f in formats):
+    if not all(p.is_file() for p in paths):
         return None
     try:
         track = json.loads((out / f"{video.stem}.ad.json").read_text(encoding="utf-8"))
@@ -123,11 +129,8 @@ def already_described(video: Path, opts: DescribeOptions, card: Any) -> dict[str
     if not isinstance(track, dict) or not isinstance(track.get("slots"), list):
         return None
     same = [track.get(k) for k in ("card", "weights", "setting", "cast_file")]
-    return (
-        track
-        if same == [card.name, opts.weights or card.weights, opts.setting, opts.cast]
-        else None
-    )
+    expected = [card.name, opts.weights or card.weights, opts.setting, opts.cast]
+    return (track, paths) if same == expected else None
 
 
 def _per_process_device(opts: DescribeOptions) -> DescribeOptions:
@@ -173,8 +176,6 @@ def describe_films(
     _check_outputs(films, opts)
     card = None
     if len(films) > 1 or opts.resume:
-        from locomad_cli.card import load_card
-
         card = load_card(opts.model, opts.overrides)
     if len(films) > 1:  # once for all (describe checks a film of its own)
         check_weights_exist(opts, card)
@@ -190,9 +191,8 @@ def describe_films(
             hook = None if on_description is None else _bind(on_description, video)
             kept = already_described(video, film_opts, card) if opts.resume else None
             if kept is not None:
-                out = Path(opts.output_dir) if opts.output_dir else video.parent
-                outcome.skipped, outcome.track = True, kept
-                outcome.paths = [out / f"{video.stem}.ad.{f}" for f in parse_formats(opts.formats)]
+                outcome.skipped = True
+                outcome.track, outcome.paths = kept
             else:
                 outcome.track, outcome.paths = describe(
                     video, film_opts, on_description=hook, models=models
