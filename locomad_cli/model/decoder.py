@@ -255,6 +255,7 @@ class Decoder(nn.Module):
         self.card = card
         self.llm = llm
         self.tok = tokenizer
+        self._name_firsts: dict[str, set[int]] = {}  # name_tokens' cache, per cast name
         emb = llm.get_input_embeddings().weight
         width = emb.shape[1]  # OPT-350m: 512 (word_embed_proj_dim), not its hidden size 1024
         self.proj = nn.Linear(card.pme.hidden_size, width)  # Proj_l (eq. 11)
@@ -389,19 +390,23 @@ class Decoder(nn.Module):
         return self.copy.mix(logits[:, :-1], hidden[:, :-1], keys, ids, copyable)
 
     def name_tokens(self, unheard: list[str], heard: list[str]) -> NameTokens:
-        """The token ids that would start one of the `unheard` names (with and without a
-        leading space: mid-sentence and at the start), less those that start a `heard` one,
-        and those that start a heard one: the names rule of one prompt (_NameRule). With a
-        BPE vocabulary a name's first piece ("Ol" of "Olga") is banned for every word it
-        starts."""
+        """The names rule of one prompt (_NameRule): the token ids that start a `heard` name,
+        and those that start an `unheard` one but no heard one (with and without a leading
+        space: mid-sentence and at the start). With a BPE vocabulary a name's first piece
+        ("Ol" of "Olga") is banned for every word it starts. Each name is tokenized once per
+        decoder: the same cast comes back at every slot."""
 
         def firsts(names: list[str]) -> set[int]:
-            out = set()
+            out: set[int] = set()
             for name in names:
-                for form in (name, " " + name):
-                    ids = self.tok(form, add_special_tokens=False).input_ids
-                    if ids and self.tok.decode(ids[:1]).strip():  # never a bare space
-                        out.add(ids[0])
+                if name not in self._name_firsts:
+                    found = set()
+                    for form in (name, " " + name):
+                        ids = self.tok(form, add_special_tokens=False).input_ids
+                        if ids and self.tok.decode(ids[:1]).strip():  # never a bare space
+                            found.add(ids[0])
+                    self._name_firsts[name] = found
+                out |= self._name_firsts[name]
             return out
 
         said = firsts(heard)

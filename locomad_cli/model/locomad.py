@@ -347,8 +347,8 @@ def unheard_names(
 ) -> tuple[list[str], list[str]]:
     """(unheard, heard): which of the cast's `names` the prompt does not / does hold, as whole
     words in any case, in the slot's dialogue or a chosen item's description or dialogue.
-    What a listener has not heard named, the description does not name either: it says who
-    by their look ("a man in a green coat") until the film has said the name."""
+    What a listener has not heard named, the description does not name either: it has to
+    say who by other words ("a man in a green coat") until the film has said the name."""
     said = " ".join([subtitle, *(f"{it.text} {it.subtitle}" for it in items)])
     heard = [n for n in names if re.search(rf"\b{re.escape(n)}\b", said, re.IGNORECASE)]
     return [n for n in names if n not in heard], heard
