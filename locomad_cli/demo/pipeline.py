@@ -39,6 +39,9 @@ class DemoTrainConfig:
     test: int = 6
     clip_steps: int = 2000
     clip_batch: int = 64
+    clip_hard_negatives: bool = True
+    """Each CLIP training image also meets its caption with one prop, garment or room
+    swapped (clip_train.hard_negative); docs/demo.md has what it changed."""
     s1_epochs: int = 20
     s1_batch: int = 32
     s1_lr: float = 5e-4
@@ -125,6 +128,7 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
     clip_key = {
         "steps": cfg.clip_steps,
         "batch": cfg.clip_batch,
+        "hard_negatives": cfg.clip_hard_negatives,
         "seed": cfg.seed,
         "data": dataclasses.asdict(dcfg),
         "clip": dataclasses.asdict(load_card(card_file).clip),
@@ -140,6 +144,7 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
             clip_file,
             steps=cfg.clip_steps,
             batch_size=cfg.clip_batch,
+            hard_negatives=cfg.clip_hard_negatives,
             seed=cfg.seed,
             log_every=100 if cfg.progress else 0,
         )
