@@ -51,6 +51,7 @@ def test_scores_count_only_what_the_reference_says_and_catch_repeats():
 
     slots = [
         _slot("The kitchen is empty.", "establish"),
+        _slot("In the kitchen, a red key lies on the table.", "establish", prop=0),
         _slot("A man in a green coat enters the kitchen.", "enter"),
         _slot("Tom picks up the red key.", "pickup", prop=0),
         _slot("Tom waves at Mira.", "wave"),
@@ -58,19 +59,21 @@ def test_scores_count_only_what_the_reference_says_and_catch_repeats():
     ]
     preds = [
         "The kitchen is empty.",  # location right
+        "In the kitchen, a blue cup lies on the table.",  # location right, prop seen wrong
         "A woman in a red dress enters the garden.",  # look, location wrong; action right
         "Tom picks up the blue cup.",  # no place said; prop wrong, action and name right
         "Tom picks up the blue cup.",  # a repeat; action wrong, name right
         "Leo sits down on the stool.",  # location (the stool), action right, name wrong
     ]
     r = score_films([(slots, preds)])
-    assert r["location_count"] == 3 and r["location"] == pytest.approx(2 / 3)
-    assert r["location_said"] == pytest.approx(3 / 5)
+    assert r["location_count"] == 4 and r["location"] == pytest.approx(3 / 4)
+    assert r["location_said"] == pytest.approx(4 / 6)
     assert r["look_count"] == 1 and r["look"] == 0.0
     assert r["prop_count"] == 1 and r["prop"] == 0.0
-    assert r["action_count"] == 5 and r["action"] == pytest.approx(4 / 5)
+    assert r["prop_seen_count"] == 1 and r["prop_seen"] == 0.0
+    assert r["action_count"] == 6 and r["action"] == pytest.approx(5 / 6)
     assert r["name_count"] == 3 and r["name"] == pytest.approx(2 / 3)
-    assert r["repeat_rate"] == pytest.approx(1 / 5)
+    assert r["repeat_rate"] == pytest.approx(1 / 6)
     assert r["reference_repeat_rate"] == 0.0
 
 
@@ -114,6 +117,46 @@ def test_pme_generate_writes_text_from_the_vtg_head():
 
 
 @pytest.mark.slow
+def test_hard_negatives_swap_one_prop_garment_or_room_for_another_of_the_world():
+    import numpy as np
+
+    from locomad_cli.demo.clip_train import hard_negative
+    from locomad_cli.demo.world import LOCATIONS, PROPS
+
+    caption = "The man in the blue suit picks up the blue cup in the kitchen."
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        neg = hard_negative(caption, rng)
+        assert neg != caption
+        if "suit" not in neg:  # the garment went: "blue suit" -> another garment
+            assert "blue cup" in neg and "kitchen" in neg
+            seen.add("garment")
+        elif "blue cup" not in neg:  # the prop went, the suit stayed blue
+            assert "blue suit" in neg and any(p.name in neg for p in PROPS)
+            seen.add("prop")
+        else:
+            assert "kitchen" not in neg and any(loc.name in neg for loc in LOCATIONS)
+            seen.add("room")
+    assert seen == {"garment", "prop", "room"}
+    assert hard_negative("Tom waves at Mira.", rng) is None
+
+
+def test_contrastive_loss_counts_negative_texts_for_images_only():
+    import math
+
+    from locomad_cli.demo.clip_train import contrastive_loss
+
+    e = torch.eye(2)
+    got = contrastive_loss(e, e, e[:1], torch.tensor(1.0))
+    E = math.e
+    per_image = ((-1 + math.log(E + 1 + E)) + (-1 + math.log(1 + E + 1))) / 2
+    per_text = -1 + math.log(E + 1)
+    assert got.item() == pytest.approx((per_image + per_text) / 2, rel=1e-6)
+    # no negatives: CLIP's own symmetric loss
+    assert contrastive_loss(e, e, e[:0], torch.tensor(1.0)).item() == pytest.approx(per_text)
+
+
 def test_clip_training_learns_and_saves_loadable_weights(tmp_path):
     from locomad_cli.clip import load_clip
     from locomad_cli.demo.clip_train import train_clip
