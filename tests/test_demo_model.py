@@ -77,6 +77,32 @@ def test_scores_count_only_what_the_reference_says_and_catch_repeats():
     assert r["reference_repeat_rate"] == 0.0
 
 
+def test_probe_labels_what_is_on_screen_and_the_probe_reads_only_what_is_there():
+    from types import SimpleNamespace
+
+    from locomad_cli.demo.probe import linear_probe, slot_labels
+
+    def act(kind, actor=None, prop=None):
+        return {"action": {"kind": kind, "actor": actor, "prop": prop, "location": 3}}
+
+    world = {
+        "cast": [{"name": "Tom", "look": LOOKS[2].phrase}],
+        "slots": [act("establish", prop=4), act("enter", 0), act("pickup", 0, 4), act("wave", 0)],
+    }
+    labels = slot_labels(SimpleNamespace(world=world))
+    assert [lab["prop_seen"] for lab in labels] == [4, None, None, None]
+    assert [lab["prop"] for lab in labels] == [None, None, 4, None]
+    assert [lab["look"] for lab in labels] == [None, 2, 2, 2]
+    assert {lab["location"] for lab in labels} == {3}
+    g = torch.Generator().manual_seed(0)
+    y = [i % 3 for i in range(90)]
+    signal = torch.nn.functional.one_hot(torch.tensor(y), 3).float() * 3
+    x = torch.cat([signal, torch.randn(90, 5, generator=g)], 1)
+    assert linear_probe(x[:60], y[:60], x[60:], y[60:]) == 1.0
+    noise = torch.randn(90, 8, generator=g)
+    assert linear_probe(noise[:60], y[:60], noise[60:], y[60:]) < 0.6
+
+
 def test_tokenizers_keep_every_name_whole():
     texts = ["A man in a green coat, Tom, enters the kitchen.", "Mira hands Tom the red key."]
     texts += [f"{n}, {n}. {n}!" for n in NAMES] * 4 + [look.phrase for look in LOOKS]

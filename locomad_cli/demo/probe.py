@@ -27,7 +27,7 @@ import torch
 from locomad_cli.demo.measure import DemoFilm, describe_film, load_films, score
 from locomad_cli.demo.world import LOOKS
 
-PROBED = ("location", "look", "prop", "action")
+PROBED = ("location", "look", "prop", "prop_seen", "action")
 POINTS = ("frames", "queries", "prompt")
 VISUAL = ("intact", "zeroed", "shuffled")
 _LOOK_INDEX = {look.phrase: i for i, look in enumerate(LOOKS)}
@@ -35,7 +35,8 @@ _LOOK_INDEX = {look.phrase: i for i, look in enumerate(LOOKS)}
 
 def slot_labels(film: DemoFilm) -> list[dict[str, object]]:
     """What is on screen in each slot, from world.json: the room, the acting character's
-    look, the prop the action involves, the action's kind (None where there is none)."""
+    look, the prop the action involves, the prop lying in view at the scene's opening
+    (prop_seen, as attributes.py scores it), the action's kind (None where there is none)."""
     cast = film.world["cast"]
     out = []
     for slot in film.world["slots"]:
@@ -45,6 +46,7 @@ def slot_labels(film: DemoFilm) -> list[dict[str, object]]:
                 "location": a["location"],
                 "look": None if a["actor"] is None else _LOOK_INDEX[cast[a["actor"]]["look"]],
                 "prop": a["prop"] if a["kind"] in ("pickup", "putdown", "give") else None,
+                "prop_seen": a["prop"] if a["kind"] == "establish" else None,
                 "action": a["kind"],
             }
         )
