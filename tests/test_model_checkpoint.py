@@ -85,10 +85,19 @@ def test_refuses_weights_made_for_another_card(card, tmp_path):
     other.name = "wide"
     other.pme.hidden_size = 64
     other.weights = str(tmp_path / "w")
-    with pytest.raises(LocomadError, match="made for model card 'tiny', not 'wide'.*hidden_size"):
+    with pytest.raises(LocomadError, match="another architecture than card 'wide'.*hidden_size"):
         load_model(other)
     with pytest.raises(LocomadError, match="not a locomad weights folder"):
         load_model(tmp_path)
+    # the same card with only a dropout rate changed is the same architecture (fine-tuning
+    # with more dropout); one more layer is not
+    same = card_from_dict(card.to_dict())
+    same.weights = str(tmp_path / "w")
+    same.llm.config = {**same.llm.config, "dropout": 0.3, "attention_dropout": 0.2}
+    assert load_model(same).decoder.llm.config.dropout == 0.3
+    same.llm.config["num_hidden_layers"] = same.llm.config.get("num_hidden_layers", 2) + 1
+    with pytest.raises(LocomadError, match="num_hidden_layers"):
+        load_model(same)
 
 
 def test_save_is_atomic(card, tmp_path, monkeypatch):

@@ -32,10 +32,27 @@ def saves_llm(card: ModelCard) -> bool:
     return card.llm.train == "all" or card.llm.config is not None
 
 
+# llm.config keys that regularise training and change no tensor: a run may fine-tune
+# weights with other values (transformers' names across OPT, GPT-2, BERT-like configs).
+_LLM_TRAINING_KEYS = frozenset(
+    {
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "layerdrop",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+    }
+)
+
+
 def architecture(card: ModelCard) -> dict:
     """The card fields that decide tensor shapes and meaning: weights made under one
     architecture are refused under another. Generation settings, top_k and training
-    policies may differ."""
+    policies (dropout rates included) may differ."""
     pme = dict(vars(card.pme))
     for key in ("max_frames", "label_smoothing", "temperature", "train_stage2"):
         pme.pop(key)
@@ -44,7 +61,11 @@ def architecture(card: ModelCard) -> dict:
         "clip": {"model": card.clip.model, "dim": card.clip.dim},
         "pme": pme,
         "dsm": {"num_layers": d.num_layers, "num_heads": d.num_heads, "ffn": d.intermediate_size},
-        "llm": {"name": card.llm.name, "config": card.llm.config, "copy": card.llm.copy},
+        "llm": {
+            "name": card.llm.name,
+            "config": {k: v for k, v in card.llm.config.items() if k not in _LLM_TRAINING_KEYS},
+            "copy": card.llm.copy,
+        },
     }
 
 
@@ -125,8 +146,8 @@ def load_model(source: str | Path | ModelCard, device: str = "cpu") -> LoCoMAD:
         diff = _differences(architecture(saved), architecture(card))
         if diff:
             raise LocomadError(
-                f"weights in {folder} were made for model card '{saved.name}', not "
-                f"'{card.name}' ({'; '.join(diff[:3])})"
+                f"weights in {folder} were made for another architecture than card "
+                f"'{card.name}' has (weights' card '{saved.name}': {'; '.join(diff[:3])})"
             )
     try:
         state = load_file(folder / WEIGHTS)
