@@ -889,10 +889,21 @@ def demo_train_cmd(
         "weights/demo", "--weights", help="Where the model goes. Default: weights/demo."
     ),
     seed: int = typer.Option(0, "--seed", help="World and training seed. Default: 0."),
-    films: int = typer.Option(60, "--films", help="Films in all. Default: 60."),
+    films: int = typer.Option(
+        60, "--films", help="Films whose last 12 validate and test. Default: 60."
+    ),
+    extra_films: int = typer.Option(
+        96, "--extra-films", help="More training films after those. Default: 96."
+    ),
     clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps. Default: 2000."),
-    s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs. Default: 20."),
-    s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs. Default: 30."),
+    clip_hard_negatives: bool | None = typer.Option(
+        None,
+        "--clip-hard-negatives/--no-clip-hard-negatives",
+        help="Train the CLIP against captions with one prop, garment or room swapped "
+        "(docs/demo.md). Default: the shipped recipe's.",
+    ),
+    s1_epochs: int = typer.Option(7, "--s1-epochs", help="Stage-1 epochs. Default: 7."),
+    s2_epochs: int = typer.Option(10, "--s2-epochs", help="Stage-2 epochs. Default: 10."),
     rename_names: bool = typer.Option(
         False,
         "--rename-names/--keep-names",
@@ -916,6 +927,7 @@ def demo_train_cmd(
         weights=weights,
         seed=seed,
         films=films,
+        extra_train=extra_films,
         clip_steps=clip_steps,
         s1_epochs=s1_epochs,
         s2_epochs=s2_epochs,
@@ -923,6 +935,8 @@ def demo_train_cmd(
         measure=measure,
         progress=True,
     )
+    if clip_hard_negatives is not None:
+        cfg.clip_hard_negatives = clip_hard_negatives
     cfg.threads = pick_threads(n_threads, decoding=False, device="cpu")
     try:
         result = train_demo(cfg)

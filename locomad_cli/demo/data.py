@@ -39,10 +39,16 @@ class DemoDataConfig:
     ("Hello, Tom.") instead of by the AD, as films do: then the recurrent model can know a
     name from the subtitles (a slot's dialogue is the lines since the previous slot) and
     keep it through its own context, which it cannot when only the AD names people."""
+    extra_train: int = 0
+    """More training films, made after the held-out ones (films `films` … `films +
+    extra_train - 1`), so a larger training set keeps the same validation and test films."""
 
 
 def film_split(i: int, cfg: DemoDataConfig) -> str:
-    """The last `test` films are held out, the `val` before them validate."""
+    """The last `test` of the first `films` films are held out, the `val` before them
+    validate; the extra training films come after them."""
+    if i >= cfg.films:
+        return "train"
     if i >= cfg.films - cfg.test:
         return "test"
     if i >= cfg.films - cfg.test - cfg.val:
@@ -143,7 +149,9 @@ def make_data(
     root = check_writable_dir(out_dir)
     write_names(root / NAMES_FILE)
     out: dict[str, list[Path]] = {s: [] for s in SPLITS}
-    for i in range(cfg.films):
+    if cfg.extra_train < 0:
+        raise LocomadError(f"--extra-films must be 0 or more, got {cfg.extra_train}")
+    for i in range(cfg.films + cfg.extra_train):
         split = film_split(i, cfg)
         film = make_film(i, cfg)
         out[split].append(write_film(film, root / split, cfg.fps))
