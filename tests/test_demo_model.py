@@ -222,6 +222,7 @@ def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
         films=20,
         val=1,
         test=3,
+        extra_train=0,
         clip_steps=400,
         s1_epochs=6,
         s2_epochs=16,

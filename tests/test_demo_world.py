@@ -156,6 +156,15 @@ def test_split_layout(data_dir):
     assert sorted(p.name for p in (data_dir / "test").glob("*.mp4")) == ["film0002.mp4"]
 
 
+def test_extra_training_films_come_after_the_held_out_ones(tmp_path):
+    cfg = DemoDataConfig(seed=3, films=3, val=1, test=1, extra_train=2)
+    out = make_data(tmp_path, cfg, features=False)
+    assert [p.name for p in out["train"]] == ["film0000.mp4", "film0003.mp4", "film0004.mp4"]
+    assert [p.name for p in out["test"]] == ["film0002.mp4"]
+    # the held-out films are the same films as without the extra ones
+    assert world_json(make_film(2, cfg)) == world_json(make_film(2, CFG))
+
+
 def test_bad_split_sizes_are_refused(tmp_path):
     with pytest.raises(LocomadError, match="at least one training film"):
         make_data(tmp_path, DemoDataConfig(films=2, val=1, test=1), features=False)
