@@ -893,17 +893,17 @@ def demo_train_cmd(
         60, "--films", help="Films whose last 12 validate and test. Default: 60."
     ),
     extra_films: int = typer.Option(
-        96, "--extra-films", help="More training films after those. Default: 96."
+        0, "--extra-films", help="More training films after those. Default: 0."
     ),
     clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps. Default: 2000."),
     clip_hard_negatives: bool | None = typer.Option(
         None,
         "--clip-hard-negatives/--no-clip-hard-negatives",
         help="Train the CLIP against captions with one prop, garment or room swapped "
-        "(docs/demo.md). Default: the shipped recipe's.",
+        "(docs/demo.md). Default: off, as the shipped weights were made.",
     ),
-    s1_epochs: int = typer.Option(7, "--s1-epochs", help="Stage-1 epochs. Default: 7."),
-    s2_epochs: int = typer.Option(10, "--s2-epochs", help="Stage-2 epochs. Default: 10."),
+    s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs. Default: 20."),
+    s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs. Default: 30."),
     rename_names: bool = typer.Option(
         False,
         "--rename-names/--keep-names",
