@@ -172,3 +172,13 @@ def test_convert_weights_cli(tmp_path):
     bad = runner.invoke(app, ["convert-weights", str(tmp_path / "m.bin"), str(tmp_path / "o.pt")])
     assert bad.exit_code == 2
     assert "must end in .safetensors" in bad.output
+
+
+def test_architecture_of_a_hub_llm_card_keeps_its_config_unset():
+    from locomad_cli.card import load_card
+    from locomad_cli.model.checkpoint import architecture
+
+    arch = architecture(load_card("opt-2.7b"))["llm"]
+    assert arch == {"name": "facebook/opt-2.7b", "config": None, "copy": False}
+    inline = architecture(load_card("demo"))["llm"]["config"]
+    assert inline["num_hidden_layers"] == 3 and "dropout" not in inline

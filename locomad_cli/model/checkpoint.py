@@ -57,13 +57,16 @@ def architecture(card: ModelCard) -> dict:
     for key in ("max_frames", "label_smoothing", "temperature", "train_stage2"):
         pme.pop(key)
     d = card.dsm
+    config = card.llm.config  # None: a hub model's own config
+    if config is not None:
+        config = {k: v for k, v in config.items() if k not in _LLM_TRAINING_KEYS}
     return {
         "clip": {"model": card.clip.model, "dim": card.clip.dim},
         "pme": pme,
         "dsm": {"num_layers": d.num_layers, "num_heads": d.num_heads, "ffn": d.intermediate_size},
         "llm": {
             "name": card.llm.name,
-            "config": {k: v for k, v in card.llm.config.items() if k not in _LLM_TRAINING_KEYS},
+            "config": config,
             "copy": card.llm.copy,
         },
     }
