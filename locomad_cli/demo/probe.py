@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from locomad_cli.demo.attributes import PROP_ACTIONS
 from locomad_cli.demo.measure import DemoFilm, describe_film, load_films, score
 from locomad_cli.demo.world import LOOKS
 
@@ -45,7 +46,7 @@ def slot_labels(film: DemoFilm) -> list[dict[str, object]]:
             {
                 "location": a["location"],
                 "look": None if a["actor"] is None else _LOOK_INDEX[cast[a["actor"]]["look"]],
-                "prop": a["prop"] if a["kind"] in ("pickup", "putdown", "give") else None,
+                "prop": a["prop"] if a["kind"] in PROP_ACTIONS else None,
                 "prop_seen": a["prop"] if a["kind"] == "establish" else None,
                 "action": a["kind"],
             }
