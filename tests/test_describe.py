@@ -255,7 +255,7 @@ def test_bad_input_leaves_no_files(film, tiny_model, encoder):
     other.pme.num_layers = 4
     wdir = film / "weights-other"
     save_model(LoCoMAD.from_card(other, pretrained=False), wdir)
-    fails("made for model card", weights=str(wdir))
+    fails(r"another architecture than card 'tiny'.*pme.num_layers: 4 vs 2", weights=str(wdir))
     (film / "past.csv").write_text("start,end\n1,2\n18,25\n")
     fails("past.csv:3: slot ends at 25.000s, past the film's end", ad_times=str(film / "past.csv"))
     fails("oracle needs --reference", setting="oracle")
