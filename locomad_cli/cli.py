@@ -896,8 +896,8 @@ def demo_train_cmd(
         0, "--extra-films", help="More training films after those. Default: 0."
     ),
     clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps. Default: 2000."),
-    clip_hard_negatives: bool | None = typer.Option(
-        None,
+    clip_hard_negatives: bool = typer.Option(
+        False,
         "--clip-hard-negatives/--no-clip-hard-negatives",
         help="Train the CLIP against captions with one prop, garment or room swapped "
         "(docs/demo.md). Default: off, as the shipped weights were made.",
@@ -929,14 +929,13 @@ def demo_train_cmd(
         films=films,
         extra_train=extra_films,
         clip_steps=clip_steps,
+        clip_hard_negatives=clip_hard_negatives,
         s1_epochs=s1_epochs,
         s2_epochs=s2_epochs,
         rename_names=rename_names,
         measure=measure,
         progress=True,
     )
-    if clip_hard_negatives is not None:
-        cfg.clip_hard_negatives = clip_hard_negatives
     cfg.threads = pick_threads(n_threads, decoding=False, device="cpu")
     try:
         result = train_demo(cfg)

@@ -168,6 +168,9 @@ def test_extra_training_films_come_after_the_held_out_ones(tmp_path):
 def test_bad_split_sizes_are_refused(tmp_path):
     with pytest.raises(LocomadError, match="at least one training film"):
         make_data(tmp_path, DemoDataConfig(films=2, val=1, test=1), features=False)
+    with pytest.raises(LocomadError, match="--extra-films must be 0 or more"):
+        bad = DemoDataConfig(films=3, val=1, test=1, extra_train=-1)
+        make_data(tmp_path / "d", bad, features=False)
     assert not list(tmp_path.iterdir())
 
 

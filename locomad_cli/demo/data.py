@@ -131,9 +131,9 @@ def make_data(
     progress: bool = False,
     threads: int | None = None,
 ) -> dict[str, list[Path]]:
-    """Render `cfg.films` films into OUT_DIR/{train,val,test}/ and (optionally) extract their
-    frame features with the card's CLIP (`threads`: torch's, see extract_features). Returns the
-    MP4 paths per split."""
+    """Render `cfg.films` + `cfg.extra_train` films into OUT_DIR/{train,val,test}/ and
+    (optionally) extract their frame features with the card's CLIP (`threads`: torch's, see
+    extract_features). Returns the MP4 paths per split."""
     cfg = cfg or DemoDataConfig()
     if cfg.films < 1 or cfg.val < 0 or cfg.test < 0 or cfg.val + cfg.test >= cfg.films:
         raise LocomadError(
@@ -146,11 +146,11 @@ def make_data(
         raise LocomadError(f"--fps must be positive, got {cfg.fps:g}")
     if not 0.0 <= cfg.dialogue_intro <= 1.0:
         raise LocomadError(f"--dialogue-intro is a chance in [0, 1], got {cfg.dialogue_intro:g}")
+    if cfg.extra_train < 0:
+        raise LocomadError(f"--extra-films must be 0 or more, got {cfg.extra_train}")
     root = check_writable_dir(out_dir)
     write_names(root / NAMES_FILE)
     out: dict[str, list[Path]] = {s: [] for s in SPLITS}
-    if cfg.extra_train < 0:
-        raise LocomadError(f"--extra-films must be 0 or more, got {cfg.extra_train}")
     for i in range(cfg.films + cfg.extra_train):
         split = film_split(i, cfg)
         film = make_film(i, cfg)
