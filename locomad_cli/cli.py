@@ -284,6 +284,12 @@ def train_cmd(
         help="Stage 2: chance a clip's prompt leaves out its context items, so the LLM "
         "learns to read the frames too. Default: 0.",
     ),
+    visual_contrast: float = typer.Option(
+        0.0,
+        "--visual-contrast",
+        help="Stage 2: weight of a loss asking each description to be likelier under its own "
+        "clip's visual prompt than under another clip's (docs/model.md). Default: 0.",
+    ),
     rename_names: str = typer.Option(
         None,
         "--rename-names",
@@ -342,6 +348,7 @@ def train_cmd(
         weight_decay=weight_decay,
         max_grad_norm=max_grad_norm,
         context_dropout=context_dropout,
+        visual_contrast=visual_contrast,
         rename_names=rename_names,
         seed=seed,
         mixed_precision=mixed_precision,
@@ -904,6 +911,11 @@ def demo_train_cmd(
     ),
     s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs. Default: 20."),
     s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs. Default: 30."),
+    visual_contrast: float = typer.Option(
+        0.0,
+        "--visual-contrast",
+        help="Stage 2's visual-contrast weight (`locomad train --visual-contrast`). Default: 0.",
+    ),
     rename_names: bool = typer.Option(
         False,
         "--rename-names/--keep-names",
@@ -932,6 +944,7 @@ def demo_train_cmd(
         clip_hard_negatives=clip_hard_negatives,
         s1_epochs=s1_epochs,
         s2_epochs=s2_epochs,
+        s2_visual_contrast=visual_contrast,
         rename_names=rename_names,
         measure=measure,
         progress=True,

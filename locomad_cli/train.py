@@ -96,6 +96,9 @@ class TrainConfig:
     """Gradient clipping (0 = off)."""
     context_dropout: float = 0.0
     """Stage 2: chance a clip's prompt leaves out its context items (see forward_stage2)."""
+    visual_contrast: float = 0.0
+    """Stage 2: weight of a loss asking each description to be likelier under its own visual
+    prompt than under another clip's (see forward_stage2; 0 = the paper's loss alone)."""
     rename_names: str | None = None
     """A file of character names, one per line: every training clip's characters are renamed
     at random from it, step by step (data/rename.py), so a name cannot be memorised."""
@@ -151,16 +154,23 @@ class WarmupCosine:
 class StageModule(nn.Module):
     """Routes `forward` to the stage's loss so DDP/FSDP wrap a plain forward()."""
 
-    def __init__(self, model: nn.Module, stage: int, context_dropout: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        stage: int,
+        context_dropout: float = 0.0,
+        visual_contrast: float = 0.0,
+    ):
         super().__init__()
         self.model = model
         self.stage = stage
         self.context_dropout = context_dropout
+        self.visual_contrast = visual_contrast
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         if self.stage == 1:
             return self.model.forward_stage1(batch)
-        return self.model.forward_stage2(batch, self.context_dropout)
+        return self.model.forward_stage2(batch, self.context_dropout, self.visual_contrast)
 
 
 def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
@@ -455,6 +465,8 @@ def _checked_batch_size(cfg: TrainConfig) -> int:
         raise LocomadError("--batch-size, --grad-accum and --keep-last must be at least 1")
     if not 0.0 <= cfg.context_dropout <= 1.0:
         raise LocomadError(f"--context-dropout is a chance in [0, 1], got {cfg.context_dropout:g}")
+    if cfg.visual_contrast < 0:
+        raise LocomadError(f"--visual-contrast is a weight >= 0, got {cfg.visual_contrast:g}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise LocomadError("--tensorboard needs the tensorboard package (pip install tensorboard)")
     return batch_size
@@ -600,7 +612,7 @@ def _prepare(
     if renamer is not None and cfg.stage == 2 and card.llm.train == "all":
         model.decoder.hold_words(renamer.names)  # see Decoder.hold_words
     model.train()
-    stage_module = StageModule(model, cfg.stage, cfg.context_dropout)
+    stage_module = StageModule(model, cfg.stage, cfg.context_dropout, cfg.visual_contrast)
     optimizer, schedule, scheduler = _build_optimizer(cfg, trainable, plan.total)
     wrapped, optimizer, scheduler = accelerator.prepare(stage_module, optimizer, scheduler)
     return _Run(

@@ -114,6 +114,9 @@ def test_refusals(films, tmp_path):
         train(_cfg(root, card, tmp_path / "r", batch_size=8, grad_accum=3))
     with pytest.raises(LocomadError, match="nothing is not a folder"):  # asked-for val data
         train(_cfg(root, card, tmp_path / "r", val_data=f"folder:{tmp_path / 'nothing'}"))
+    with pytest.raises(LocomadError, match="--visual-contrast is a weight >= 0, got -1"):
+        train(_cfg(root, card, tmp_path / "v", visual_contrast=-1.0))
+    assert not (tmp_path / "v").exists()
 
 
 def test_cli_errors_are_one_line(films, tmp_path):
@@ -236,15 +239,18 @@ def test_resume_after_ctrl_c_continues_the_same_run(films, tmp_path, one_thread)
 
 @pytest.mark.slow
 def test_stage2_resumed_equals_uninterrupted(films, tmp_path, one_thread):
-    """Stage 2 with context dropout, accumulation and CIDEr validation at every step, cut by
-    Ctrl-C after step 2 and resumed: the same metrics.jsonl, best/ and final weights, bit for
-    bit, as the run that was never stopped (the best score so far travels in the checkpoint)."""
+    """Stage 2 with context dropout, the visual contrast, accumulation and CIDEr validation
+    at every step, cut by Ctrl-C after step 2 and resumed: the same metrics.jsonl, best/ and
+    final weights, bit for bit, as the run that was never stopped (the best score so far
+    travels in the checkpoint)."""
     root, card = films
     init = tmp_path / "s1"
     train(_cfg(root, card, init, max_steps=1))
     s2 = dict(stage=2, init=str(init), max_steps=4, eval_every=1, val_data=None)
-    s2 |= dict(val_max_clips=3, context_dropout=0.5, batch_size=2, grad_accum=2)
+    s2 |= dict(val_max_clips=3, context_dropout=0.5, visual_contrast=0.5, batch_size=2)
+    s2 |= dict(grad_accum=2)
     full = train(_cfg(root, None, tmp_path / "full", **s2))
+    assert len(_losses(full.history, "visual")) > 0  # the term is trained and logged
 
     def interrupt(step, logs):
         if step == 2:

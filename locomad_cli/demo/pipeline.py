@@ -57,6 +57,8 @@ class DemoTrainConfig:
     s2_context_dropout: float = 0.5
     """Chance a stage-2 clip's prompt leaves out its context items (train.py): measured on
     the demo, it roughly halved how often the recurrent loop repeats itself (docs/demo.md)."""
+    s2_visual_contrast: float = 0.0
+    """Stage 2's visual-contrast weight (`locomad train --visual-contrast`; forward_stage2)."""
     rename_names: bool = False
     """Rename every training clip's characters at random from the world's name pool in both
     stages (`locomad train --rename-names`). Off: measured on the demo, the decoder then
@@ -212,6 +214,7 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
             eval_batch_size=16,
             eval_every=eval_every,
             context_dropout=cfg.s2_context_dropout,
+            visual_contrast=cfg.s2_visual_contrast,
             **common,
         )
     )

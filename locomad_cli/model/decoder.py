@@ -280,11 +280,16 @@ class Decoder(nn.Module):
     # -- embeddings -------------------------------------------------------------------------
 
     def embed(
-        self, ids: torch.Tensor, queries: torch.Tensor, visual: VisualHook | None = None
+        self,
+        ids: torch.Tensor,
+        queries: torch.Tensor | None,
+        visual: VisualHook | None = None,
+        prompt: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Input embeddings for `ids` [B, L] (QUERY slots filled from `queries` [B, Lq, H] in
         order; the added special tokens from `special_embeds`). `visual` may replace the
-        projected visual prompt [B, Lq, W] (ablations: zeroed, shuffled across slots)."""
+        projected visual prompt [B, Lq, W] (ablations: zeroed, shuffled across slots);
+        `prompt` is an already projected one, used instead of `queries`."""
         table = self.llm.get_input_embeddings()
         x = table(ids.clamp(min=0))
         special = torch.full_like(ids, -1)
@@ -292,7 +297,7 @@ class Decoder(nn.Module):
             special[ids == sid] = j
         sp = self.special_embeds.to(x.dtype)[special.clamp(min=0)]
         x = torch.where((special >= 0)[..., None], sp, x)
-        q = self.project(queries)
+        q = self.project(queries) if prompt is None else prompt
         if visual is not None:
             q = visual(q)
         q = q.to(x.dtype)
@@ -368,19 +373,57 @@ class Decoder(nn.Module):
         logp = self.copy_logprobs(queries, ids, lab, mask)
         return nn.functional.nll_loss(logp.flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100)
 
-    def copy_logprobs(
+    def loss_with_contrast(
         self,
         queries: torch.Tensor,
+        negatives: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        targets: list[str],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_GEN, the visual margin Δ [B]): Δ_i is log p(target_i | its own visual prompt)
+        − log p(target_i | clip `negatives[i]`'s prompt), the same words around both. Δ is
+        the description's pointwise information about its clip's pixels: only the tokens the
+        pixels decide (the room, a look, a prop) can raise it, so a loss on Δ rewards reading
+        the visual prompt where cross-entropy on whole sentences lets memory win (the demo's
+        prop, docs/demo.md). The negative prompts are the batch's own, reordered, so the
+        visual norm sees the batch once; one LLM pass over the batch twice; L_GEN is
+        `loss`'s."""
+        dev = queries.device
+        ids, lab, mask = (t.to(dev) for t in self.training_inputs(items, subtitles, targets))
+        n = ids.shape[0]
+        ids2, lab2, mask2 = ids.repeat(2, 1), lab.repeat(2, 1), mask.repeat(2, 1)
+        prompt = self.project(queries)
+        both = torch.cat([prompt, prompt[negatives.to(dev)]])
+        x = self.embed(ids2, None, prompt=both)
+        if self.copy is None:
+            logp = self.llm(inputs_embeds=x, attention_mask=mask2).logits[:, :-1].float()
+            logp = logp.log_softmax(-1)
+        else:
+            logp = self.copy_logprobs(None, ids2, lab2, mask2, embeds=x)
+        target = lab2[:, 1:]
+        keep = target != -100
+        tok = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * keep
+        gen = -tok[:n].sum() / keep[:n].sum().clamp(min=1)
+        seq = tok.sum(1)
+        return gen, seq[:n] - seq[n:]
+
+    def copy_logprobs(
+        self,
+        queries: torch.Tensor | None,
         ids: torch.Tensor,
         labels: torch.Tensor,
         mask: torch.Tensor,
         suppress: list[int] | None = None,
+        embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced log-probabilities [B, L-1, V] of the next token under the copy
         head's mix (`training_inputs` rows; the prompt is where labels are -100). `suppress`:
-        token ids the LM may not write (as generation suppresses the special tokens)."""
+        token ids the LM may not write (as generation suppresses the special tokens);
+        `embeds`: the input embeddings, where they are not `embed(ids, queries)`'s."""
+        x = self.embed(ids, queries) if embeds is None else embeds
         with self._last_hidden() as seen:
-            logits = self.llm(inputs_embeds=self.embed(ids, queries), attention_mask=mask).logits
+            logits = self.llm(inputs_embeds=x, attention_mask=mask).logits
         if suppress:
             logits = logits.clone()
             logits[..., suppress] = float("-inf")

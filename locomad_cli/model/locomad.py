@@ -203,7 +203,7 @@ class LoCoMAD(nn.Module):
             self.pme.train(was)
 
     def forward_stage2(
-        self, batch: ClipBatch, context_dropout: float = 0.0
+        self, batch: ClipBatch, context_dropout: float = 0.0, visual_contrast: float = 0.0
     ) -> dict[str, torch.Tensor]:
         """L_s2 = ½ (L_CCL + L_GEN) (eq. 13), the prompt holding the DSM's top-k items.
 
@@ -211,7 +211,12 @@ class LoCoMAD(nn.Module):
         (the DSM and its CCL still see them). Under teacher forcing the reference context
         names the room, the look and the prop of most slots, so an LLM can learn to copy
         them from the context instead of reading the visual prompt; at inference the context
-        is its own earlier output and the copy goes wrong (docs/demo.md)."""
+        is its own earlier output and the copy goes wrong (docs/demo.md).
+
+        `visual_contrast` w > 0 adds w · mean softplus(−Δ), Δ a description's log-likelihood
+        under its own visual prompt minus under the previous clip's in the batch (its words, context
+        and dialogue unchanged; `Decoder.loss_with_contrast`); clips whose neighbour has the
+        same description are left out of it."""
         if any(not t.strip() for t in batch.texts):
             raise LocomadError("stage 2 needs a description for every clip in the batch")
         frames, fmask = self._frames(batch)
@@ -223,6 +228,19 @@ class LoCoMAD(nn.Module):
         if context_dropout > 0 and self.training:
             hide = (torch.rand(len(items)) < context_dropout).tolist()
             items = [[] if h else it for it, h in zip(items, hide, strict=True)]
+        if visual_contrast > 0 and self.training and len(batch.texts) > 1:
+            previous = torch.arange(len(batch.texts)).roll(1)
+            gen, margin = self.decoder.loss_with_contrast(
+                q, previous, items, batch.subtitles, batch.texts
+            )
+            norm = [" ".join(t.lower().split()) for t in batch.texts]
+            differs = torch.tensor(
+                [a != b for a, b in zip(norm, norm[-1:] + norm[:-1], strict=True)],
+                device=margin.device,
+            )
+            vis = (nn.functional.softplus(-margin) * differs).sum() / differs.sum().clamp(min=1)
+            loss = 0.5 * (ccl + gen) + visual_contrast * vis
+            return {"loss": loss, "ccl": ccl, "gen": gen, "visual": vis}
         gen = self.decoder.loss(q, items, batch.subtitles, batch.texts)
         return {"loss": 0.5 * (ccl + gen), "ccl": ccl, "gen": gen}
 
