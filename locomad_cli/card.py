@@ -65,6 +65,10 @@ class PMECard:
     train_stage2: str = "frozen"
     """What stage 2 does with the PME: frozen (as the authors' code) | all (its query path
     trains with the DSM and Proj_l, as BLIP-2's stage 2 trains its Q-Former)."""
+    stage2_dropout: bool = True
+    """With train_stage2 all: whether the Q-Former's dropout runs while stage 2 trains it
+    (false: its query path trains in eval mode). Measured on the demo, its 0.1 dropout hid a
+    prop lying in view from the decoder (docs/demo.md); off there it wrote it more often."""
 
 
 @dataclass

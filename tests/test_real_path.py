@@ -338,6 +338,29 @@ def test_pme_all_in_stage2_trains_its_query_path(card):
     assert model.pme.training  # trained in train mode (dropout), like the rest
 
 
+def test_pme_trained_in_stage2_without_its_dropout(card):
+    """pme.stage2_dropout false: the query path still trains (same gradients' reach), but q̃
+    is drawn without dropout, so two passes in train mode agree — with dropout they differ —
+    and the PME is left in the mode it was in. A training policy, not architecture."""
+    from locomad_cli.model.checkpoint import architecture
+
+    card.pme.train_stage2 = "all"
+    with_dropout = architecture(card)
+    card.pme.stage2_dropout = False
+    assert architecture(card) == with_dropout
+    model, before = _stage2_step(card)
+    after = model.pme.state_dict()
+    query_path = {n for n, _ in model.pme.named_parameters() if on_query_path(n)}
+    assert all(not torch.equal(before[k], after[k]) for k in query_path)
+    assert {n for n, p in model.pme.named_parameters() if p.grad is not None} == query_path
+    assert model.pme.training
+    frames = model._frames(batch_of(card, 3))
+    a, b = model._queries(*frames), model._queries(*frames)
+    assert a.requires_grad and torch.equal(a, b)
+    card.pme.stage2_dropout = True
+    assert not torch.equal(model._queries(*frames), model._queries(*frames))
+
+
 def test_locomad_train_stage2_picks_the_policy_up(card, tmp_path):
     """Through `locomad train` itself: --set pme.train_stage2=all on a stage-1 checkpoint moves
     the PME's query path and nothing else of it."""

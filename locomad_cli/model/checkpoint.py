@@ -54,7 +54,7 @@ def architecture(card: ModelCard) -> dict:
     architecture are refused under another. Generation settings, top_k and training
     policies (dropout rates included) may differ."""
     pme = dict(vars(card.pme))
-    for key in ("max_frames", "label_smoothing", "temperature", "train_stage2"):
+    for key in ("max_frames", "label_smoothing", "temperature", "train_stage2", "stage2_dropout"):
         pme.pop(key)
     d = card.dsm
     config = card.llm.config  # None: a hub model's own config

@@ -190,14 +190,16 @@ class LoCoMAD(nn.Module):
     # -- stage 2 ----------------------------------------------------------------------------
 
     def _queries(self, frames: torch.Tensor, fmask: torch.Tensor) -> torch.Tensor:
-        """q̃ from the PME: trained along (pme.train_stage2: all) in the model's own mode, or
-        frozen in eval mode (no dropout, no gradient)."""
-        if self.card.pme.train_stage2 == "all":
+        """q̃ from the PME: trained along (pme.train_stage2: all) in the model's own mode or,
+        with pme.stage2_dropout false, in eval mode (gradient, no dropout); or frozen in eval
+        mode (no dropout, no gradient)."""
+        trains = self.card.pme.train_stage2 == "all"
+        if trains and self.card.pme.stage2_dropout:
             return self.pme.encode_queries(frames, fmask)
         was = self.pme.training
         self.pme.eval()
         try:
-            with torch.no_grad():
+            with torch.enable_grad() if trains else torch.no_grad():
                 return self.pme.encode_queries(frames, fmask)
         finally:
             self.pme.train(was)
