@@ -68,7 +68,8 @@ class PMECard:
     stage2_dropout: bool = True
     """With train_stage2 all: whether the Q-Former's dropout runs while stage 2 trains it
     (false: its query path trains in eval mode). Measured on the demo, its 0.1 dropout hid a
-    prop lying in view from the decoder (docs/demo.md); off there it wrote it more often."""
+    prop lying in view from the decoder (0.22-0.28 written right with it, 0.44 without;
+    docs/demo.md)."""
 
 
 @dataclass
