@@ -175,7 +175,7 @@ class LoCoMAD(nn.Module):
             max_length=self.card.pme.max_text_len,
             return_tensors="pt",
         ).to(self.device)
-        norm = [" ".join(t.lower().split()) for t in batch.texts]
+        norm = [_text_key(t) for t in batch.texts]
         same = torch.tensor([[a == b for b in norm] for a in norm], device=self.device)
         return self.pme.stage1_losses(
             frames,
@@ -235,7 +235,7 @@ class LoCoMAD(nn.Module):
             gen, margin = self.decoder.loss_with_contrast(
                 q, previous, items, batch.subtitles, batch.texts
             )
-            norm = [" ".join(t.lower().split()) for t in batch.texts]
+            norm = [_text_key(t) for t in batch.texts]
             differs = torch.tensor(
                 [a != b for a, b in zip(norm, norm[-1:] + norm[:-1], strict=True)],
                 device=margin.device,
@@ -337,13 +337,10 @@ class LoCoMAD(nn.Module):
         if len(avoid) != len(nbest):
             raise LocomadError("avoid needs one text list per clip")
 
-        def key(text: str) -> str:
-            return " ".join(text.lower().split())
-
-        banned = [{key(t) for t in a} for a in avoid]
+        banned = [{_text_key(t) for t in a} for a in avoid]
 
         def first_new(cands: list[tuple[str, float]], ban: set[str]) -> str | None:
-            return next((t for t, _ in cands if key(t) not in ban), None)
+            return next((t for t, _ in cands if _text_key(t) not in ban), None)
 
         texts = [first_new(c, b) for c, b in zip(nbest, banned, strict=True)]
         again = [i for i, t in enumerate(texts) if t is None]
@@ -384,6 +381,11 @@ def card_path(card: ModelCard, spec: str) -> str:
     card_dir = Path(card.source).resolve().parent if card.source else MODELS_DIR
     base = MODELS_DIR.parent if card_dir == MODELS_DIR else card_dir
     return str(base / p) if (base / p).exists() else spec
+
+
+def _text_key(text: str) -> str:
+    """A description as descriptions are compared: case and spacing aside."""
+    return " ".join(text.lower().split())
 
 
 def _pick(contexts: list[list[ContextItem]], indices: list[list[int]]) -> list[list[ContextItem]]:
