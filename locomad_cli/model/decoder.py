@@ -385,10 +385,10 @@ class Decoder(nn.Module):
         − log p(target_i | clip `negatives[i]`'s prompt), the same words around both. Δ is
         the description's pointwise information about its clip's pixels: only the tokens the
         pixels decide (the room, a look, a prop) can raise it, so a loss on Δ rewards reading
-        the visual prompt where cross-entropy on whole sentences lets memory win (the demo's
-        prop, docs/demo.md). The negative prompts are the batch's own, reordered, so the
-        visual norm sees the batch once; one LLM pass over the batch twice; L_GEN is
-        `loss`'s."""
+        the visual prompt, for an LLM that writes from its language prior (measured on the
+        demo's random-init OPT: worse on every attribute, docs/demo.md). The negative
+        prompts are the batch's own, reordered, so the visual norm sees the batch once; one
+        LLM pass over the batch twice; L_GEN is `loss`'s."""
         dev = queries.device
         ids, lab, mask = (t.to(dev) for t in self.training_inputs(items, subtitles, targets))
         n = ids.shape[0]
