@@ -1030,13 +1030,13 @@ def demo_probe_cmd(
     weights: str = typer.Option(None, "--weights", help="Model folder. Default: the card's."),
     split: str = typer.Option("test", "--split", help="Held-out films. Default: test."),
     train_films: int = typer.Option(
-        24, "--train-films", help="Training films the probes are fit on. Default: 24."
+        48, "--train-films", help="Training films the probes are fit on. Default: 48."
     ),
     threads: str = THREADS_OPTION,
 ) -> None:
-    """Where the model loses what its frames show: linear probes (location, look, prop,
-    action) on frame features, PME queries and the visual prompt, then the model with its
-    visual prompt intact, zeroed and shuffled across slots."""
+    """Where the model loses what its frames show: linear probes and a small sequence reader
+    (location, look, prop, action) on frame features, PME queries and the visual prompt, then
+    the model with its visual prompt intact, zeroed and shuffled across slots."""
     from locomad_cli.demo.probe import ProbeConfig, probe
     from locomad_cli.threads import torch_threads
 

@@ -92,7 +92,7 @@ def test_probe_labels_what_is_on_screen_and_the_probe_reads_only_what_is_there()
     labels = slot_labels(SimpleNamespace(world=world))
     assert [lab["prop_seen"] for lab in labels] == [4, None, None, None]
     assert [lab["prop"] for lab in labels] == [None, None, 4, None]
-    assert [lab["look"] for lab in labels] == [None, 2, 2, 2]
+    assert [lab["look"] for lab in labels] == [None, 2, None, None]  # entrances, as scored
     assert {lab["location"] for lab in labels} == {3}
     g = torch.Generator().manual_seed(0)
     y = [i % 3 for i in range(90)]
@@ -101,6 +101,37 @@ def test_probe_labels_what_is_on_screen_and_the_probe_reads_only_what_is_there()
     assert linear_probe(x[:60], y[:60], x[60:], y[60:]) == 1.0
     noise = torch.randn(90, 8, generator=g)
     assert linear_probe(noise[:60], y[:60], noise[60:], y[60:]) < 0.6
+
+
+def test_sequence_probe_reads_who_came_in_where_the_mean_frame_cannot():
+    """The demo's newcomer problem in miniature: every clip shows one class, then another;
+    the label is the one that comes second. The mean frame holds both equally, so a linear
+    probe on it is near a coin toss; the sequence reader reads the order."""
+    from locomad_cli.demo.probe import linear_probe, sequence_probe
+
+    g = torch.Generator().manual_seed(0)
+    n, length = 240, 10
+    first = torch.randint(0, 4, (n,), generator=g)
+    second = (first + torch.randint(1, 4, (n,), generator=g)) % 4
+    x = torch.randn(n, length, 6, generator=g) * 0.3
+    x[:, :5, :4] += torch.nn.functional.one_hot(first, 4)[:, None].float() * 2
+    x[:, 5:, :4] += torch.nn.functional.one_hot(second, 4)[:, None].float() * 2
+    mask = torch.ones(n, length, dtype=torch.bool)
+    mask[::3, 8:] = False  # some clips end early: padding must not count
+    x[::3, 8:] = 50.0
+    y = second.tolist()
+    mean = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert linear_probe(mean[:180], y[:180], mean[180:], y[180:]) < 0.7
+    held = {"who": y[180:], "none": [None] * 60}
+    acc = sequence_probe(
+        (x[:180], mask[:180]), {"who": y[:180], "none": [None] * 180}, (x[180:], mask[180:]), held
+    )
+    assert acc["who"] >= 0.95 and acc["none"] == 0.0
+    noise = torch.randn(n, length, 6, generator=g)
+    acc = sequence_probe(
+        (noise[:180], mask[:180]), {"who": y[:180]}, (noise[180:], mask[180:]), {"who": y[180:]}
+    )
+    assert acc["who"] < 0.5
 
 
 def test_tokenizers_keep_every_name_whole():
@@ -213,6 +244,7 @@ def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
     sees: it names the room on screen far above chance (1 in 6) on films it never saw."""
     from locomad_cli.demo.measure import measure
     from locomad_cli.demo.pipeline import DemoTrainConfig, train_demo
+    from locomad_cli.demo.probe import POINTS, ProbeConfig, probe
     from locomad_cli.model.checkpoint import load_model
     from locomad_cli.model.locomad import LoCoMAD
 
@@ -248,6 +280,12 @@ def test_reduced_training_from_scratch_beats_an_untrained_model(tmp_path):
     assert got["local"]["location"] >= 0.6, got
     assert got["recurrent"]["location"] >= 0.6, got
     assert (tmp_path / "weights" / "frame-stats.json").is_file()
+    # `demo probe` on the same films: the room is in the frames for both readers (the
+    # reduced CLIP's, 16 training films); its query and prompt points are all reported
+    probed = probe(trained, ProbeConfig(str(data), train_films=16, model_settings=False))
+    assert set(probed) == {f"{k}/{p}" for k in ("probe", "reader") for p in POINTS}
+    assert probed["probe/frames"]["location"] >= 0.8, probed
+    assert probed["reader/frames"]["location"] >= 0.8, probed
 
 
 def _documented() -> dict:

@@ -9,13 +9,19 @@ visual path:
 - `queries`: the PME's query outputs q̃ (what stage 1 makes of the frames);
 - `prompt`: the projected visual prompt Proj_l(q̃) (what the LLM receives).
 
+A linear probe on a slot's mean frame cannot tell who came in from who was already there
+(both are in the mean), so beside it a small sequence reader (`sequence_probe`: two
+transformer layers over the slot's frames, or over the Lq query or prompt tokens, trained on
+the same slots for every attribute at once) bounds what a decoder downstream could read at
+each point (`reader/<point>`).
+
 Then the model itself, recurrent setting, with the visual prompt intact, zeroed, and shuffled
 across held-out slots: if zeroing it changes little, the LLM writes from its language prior
 and the context, not from the film. A probe far above the model's own accuracy says the
 information reaches that point and is lost after it.
 
 The probe is hand-written (a few lines of torch L-BFGS) rather than scikit-learn's, which
-the project does not otherwise need.
+the project does not otherwise need; the reader is torch's own transformer layers.
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ _LOOK_INDEX = {look.phrase: i for i, look in enumerate(LOOKS)}
 
 
 def slot_labels(film: DemoFilm) -> list[dict[str, object]]:
-    """What is on screen in each slot, from world.json: the room, the acting character's
-    look, the prop the action involves, the prop lying in view at the scene's opening
-    (prop_seen, as attributes.py scores it), the action's kind (None where there is none)."""
+    """What is on screen in each slot, from world.json: the room, a newcomer's look (the
+    entrances, the slots attributes.py scores looks on), the prop the action involves, the
+    prop lying in view at the scene's opening (prop_seen, as attributes.py scores it), the
+    action's kind (None where there is none)."""
     cast = film.world["cast"]
     out = []
     for slot in film.world["slots"]:
@@ -45,7 +52,7 @@ def slot_labels(film: DemoFilm) -> list[dict[str, object]]:
         out.append(
             {
                 "location": a["location"],
-                "look": None if a["actor"] is None else _LOOK_INDEX[cast[a["actor"]]["look"]],
+                "look": _LOOK_INDEX[cast[a["actor"]]["look"]] if a["kind"] == "enter" else None,
                 "prop": a["prop"] if a["kind"] in PROP_ACTIONS else None,
                 "prop_seen": a["prop"] if a["kind"] == "establish" else None,
                 "action": a["kind"],
@@ -112,6 +119,125 @@ def linear_probe(
     return hits / len(test_y) if test_y else 0.0
 
 
+@torch.no_grad()
+def slot_sequences(model, film: DemoFilm) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per slot, the whole sequence at each probe point, as (values [slots, L, dim], mask
+    [slots, L]): the slot's frames (up to pme.max_frames, padded), the Lq query outputs q̃,
+    the Lq prompt tokens. What a reader of order and of every token can use, where
+    `slot_vectors` keeps one vector."""
+    from locomad_cli.data.records import ClipRecord, collate
+    from locomad_cli.describe import slot_frames
+
+    card = model.card
+    records = [
+        ClipRecord(film.name, s, e, slot_frames(film.features, film.fps, s, e))
+        for s, e, _ in film.slots
+    ]
+    batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
+    frames, fmask = model._frames(batch)
+    model.eval()
+    q = model.pme.encode_queries(frames, fmask)
+    prompt = model.decoder.project(q)
+    every = torch.ones(q.shape[:2], dtype=torch.bool)
+    return {
+        "frames": (frames.float().cpu(), fmask.bool().cpu()),
+        "queries": (q.float().cpu(), every),
+        "prompt": (prompt.float().cpu(), every),
+    }
+
+
+class _Reader(torch.nn.Module):
+    """A 2-layer transformer over a sequence with learnt positions; its mean, first and last
+    outputs feed one linear head per attribute."""
+
+    def __init__(self, dim: int, length: int, classes: dict[str, int], width: int = 128):
+        super().__init__()
+        nn = torch.nn
+        self.inp = nn.Linear(dim, width)
+        self.pos = nn.Parameter(torch.zeros(length, width))
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, 0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.heads = nn.ModuleDict({a: nn.Linear(3 * width, n) for a, n in classes.items()})
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.enc(self.inp(x) + self.pos[: x.shape[1]], src_key_padding_mask=~mask)
+        m = mask[..., None].float()
+        mean = (z * m).sum(1) / m.sum(1).clamp(min=1)
+        last = z[torch.arange(len(z)), mask.sum(1).clamp(min=1) - 1]
+        pooled = torch.cat([mean, z[:, 0], last], -1)
+        return {a: head(pooled) for a, head in self.heads.items()}
+
+
+def sequence_probe(
+    train: tuple[torch.Tensor, torch.Tensor],
+    train_y: dict[str, list],
+    test: tuple[torch.Tensor, torch.Tensor],
+    test_y: dict[str, list],
+    epochs: int = 40,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Per attribute, the test accuracy of one small sequence reader (`_Reader`) trained on
+    the train sequences for every attribute at once (AdamW, cross-entropy; labels None are
+    left out, classes unseen in training count as wrong). Sequences are (values [N, L, D],
+    mask [N, L]), standardised with the train statistics of the unmasked positions.
+
+    Why beside the linear probe: a slot's mean frame cannot say who came in (the newcomer and
+    those already there are all in it); the order of the frames can. This is a cheap upper
+    bound on what a decoder downstream could read from that point of the visual path."""
+    x, mask = train
+    xt, mask_t = test
+    seen = x[mask]
+    mu, sd = seen.mean(0), seen.std(0).clamp(min=1e-6)
+    classes = {a: sorted({c for c in ys if c is not None}, key=str) for a, ys in train_y.items()}
+    classes = {a: cs for a, cs in classes.items() if cs}
+    index = {a: {c: i for i, c in enumerate(cs)} for a, cs in classes.items()}
+    y = {a: torch.tensor([-100 if c is None else index[a][c] for c in train_y[a]]) for a in classes}
+    with torch.random.fork_rng(), torch.enable_grad():
+        torch.manual_seed(seed)
+        reader = _Reader(
+            x.shape[-1], max(x.shape[1], xt.shape[1]), {a: len(c) for a, c in classes.items()}
+        )
+        opt = torch.optim.AdamW(reader.parameters(), lr=1e-3, weight_decay=0.05)
+        xs = (x - mu) / sd
+        for _ in range(epochs):
+            for rows in torch.randperm(len(xs)).split(32):
+                out = reader(xs[rows], mask[rows])
+                losses = [
+                    torch.nn.functional.cross_entropy(out[a], y[a][rows], ignore_index=-100)
+                    for a in classes
+                    if bool((y[a][rows] >= 0).any())
+                ]
+                opt.zero_grad()
+                torch.stack(losses).sum().backward()
+                opt.step()
+        reader.eval()
+        with torch.no_grad():
+            out = reader((xt - mu) / sd, mask_t)
+    result = {}
+    for a, ys in test_y.items():
+        rows = [i for i, c in enumerate(ys) if c is not None]
+        if a not in classes or not rows:
+            result[a] = 0.0
+            continue
+        pred = out[a].argmax(-1).tolist()
+        result[a] = sum(classes[a][pred[i]] == ys[i] for i in rows) / len(rows)
+    return result
+
+
+def _sequences(model, films: list[DemoFilm]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    seqs = [slot_sequences(model, f) for f in films]
+    out = {}
+    for point in POINTS:
+        length = max(s[point][0].shape[1] for s in seqs)
+        vals, masks = [], []
+        for s in seqs:
+            v, m = s[point]
+            vals.append(torch.nn.functional.pad(v, (0, 0, 0, length - v.shape[1])))
+            masks.append(torch.nn.functional.pad(m, (0, length - m.shape[1])))
+        out[point] = (torch.cat(vals), torch.cat(masks))
+    return out
+
+
 def _rows(model, films: list[DemoFilm]) -> tuple[dict[str, torch.Tensor], list[dict]]:
     vecs = [slot_vectors(model, f) for f in films]
     return (
@@ -125,8 +251,9 @@ class ProbeConfig:
     root: str
     """A `locomad demo make-data` folder with features (train/ and the held-out split)."""
     split: str = "test"
-    train_films: int = 24
-    """Training films the probes are fit on (the first ones of train/)."""
+    train_films: int = 48
+    """Training films the probes are fit on (the first ones of train/; the shipped recipe
+    trains on 48)."""
     model_settings: bool = True
     """Also run the model itself with the visual prompt intact, zeroed and shuffled."""
 
@@ -149,6 +276,11 @@ def probe(model, cfg: ProbeConfig, encode_text=None) -> dict[str, dict[str, floa
                 te_x[point][te],
                 [te_lab[i][attr] for i in te],
             )
+    tr_seq, te_seq = _sequences(model, train), _sequences(model, held)
+    tr_y = {a: [lab[a] for lab in tr_lab] for a in PROBED}
+    te_y = {a: [lab[a] for lab in te_lab] for a in PROBED}
+    for point in POINTS:
+        out[f"reader/{point}"] = sequence_probe(tr_seq[point], tr_y, te_seq[point], te_y)
     if not cfg.model_settings:
         return out
     if encode_text is None:
