@@ -192,7 +192,7 @@ def sequence_probe(
     classes = {a: cs for a, cs in classes.items() if cs}
     index = {a: {c: i for i, c in enumerate(cs)} for a, cs in classes.items()}
     y = {a: torch.tensor([-100 if c is None else index[a][c] for c in train_y[a]]) for a in classes}
-    with torch.random.fork_rng(), torch.enable_grad():
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)
         reader = _Reader(
             x.shape[-1], max(x.shape[1], xt.shape[1]), {a: len(c) for a, c in classes.items()}
