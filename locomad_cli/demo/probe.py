@@ -61,27 +61,16 @@ def slot_labels(film: DemoFilm) -> list[dict[str, object]]:
     return out
 
 
-@torch.no_grad()
 def slot_vectors(model, film: DemoFilm) -> dict[str, torch.Tensor]:
-    """Per slot, the vector at each probe point: [slots, dim] for frames, queries, prompt."""
-    from locomad_cli.data.records import ClipRecord, collate
-    from locomad_cli.describe import slot_frames
-
-    card = model.card
-    records = [
-        ClipRecord(film.name, s, e, slot_frames(film.features, film.fps, s, e))
-        for s, e, _ in film.slots
-    ]
-    batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
-    frames, fmask = model._frames(batch)
-    model.eval()
-    q = model.pme.encode_queries(frames, fmask)
-    prompt = model.decoder.project(q)
+    """Per slot, the vector at each probe point: [slots, dim] for frames (the mean of the
+    slot's frames), queries and prompt (their Lq tokens side by side)."""
+    seqs = slot_sequences(model, film)
+    frames, fmask = seqs["frames"]
     mean = (frames * fmask[..., None]).sum(1) / fmask.sum(1, keepdim=True).clamp(min=1)
     return {
-        "frames": mean.float().cpu(),
-        "queries": q.flatten(1).float().cpu(),
-        "prompt": prompt.flatten(1).float().cpu(),
+        "frames": mean,
+        "queries": seqs["queries"][0].flatten(1),
+        "prompt": seqs["prompt"][0].flatten(1),
     }
 
 
