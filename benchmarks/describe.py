@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from demo_cuts import cut_demo  # noqa: E402
 
-from locomad_cli.subtitles import read_cues  # noqa: E402
+from locomad_cli.tracks.readers import read_cues  # noqa: E402
 
 DEMO = ROOT / "demo" / "demo.mp4"
 LOCOMAD = [sys.executable, "-m", "locomad_cli"]
@@ -67,7 +67,7 @@ def _load() -> str:
 
 def startup(work: Path, n: int, seconds: float) -> None:
     from locomad_cli.card import load_card
-    from locomad_cli.features import extract_features
+    from locomad_cli.features.extract import extract_features
 
     folder = work / "films"
     step = (123.0 - seconds) / max(n - 1, 1)
@@ -106,7 +106,7 @@ def _tile(work: Path, times: int) -> tuple[Path, Path, Path]:
     """The demo film's features, subtitles and AD times repeated `times` times end to end."""
     import torch
 
-    from locomad_cli.features import load_features, save_features
+    from locomad_cli.features.extract import load_features, save_features
 
     features, meta = load_features(DEMO.with_name("demo.features.safetensors"))
     duration = features.shape[0] / float(meta["fps"])
@@ -138,7 +138,7 @@ def _ts(t: float) -> str:
 
 def _slot_times(video: Path, opts, model, encode) -> list[tuple[float, float]]:
     """(wall, CPU) seconds of each slot, from one description to the next."""
-    from locomad_cli.describe import describe
+    from locomad_cli.describe.film import describe
 
     marks = []
     last = [time.perf_counter(), time.process_time()]
@@ -156,8 +156,8 @@ def per_slot(work: Path, times: int, overrides: list[str]) -> None:
     import torch
 
     from locomad_cli.card import load_card
-    from locomad_cli.clip import load_clip
-    from locomad_cli.describe import DescribeOptions
+    from locomad_cli.describe.film import DescribeOptions
+    from locomad_cli.features.clip import load_clip
     from locomad_cli.model.checkpoint import load_model
 
     card = load_card("demo", overrides)

@@ -11,7 +11,7 @@ in the same rounds:
   3. the film loop: extract_film() in this process with the model loaded (what the command
      costs without its start-up), with the default readers and with one reader (the
      sequential path before parallel decoding);
-  4. decode only, our readers (decode.decode_pieces, no encoder), and with each layout of
+  4. decode only, our readers (parallel.decode_pieces, no encoder), and with each layout of
      `--layouts R:T,...` (R readers of T decoder threads each; 1 reader is the planning
      reader, with libavcodec's own choice of threads);
   5. a naive loop: per frame, decord -> PIL -> open_clip's transform -> encode_image, on the
@@ -87,7 +87,7 @@ def command(film: Path, model: str, out: Path, extra: list[str]) -> int:
     proc = subprocess.run([*cmd, *extra], stdout=PIPE, stderr=PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"locomad failed: {proc.stderr.strip()}")
-    from locomad_cli.features import load_features
+    from locomad_cli.features.extract import load_features
 
     return int(load_features(out / f"{film.stem}.features.safetensors")[1]["frames"])
 
@@ -107,12 +107,12 @@ def main() -> None:
 
     import torch
 
-    from locomad_cli import decode
     from locomad_cli.card import load_card
-    from locomad_cli.clip import load_clip
-    from locomad_cli.features import extract_features
+    from locomad_cli.features import parallel
+    from locomad_cli.features.clip import load_clip
+    from locomad_cli.features.extract import extract_features
+    from locomad_cli.features.video import plan_frames, probe
     from locomad_cli.utils import resolve_dtype
-    from locomad_cli.video import plan_frames, probe
 
     card = load_card(args.model)
     with tempfile.TemporaryDirectory(prefix="locomad-bench-") as tmp_name:
@@ -123,7 +123,7 @@ def main() -> None:
         info = probe(film)
         encoder = load_clip(card, args.device, resolve_dtype("auto", args.device))
         plan = plan_frames(info, card.fps, encoder.decode_short_side)
-        readers, threads = decode.default_decoders()
+        readers, threads = parallel.default_decoders()
         load_start = os.getloadavg()
         print(
             f"film {film.name}: {info.width}x{info.height} {info.codec}, {info.duration:.1f} s; "
@@ -135,15 +135,15 @@ def main() -> None:
 
         def loop(n_readers: int | None) -> Callable[[], int]:
             def run() -> int:
-                policy = decode.default_decoders
+                policy = parallel.default_decoders
                 if n_readers is not None:
-                    decode.default_decoders = lambda cores=None: (n_readers, 0)
+                    parallel.default_decoders = lambda cores=None: (n_readers, 0)
                 try:
                     res = extract_features(
                         [film], card, out_dir=tmp / "loop", device=args.device, overwrite=True
                     )
                 finally:
-                    decode.default_decoders = policy
+                    parallel.default_decoders = policy
                 loops[n_readers].append(res[0].seconds)
                 return res[0].frames
 
@@ -152,7 +152,7 @@ def main() -> None:
         def ours(readers: int | None = None, threads: int | None = None) -> Callable[[], int]:
             def run() -> int:
                 fresh = plan_frames(info, card.fps, encoder.decode_short_side)
-                pieces = decode.decode_pieces(fresh, 250, readers=readers, threads=threads)
+                pieces = parallel.decode_pieces(fresh, 250, readers=readers, threads=threads)
                 return sum(len(p.frames) for p in pieces)
 
             return run

@@ -59,14 +59,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract import ffmpeg_decode, make_film, timed  # noqa: E402
 
 from locomad_cli.card import ModelCard, load_card, tiny_card  # noqa: E402
-from locomad_cli.clip import ClipEncoder, load_clip  # noqa: E402
-from locomad_cli.features import (  # noqa: E402
+from locomad_cli.features.clip import ClipEncoder, load_clip  # noqa: E402
+from locomad_cli.features.extract import (  # noqa: E402
     CHUNK_FRAMES,
     _encode_chunk,
     extract_film,
 )
+from locomad_cli.features.video import iter_chunks, plan_frames, probe  # noqa: E402
 from locomad_cli.utils import resolve_dtype  # noqa: E402
-from locomad_cli.video import iter_chunks, plan_frames, probe  # noqa: E402
 
 FRAMES_2H = 36_000
 """A 2-hour film at 5 FPS."""
@@ -255,9 +255,9 @@ def bench_frames(
 def slots_film(n: int, dim: int, fps: float, length: float = 4.0, every: float = 7.0):
     """A describe `Film` of `n` slots of `length` s every `every` s, one line of dialogue in
     each gap before a slot, and random frame features (their values do not change the cost)."""
-    from locomad_cli.describe import Film
-    from locomad_cli.slots import Slot
-    from locomad_cli.subtitles import Cue
+    from locomad_cli.describe.film import Film
+    from locomad_cli.slots.plan import Slot
+    from locomad_cli.tracks.readers import Cue
 
     slots, cues = [], []
     for i in range(n):
@@ -306,7 +306,7 @@ def _recording(model, device: str) -> Iterator[list[dict[str, Any]]]:
 def bench_slots(card: ModelCard, device: str, slots: int, warmup: int, tiny: bool) -> dict:
     """Per-slot latency of describe's recurrent loop: one slot at a time, each description
     joining the next slots' context proposal (their CLIP text features computed once)."""
-    from locomad_cli.describe import DescribeOptions, TextFeatureCache, _run_recurrent
+    from locomad_cli.describe.film import DescribeOptions, TextFeatureCache, _run_recurrent
 
     start = time.perf_counter()
     model = build_model(card, device, tiny)

@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locomad_cli.audio import SAMPLE_RATE, _ffmpeg_cmd, _load_vad, detect_speech  # noqa: E402
 from locomad_cli.demo.render import SOUND_RATE, Soundtrack, _write_wav, speak  # noqa: E402
+from locomad_cli.slots.speech import SAMPLE_RATE, _ffmpeg_cmd, _load_vad, detect_speech  # noqa: E402
 
 LINES = [
     "Where were you last night?",
@@ -135,8 +135,8 @@ def bench_vad(args: argparse.Namespace) -> None:
 
 def bench_cuts(folder: Path, tolerance: float = 0.3) -> None:
     """Precision and recall of both detectors against the films' place changes."""
-    from locomad_cli.features import load_features
-    from locomad_cli.shots import cuts_from_features, detect_cuts
+    from locomad_cli.features.extract import load_features
+    from locomad_cli.slots.shots import cuts_from_features, detect_cuts
 
     counts = {"pyscenedetect": [0, 0, 0], "clip-features": [0, 0, 0]}
     seconds = {"pyscenedetect": 0.0, "clip-features": 0.0}

@@ -51,7 +51,7 @@ MID = [
 
 def first_slots(n: int, out: Path) -> Path:
     """The demo's AD times cut to the first `n` slots (fewer slots: shorter rounds)."""
-    from locomad_cli.subtitles import read_timed
+    from locomad_cli.tracks.readers import read_timed
 
     cues = read_timed(str(DEMO / "demo.ad-times.srt"))[:n]
 
@@ -66,7 +66,7 @@ def models(tmp: Path) -> dict:
     import torch
 
     from locomad_cli.card import load_card
-    from locomad_cli.clip import load_clip
+    from locomad_cli.features.clip import load_clip
     from locomad_cli.model.checkpoint import load_model
     from locomad_cli.model.locomad import LoCoMAD
 
@@ -80,7 +80,7 @@ def models(tmp: Path) -> dict:
 
 
 def run_describe(model, encode, threads: int, ad_times: Path, out: Path) -> float:
-    from locomad_cli.describe import DescribeOptions, describe
+    from locomad_cli.describe.film import DescribeOptions, describe
 
     opts = DescribeOptions(
         subs=str(DEMO / "demo.srt"),

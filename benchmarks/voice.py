@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from locomad_cli import __version__  # noqa: E402
-from locomad_cli.video import source_fingerprint  # noqa: E402
-from locomad_cli.voice import VoiceOptions, voice  # noqa: E402
+from locomad_cli.features.video import source_fingerprint  # noqa: E402
+from locomad_cli.voice.fit import VoiceOptions, voice  # noqa: E402
 
 WORDS = "a man in a blue coat walks slowly across the quiet kitchen and looks at the door".split()
 

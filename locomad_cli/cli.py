@@ -200,7 +200,7 @@ def extract_features_cmd(
     n_threads = _threads(threads)
     try:
         card = load_card(model, overrides)  # before importing torch: a bad card fails fast
-        from locomad_cli.features import extract_features, summary_line
+        from locomad_cli.features.extract import extract_features, summary_line
         from locomad_cli.films import expand_films
 
         results = extract_features(
@@ -323,7 +323,7 @@ def train_cmd(
 ) -> None:
     """Train stage 1 or 2 (plain, one GPU, or under `accelerate launch` for DDP/FSDP)."""
     from locomad_cli.threads import torch_threads
-    from locomad_cli.train import TrainConfig, train
+    from locomad_cli.train.loop import TrainConfig, train
 
     n_threads = _threads(threads)
 
@@ -420,7 +420,7 @@ def evaluate_cmd(
 ) -> None:
     """Score an AD track against references: CIDEr, BLEU, ROUGE-L, METEOR, SPICE, BertScore,
     R@5/16. Exit code 1 when a requested metric is unavailable (unless --allow-missing)."""
-    from locomad_cli.evaluate import evaluate, missing_line, report_table, write_report
+    from locomad_cli.evaluate.report import evaluate, missing_line, report_table, write_report
 
     n_threads = _threads(threads)
     try:
@@ -568,8 +568,8 @@ def describe_cmd(
     description is printed on stdout as it is made (one line: start --> end  text, after the
     film's name with several films); progress on stderr. Under `accelerate launch` each
     process describes its share of the films."""
-    from locomad_cli.describe import DescribeOptions
-    from locomad_cli.describe_many import describe_films, several
+    from locomad_cli.describe.film import DescribeOptions
+    from locomad_cli.describe.many import describe_films, several
 
     opts = DescribeOptions(
         subs=subs,
@@ -616,7 +616,7 @@ def describe_cmd(
 
     try:
         if then_voice:  # a missing espeak-ng is said before the model runs, not after
-            from locomad_cli.tts import make_engine
+            from locomad_cli.voice.tts import make_engine
 
             make_engine()
         outcomes = describe_films(videos, opts, described, done, then_voice=then_voice)
@@ -653,7 +653,7 @@ def _print_description(row: dict, film: str | None = None) -> None:
     """A result line on stdout, flushed at once (a pipe sees each description as it is made),
     after the film's name with several films. Plain print: rich would wrap long lines at 80
     columns when stdout is not a terminal."""
-    from locomad_cli.writers import format_timestamp, one_line
+    from locomad_cli.tracks.writers import format_timestamp, one_line
 
     when = f"{format_timestamp(row['start'])} --> {format_timestamp(row['end'])}"
     result_line(f"{film + '  ' if film else ''}{when}  {one_line(row['text'])}")
@@ -730,8 +730,8 @@ def voice_cmd(
     """Voice an AD track: fit each description to its slot (measured), speak it, duck the film
     under it, and write FILM.ad.wav, FILM.ad-mix.wav, FILM.described.mkv and FILM.metrics.json.
     The summary line goes to stdout."""
-    from locomad_cli.mix import MixOptions
-    from locomad_cli.voice import VoiceOptions, voice
+    from locomad_cli.voice.fit import VoiceOptions, voice
+    from locomad_cli.voice.mix import MixOptions
 
     opts = VoiceOptions(
         ad=ad or str(Path(video).with_name(f"{Path(video).stem}.ad.json")),

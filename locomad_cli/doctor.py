@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from locomad_cli.card import ModelCard, load_card
-from locomad_cli.metrics import CORENLP_ENV, CORENLP_JARS, corenlp_jars
+from locomad_cli.evaluate.metrics import CORENLP_ENV, CORENLP_JARS, corenlp_jars
 from locomad_cli.utils import LocomadError, hub_reachable
 
 
@@ -89,7 +89,7 @@ def _hf_model(
 
 
 def _clip_check(card: ModelCard) -> Check:
-    from locomad_cli.clip import _cached_pretrained, _resolve_file
+    from locomad_cli.features.clip import _cached_pretrained, _resolve_file
 
     clip = card.clip
     label = f"CLIP weights ({clip.model})"

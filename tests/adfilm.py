@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from locomad_cli import __version__
-from locomad_cli.subtitles import Cue
-from locomad_cli.video import source_fingerprint
+from locomad_cli.features.video import source_fingerprint
+from locomad_cli.tracks.readers import Cue
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo" / "demo.mp4"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from locomad_cli.subtitles import read_cues
+from locomad_cli.tracks.readers import read_cues
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo" / "demo.mp4"

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from locomad_cli import __version__
 from locomad_cli.cli import app
-from locomad_cli.features import load_features
+from locomad_cli.features.extract import load_features
 
 runner = CliRunner()
 

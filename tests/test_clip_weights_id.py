@@ -6,10 +6,10 @@ import torch
 from media import make_video
 from safetensors.torch import save_file
 
-from locomad_cli.clip import load_clip, weights_id
 from locomad_cli.data.textcache import encoder_id
-from locomad_cli.describe import _check_features
-from locomad_cli.features import extract_features, load_features
+from locomad_cli.describe.film import _check_features
+from locomad_cli.features.clip import load_clip, weights_id
+from locomad_cli.features.extract import extract_features, load_features
 from locomad_cli.utils import LocomadError
 
 

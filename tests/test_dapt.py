@@ -12,8 +12,8 @@ import pytest
 from adfilm import make_track, write_track
 from media import make_video
 
-from locomad_cli.voice import VoiceOptions, voice
-from locomad_cli.writers import get_writer
+from locomad_cli.tracks.writers import get_writer
+from locomad_cli.voice.fit import VoiceOptions, voice
 
 TT = "{http://www.w3.org/ns/ttml}"
 DAPTM = "{http://www.w3.org/ns/ttml/profile/dapt#metadata}"
@@ -113,8 +113,8 @@ def test_describe_writes_dapt(tmp_path):
     from safetensors.torch import save_file
 
     from locomad_cli.card import tiny_card
-    from locomad_cli.clip import load_clip
-    from locomad_cli.describe import DescribeOptions, describe
+    from locomad_cli.describe.film import DescribeOptions, describe
+    from locomad_cli.features.clip import load_clip
     from locomad_cli.model.locomad import LoCoMAD
 
     card = tiny_card()

@@ -66,7 +66,7 @@ def test_text_cache_is_computed_once_and_reused(tmp_path, card):
 
 
 def test_text_cache_uses_the_card_clip_encoder(tmp_path, card):
-    from locomad_cli.clip import load_clip
+    from locomad_cli.features.clip import load_clip
 
     torch.manual_seed(0)  # the tiny CLIP is random init: build the same one twice
     feats, rows = text_features(["a dog runs", "a cat sleeps"], card, tmp_path)

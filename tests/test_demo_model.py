@@ -215,9 +215,9 @@ def test_contrastive_loss_counts_negative_texts_for_images_only():
 
 
 def test_clip_training_learns_and_saves_loadable_weights(tmp_path):
-    from locomad_cli.clip import load_clip
     from locomad_cli.demo.clip_train import train_clip
     from locomad_cli.demo.data import DemoDataConfig, make_data
+    from locomad_cli.features.clip import load_clip
 
     make_data(tmp_path / "d", DemoDataConfig(seed=1, films=4, val=1, test=1), features=False)
     card = load_card("demo")

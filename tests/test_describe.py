@@ -5,12 +5,12 @@ import torch
 from safetensors.torch import save_file
 
 from locomad_cli.card import tiny_card
-from locomad_cli.clip import load_clip
-from locomad_cli.describe import DescribeOptions, describe, oracle_context
+from locomad_cli.describe.film import DescribeOptions, describe, oracle_context
+from locomad_cli.features.clip import load_clip
 from locomad_cli.model.checkpoint import save_model
 from locomad_cli.model.locomad import LoCoMAD
-from locomad_cli.slots import Slot
-from locomad_cli.subtitles import Cue
+from locomad_cli.slots.plan import Slot
+from locomad_cli.tracks.readers import Cue
 from locomad_cli.utils import LocomadError
 
 DURATION = 20.0
@@ -325,7 +325,7 @@ def test_features_extracted_once_then_reused(tmp_path, tiny_model):
         (0.5, 1.5),
         (2.0, 3.5),
     ]
-    from locomad_cli.features import load_features
+    from locomad_cli.features.extract import load_features
 
     feats, meta = load_features(cache)
     assert feats.shape == (20, 32) and meta["fps"] == 5.0

@@ -13,12 +13,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import locomad_cli.clip
-import locomad_cli.describe
+import locomad_cli.describe.film
+import locomad_cli.features.clip
 from locomad_cli.card import tiny_card
 from locomad_cli.cli import app
-from locomad_cli.describe import DescribeOptions, describe
-from locomad_cli.describe_many import describe_films
+from locomad_cli.describe.film import DescribeOptions, describe
+from locomad_cli.describe.many import describe_films
 from locomad_cli.model.checkpoint import save_model
 from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.utils import LocomadError
@@ -98,8 +98,8 @@ def _texts(track):
 
 
 def test_one_start_up_for_all_films_and_tracks_as_one_by_one(tiny, films, tmp_path, monkeypatch):
-    loads = _counting(monkeypatch, locomad_cli.describe, "_load_model")
-    text_encoders = _counting(monkeypatch, locomad_cli.clip, "load_clip")
+    loads = _counting(monkeypatch, locomad_cli.describe.film, "_load_model")
+    text_encoders = _counting(monkeypatch, locomad_cli.features.clip, "load_clip")
     outcomes = describe_films([films], _opts(tiny, tmp_path / "out"))
     assert [(o.video.name, o.error) for o in outcomes] == [("a.mp4", None), ("b.mp4", None)] + [
         ("c.mp4", None)
@@ -173,7 +173,7 @@ def test_two_films_that_would_write_the_same_track_are_refused(tiny, films, tmp_
 
 
 def test_a_model_that_cannot_load_stops_every_film(tiny, films, tmp_path, monkeypatch):
-    loads = _counting(monkeypatch, locomad_cli.describe, "_load_model")
+    loads = _counting(monkeypatch, locomad_cli.describe.film, "_load_model")
     empty = tmp_path / "empty-weights"
     empty.mkdir()
     with pytest.raises(LocomadError):
@@ -192,7 +192,7 @@ def test_oracle_takes_each_films_reference_from_its_ad_times(tiny, films, tmp_pa
 
 
 def test_voice_follows_each_films_track(tiny, films, tmp_path, monkeypatch):
-    import locomad_cli.voice
+    import locomad_cli.voice.fit
 
     heard = []
 
@@ -200,7 +200,7 @@ def test_voice_follows_each_films_track(tiny, films, tmp_path, monkeypatch):
         heard.append((Path(video).name, Path(vopts.ad).name, track["film"]))
         return {"voice": {"summary": f"voiced {track['film']}"}}, [Path(vopts.ad)]
 
-    monkeypatch.setattr(locomad_cli.voice, "voice", fake_voice)
+    monkeypatch.setattr(locomad_cli.voice.fit, "voice", fake_voice)
     (films / "b.ad-times.srt").write_text(_srt([(1.0, 9.0, "")]))  # b fails: not voiced
     outcomes = describe_films([films], _opts(tiny, tmp_path / "out"), then_voice=True)
     assert heard == [("a.mp4", "a.ad.json", "a"), ("c.mp4", "c.ad.json", "c")]
@@ -338,7 +338,7 @@ def demo_folder(tmp_path_factory):
     from demo_cuts import cut_demo
 
     from locomad_cli.card import load_card
-    from locomad_cli.features import extract_features
+    from locomad_cli.features.extract import extract_features
 
     root = tmp_path_factory.mktemp("demo-films")
     cuts = [("a", 0, 14), ("b", 40, 12), ("c", 70, 14), ("d", 98, 12)]

@@ -4,9 +4,9 @@ AD sits in the gaps between lines, so a slot rarely overlaps dialogue; the lines
 the previous slot ended belong to it (and reach the LLM as `[b_s s e_s]`)."""
 
 from locomad_cli.data.dataset import Annotation, SubtitleIndex, attach_subtitles
-from locomad_cli.describe import Film
-from locomad_cli.slots import Slot
-from locomad_cli.subtitles import Cue, dialogue_windows
+from locomad_cli.describe.film import Film
+from locomad_cli.slots.plan import Slot
+from locomad_cli.tracks.readers import Cue, dialogue_windows
 
 SLOTS = [(2.0, 4.0), (10.0, 12.0), (12.5, 14.0), (40.0, 42.0)]
 CUES = [

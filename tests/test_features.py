@@ -12,16 +12,16 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from locomad_cli.card import ClipCard, tiny_card
-from locomad_cli.clip import load_clip
-from locomad_cli.features import (
+from locomad_cli.features.clip import load_clip
+from locomad_cli.features.extract import (
     extract_features,
     load_features,
     output_path,
     partial_dir,
     write_h5,
 )
+from locomad_cli.features.video import iter_chunks, plan_frames, probe
 from locomad_cli.utils import LocomadError
-from locomad_cli.video import iter_chunks, plan_frames, probe
 
 
 @pytest.fixture(scope="module")
@@ -351,7 +351,7 @@ def test_resume_after_kill_9(films, tmp_path):
     script = (
         "import os, signal, sys\n"
         "from locomad_cli.card import tiny_card\n"
-        "from locomad_cli.features import extract_features\n"
+        "from locomad_cli.features.extract import extract_features\n"
         "def kill(path, chunk, n):\n"
         "    if chunk == 1:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from locomad_cli.subtitles import parse_time, read_cues, read_timed
+from locomad_cli.tracks.readers import parse_time, read_cues, read_timed
 from locomad_cli.utils import MAX_SECONDS, LocomadError
 
 FAST = settings(

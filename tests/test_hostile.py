@@ -30,10 +30,10 @@ from media import make_video
 from safetensors.torch import save_file
 
 from locomad_cli.card import tiny_card
-from locomad_cli.features import extract_features
+from locomad_cli.features.extract import extract_features
 from locomad_cli.model.checkpoint import save_model
 from locomad_cli.model.locomad import LoCoMAD
-from locomad_cli.slots import propose_slots
+from locomad_cli.slots.plan import propose_slots
 from locomad_cli.utils import LocomadError
 
 CLI = [sys.executable, "-c", "from locomad_cli.cli import main; main()"]
@@ -393,7 +393,7 @@ def test_unusable_film_durations(duration):
 )
 def test_feature_metadata_is_checked(tmp_path, meta, words):
     """The features cases the subprocess table leaves out (each would cost a torch import)."""
-    from locomad_cli.features import load_features
+    from locomad_cli.features.extract import load_features
 
     path = _features_with(tmp_path, "f.features.safetensors", torch.zeros(5, 32).half(), **meta)
     with pytest.raises(LocomadError, match=re.escape(words)):
@@ -537,7 +537,7 @@ def test_disk_full_extract_features(world, tmp_path):
         res = run_cli([*args, "-o", out])
         assert res.returncode == 0, res.stderr
         assert sorted(p.name for p in out.iterdir()) == ["film.features.safetensors"]
-        from locomad_cli.features import load_features
+        from locomad_cli.features.extract import load_features
 
         mine, _ = load_features(out / "film.features.safetensors")
         reference, _ = load_features(world.features)

@@ -9,8 +9,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from locomad_cli.evaluate import evaluate, match_by_time, parse_metrics, write_report
-from locomad_cli.metrics import (
+from locomad_cli.evaluate.metrics import (
     Unavailable,
     bertscore_f1,
     coco_scores,
@@ -18,7 +17,8 @@ from locomad_cli.metrics import (
     recall_at_k_within_neighbours,
     recall_hits,
 )
-from locomad_cli.subtitles import Cue
+from locomad_cli.evaluate.report import evaluate, match_by_time, parse_metrics, write_report
+from locomad_cli.tracks.readers import Cue
 from locomad_cli.utils import LocomadError
 
 PREDS = [

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from adfilm import SLOTS, make_film, make_track, read_wav, write_track
 
-from locomad_cli.mix import MixOptions
-from locomad_cli.subtitles import read_cues
-from locomad_cli.video import probe
-from locomad_cli.voice import VoiceOptions, voice
+from locomad_cli.features.video import probe
+from locomad_cli.tracks.readers import read_cues
+from locomad_cli.voice.fit import VoiceOptions, voice
+from locomad_cli.voice.mix import MixOptions
 
 SILENT = 10 ** (-60 / 20)
 
@@ -199,7 +199,7 @@ def test_nothing_is_left_half_written(made):
 
 
 def test_a_second_run_synthesizes_nothing(made, tmp_path):
-    from locomad_cli.tts import SpeechCache, make_engine
+    from locomad_cli.voice.tts import SpeechCache, make_engine
 
     cache = SpeechCache(made.out / "film.voice-cache", make_engine())
     for r in _voiced(made.track):

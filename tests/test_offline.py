@@ -53,7 +53,7 @@ def test_hub_offline_env_short_circuits(monkeypatch):
 
 
 def test_clip_tag_not_cached_fails_without_download(offline):
-    from locomad_cli.clip import load_clip
+    from locomad_cli.features.clip import load_clip
 
     card = load_card("opt-350m")
     with pytest.raises(LocomadError, match="not in the local cache.*unreachable"):

@@ -14,16 +14,16 @@ from safetensors.torch import load_file, save_file
 from test_model_helpers import batch_of
 
 from locomad_cli.card import MODELS_DIR, load_card
-from locomad_cli.clip import load_clip, quick_gelu, weights_id
-from locomad_cli.describe import _check_features
-from locomad_cli.features import FORMAT, _identity, extract_features, output_path
+from locomad_cli.describe.film import _check_features
+from locomad_cli.features.clip import load_clip, quick_gelu, weights_id
+from locomad_cli.features.extract import FORMAT, _identity, extract_features, output_path
+from locomad_cli.features.video import source_fingerprint
 from locomad_cli.model.checkpoint import convert_weights
 from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.model.pme import MASK_VALUE, PME, additive, on_query_path
 from locomad_cli.model.tokenizer import load_tokenizer
-from locomad_cli.train import param_groups
+from locomad_cli.train.loop import param_groups
 from locomad_cli.utils import LocomadError
-from locomad_cli.video import source_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -366,7 +366,7 @@ def test_locomad_train_stage2_picks_the_policy_up(card, tmp_path):
     the PME's query path and nothing else of it."""
     from test_data_fixtures import simple_films, write_film_folder, write_splits
 
-    from locomad_cli.train import TrainConfig, train
+    from locomad_cli.train.loop import TrainConfig, train
 
     root = write_film_folder(tmp_path / "films", simple_films(3, 8), frames=100)
     write_splits(root, {"train": ["film0", "film1"], "val": ["film2"]})

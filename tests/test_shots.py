@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from locomad_cli.shots import (
+from locomad_cli.slots.shots import (
     FORMAT,
     cuts_from_features,
     detect_cuts,

@@ -2,8 +2,8 @@ import logging
 
 import pytest
 
-from locomad_cli.slots import dialogue_spans, propose_slots, slots_from_times
-from locomad_cli.subtitles import Cue
+from locomad_cli.slots.plan import dialogue_spans, propose_slots, slots_from_times
+from locomad_cli.tracks.readers import Cue
 from locomad_cli.utils import LocomadError
 
 
@@ -192,7 +192,7 @@ def cache(tmp_path_factory):
 
 
 def _plan(film, cues, out, **kw):
-    from locomad_cli.slots import plan_film
+    from locomad_cli.slots.plan import plan_film
 
     return plan_film(film.mp4, cues, film.duration, out, min_gap=MIN_GAP, margin=MARGIN, **kw)
 
@@ -215,7 +215,7 @@ def test_without_subtitles_slots_keep_off_voiced_dialogue(films, cache):
 
 
 def test_subtitles_missing_lines_still_keep_slots_off_every_voiced_line(films, cache):
-    from locomad_cli.subtitles import read_cues
+    from locomad_cli.tracks.readers import read_cues
 
     for film in films:
         cues = read_cues(film.srt)
@@ -277,7 +277,7 @@ def test_film_without_audio_uses_subtitles_and_says_so_once(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
     from media import make_video
 
-    from locomad_cli.slots import plan_film
+    from locomad_cli.slots.plan import plan_film
 
     silent = make_video(tmp_path / "silent.mp4", duration=12.0, size="64x48")
     cues = [Cue(4.0, 5.0, "Hi.", line=1)]
@@ -294,7 +294,7 @@ def test_undecodable_audio_warns_and_falls_back_or_refuses(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
     from demo_films import undecodable_audio
 
-    from locomad_cli.slots import plan_film
+    from locomad_cli.slots.plan import plan_film
 
     film = undecodable_audio(tmp_path / "broken.mkv")
     cues = [Cue(0.5, 1.0, "Hi.", line=1)]
@@ -318,8 +318,8 @@ def test_describe_over_undecodable_audio_writes_a_subtitles_only_track(tmp_path,
     from safetensors.torch import save_file
 
     from locomad_cli.card import tiny_card
-    from locomad_cli.clip import load_clip
-    from locomad_cli.describe import DescribeOptions, describe
+    from locomad_cli.describe.film import DescribeOptions, describe
+    from locomad_cli.features.clip import load_clip
     from locomad_cli.model.locomad import LoCoMAD
 
     card = tiny_card()

@@ -116,7 +116,7 @@ def test_extract_features_decodes_its_first_frame_before_torch_loads(tmp_path, c
 
 def test_the_clip_input_side_comes_from_the_card_alone(card):
     from locomad_cli.card import load_card
-    from locomad_cli.clip import input_side, load_clip
+    from locomad_cli.features.clip import input_side, load_clip
 
     assert input_side(card) == load_clip(card, load_weights=False).decode_short_side == 32
     assert input_side(load_card("demo")) == 64
@@ -130,14 +130,14 @@ def test_a_film_planned_at_a_wrong_size_is_planned_again(tmp_path, card, monkeyp
     again at the built encoder's size: the features do not change."""
     import torch
 
-    from locomad_cli import features
+    from locomad_cli.features import extract
 
     film = make_video(tmp_path / "film.mp4", duration=2.0)
     kw = dict(device="cpu", chunk_frames=4)
-    right = features.extract_features([film], card, out_dir=tmp_path / "a", **kw)
-    monkeypatch.setattr(features, "input_side", lambda card: guess)
-    again = features.extract_features([film], card, out_dir=tmp_path / "b", **kw)
-    a, _ = features.load_features(right[0].output)
-    b, meta = features.load_features(again[0].output)
-    assert meta["decode_size"] == features.load_features(right[0].output)[1]["decode_size"]
+    right = extract.extract_features([film], card, out_dir=tmp_path / "a", **kw)
+    monkeypatch.setattr(extract, "input_side", lambda card: guess)
+    again = extract.extract_features([film], card, out_dir=tmp_path / "b", **kw)
+    a, _ = extract.load_features(right[0].output)
+    b, meta = extract.load_features(again[0].output)
+    assert meta["decode_size"] == extract.load_features(right[0].output)[1]["decode_size"]
     assert torch.equal(a, b)

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from locomad_cli.subtitles import (
+from locomad_cli.tracks.readers import (
     Cue,
     clean_text,
     decode_text,
@@ -98,7 +98,7 @@ def test_malformed_blocks_are_skipped_with_file_line(tmp_path, caplog):
     )
     path = tmp_path / "bad.srt"
     path.write_text(text, encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="locomad_cli.subtitles"):
+    with caplog.at_level(logging.WARNING, logger="locomad_cli.tracks.readers"):
         cues = read_cues(path)
     assert _triples(cues) == [
         (1.0, 2.0, "one"),
@@ -119,7 +119,7 @@ def test_vtt_malformed_block_skipped(tmp_path, caplog):
         "WEBVTT\n\n00:01.000 --> 00:02.000\na\n\n00:03.000 --> 00:0x.000\nb\n\n"
         "00:04.000 --> 00:05.000\nc\n"
     )
-    with caplog.at_level(logging.WARNING, logger="locomad_cli.subtitles"):
+    with caplog.at_level(logging.WARNING, logger="locomad_cli.tracks.readers"):
         assert [c.text for c in read_cues(path)] == ["a", "c"]
     assert f"{path}:6: skipped" in caplog.text
 

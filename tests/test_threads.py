@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from locomad_cli.cli import app
-from locomad_cli.clip import ClipEncoder
+from locomad_cli.features.clip import ClipEncoder
 from locomad_cli.model.checkpoint import save_model
 from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.threads import (

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from test_data_fixtures import simple_films, write_film_folder, write_splits
 
 from locomad_cli.card import tiny_card
-from locomad_cli.train import (
+from locomad_cli.train.loop import (
     StepBatches,
     TrainConfig,
     WarmupCosine,
@@ -26,7 +26,7 @@ from locomad_cli.train import (
     param_groups,
     train,
 )
-from locomad_cli.train_state import PICKLE_SUFFIXES as PICKLED
+from locomad_cli.train.state import PICKLE_SUFFIXES as PICKLED
 from locomad_cli.utils import LocomadError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -274,7 +274,7 @@ def test_stage2_resumed_equals_uninterrupted(films, tmp_path, one_thread):
 def test_rename_names_trains_on_freshly_named_characters(tmp_path, one_thread, monkeypatch):
     """--rename-names: what the model is trained on names characters from the pool, drawn
     afresh step by step, never the film's own cast; a bad names file stops before anything."""
-    from locomad_cli.train import StageModule
+    from locomad_cli.train.loop import StageModule
 
     cast = {"film0": ("Tom", "Mira"), "film1": ("Omar", "Lena")}
     films = {
@@ -369,7 +369,7 @@ def test_two_processes_follow_the_single_process_loss_curve(films, tmp_path, one
     script = tmp_path / "run_train.py"
     script.write_text(
         "import json, sys\n"
-        "from locomad_cli.train import TrainConfig, train\n"
+        "from locomad_cli.train.loop import TrainConfig, train\n"
         "r = train(TrainConfig(**json.loads(sys.argv[1])))\n"
         "if r.history:\n"
         "    json.dump(r.history, open(sys.argv[2], 'w'))\n"

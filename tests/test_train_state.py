@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from locomad_cli.train import WarmupCosine
-from locomad_cli.train_state import (
+from locomad_cli.train.loop import WarmupCosine
+from locomad_cli.train.state import (
     load_optimizer_state,
     optimizer_state,
     read_state,

@@ -1,4 +1,4 @@
-"""Probing and exact-timestamp decoding (locomad_cli/video.py)."""
+"""Probing and exact-timestamp decoding (locomad_cli/features/video.py)."""
 
 import math
 import subprocess
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from media import make_audio_only, make_video
 
-from locomad_cli.utils import LocomadError
-from locomad_cli.video import (
+from locomad_cli.features.video import (
     VideoInfo,
     decode_size,
     frame_count,
@@ -19,6 +18,7 @@ from locomad_cli.video import (
     sample_indices,
     source_fingerprint,
 )
+from locomad_cli.utils import LocomadError
 
 FLAT_STEP = 255 / 219 * 2
 """RGB step between frames of an index video (luma 16 + 2·N, limited range → full range)."""

@@ -20,9 +20,9 @@ from media import make_video
 from typer.testing import CliRunner
 
 from locomad_cli.cli import app
-from locomad_cli.tts import SpeechCache, make_engine
 from locomad_cli.utils import LocomadError
-from locomad_cli.voice import VoiceOptions, fit_description, speakable_window
+from locomad_cli.voice.fit import VoiceOptions, fit_description, speakable_window
+from locomad_cli.voice.tts import SpeechCache, make_engine
 
 runner = CliRunner()
 TEXT = "A woman in an orange jacket walks slowly into the kitchen."
@@ -115,7 +115,7 @@ def test_slots_are_kept_off_dialogue():
 def test_dialogue_includes_the_speech_describe_planned_around(tmp_path):
     """No subtitles, but describe's VAD found speech that bounds a slot (`why`): voice keeps
     off it too."""
-    from locomad_cli.voice import dialogue_of
+    from locomad_cli.voice.fit import dialogue_of
 
     speech = {"kind": "speech", "start": 4.2, "end": 6.0, "ref": "speech 1"}
     track = {"slots": [{"start": 1.0, "end": 4.5, "text": "x", "why": {"before": [speech]}}]}
@@ -133,7 +133,7 @@ def test_options_are_checked():
     ]:
         with pytest.raises(LocomadError, match=match):
             _opts(**kw).check()
-    from locomad_cli.mix import MixOptions
+    from locomad_cli.voice.mix import MixOptions
 
     for kw, match in [
         ({"container": "avi"}, "unknown --container 'avi'"),

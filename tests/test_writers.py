@@ -12,9 +12,9 @@ import pytest
 import webvtt
 from media import make_video
 
-from locomad_cli.subtitles import read_cues
+from locomad_cli.tracks.readers import read_cues
+from locomad_cli.tracks.writers import format_timestamp, get_writer, parse_formats
 from locomad_cli.utils import LocomadError
-from locomad_cli.writers import format_timestamp, get_writer, parse_formats
 
 TRACK = {
     "film": "test film",

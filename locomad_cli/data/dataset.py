@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from locomad_cli.data.records import ClipRecord, ContextItem
-from locomad_cli.subtitles import belongs, dialogue_windows
+from locomad_cli.tracks.readers import belongs, dialogue_windows
 from locomad_cli.utils import LocomadError, check_seconds
 
 SPLITS = ("train", "val", "test")

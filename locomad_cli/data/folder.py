@@ -39,7 +39,7 @@ def film_files(folder: Path) -> dict[str, Path]:
 
 def _read_cues(path: Path) -> list[tuple[float, float, str, str]]:
     """(start, end, text, where) from an SRT/VTT file."""
-    from locomad_cli.subtitles import read_cues
+    from locomad_cli.tracks.readers import read_cues
 
     cues = read_cues(path)
     return [

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from locomad_cli.card import ModelCard
-from locomad_cli.clip import weights_id
+from locomad_cli.features.clip import weights_id
 from locomad_cli.utils import LocomadError, atomic_path
 
 Encoder = Callable[[list[str]], torch.Tensor]
@@ -55,7 +55,7 @@ def _read_cache(path: Path) -> tuple[dict[bytes, int], torch.Tensor | None]:
 
 
 def _default_encoder(card: ModelCard) -> Encoder:
-    from locomad_cli.clip import load_clip
+    from locomad_cli.features.clip import load_clip
     from locomad_cli.utils import resolve_device
 
     # 264K MAD descriptions through ViT-L/14's text tower: on the GPU when there is one

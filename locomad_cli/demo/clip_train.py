@@ -4,7 +4,7 @@ Why train it: at random init the text tower's features bear no relation to the f
 the DSM's context-clip contrast (CLIP text of earlier descriptions against the clip's frame
 features) has nothing to find; `docs/demo.md` gives the retrieval figures before and after.
 
-Frames come through exactly the extraction path (locomad_cli.video decoding at the card's FPS,
+Frames come through exactly the extraction path (features/video.py decoding at the card's FPS,
 `ClipEncoder.preprocess`), paired with the slot's look-only caption ("The woman in the red
 dress picks up the blue cup.") or, a fifth of the time, its reference AD with the names, so
 the text tower learns that names carry no visual meaning.
@@ -52,7 +52,7 @@ class SlotFrames:
 
 def load_slots(root: str | Path, split: str, card: ModelCard, short_side: int) -> list[SlotFrames]:
     """Every AD slot of a split with its decoded frames (at the card's FPS)."""
-    from locomad_cli.video import iter_chunks, plan_frames, probe
+    from locomad_cli.features.video import iter_chunks, plan_frames, probe
 
     out: list[SlotFrames] = []
     for world_path in sorted((Path(root) / split).glob("*.world.json")):
@@ -132,7 +132,7 @@ def train_clip(
     safetensors; returns validation caption→frame R@1 before and after."""
     from safetensors.torch import save_file
 
-    from locomad_cli.clip import load_clip
+    from locomad_cli.features.clip import load_clip
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@
 Per film NAME in `train/`, `val/` and `test/`: NAME.mp4 (H.264), NAME.srt (dialogue),
 NAME.ad.srt (reference AD, one cue per AD slot), NAME.world.json (the script: cast, looks,
 slots with their look-only captions, for CLIP training and name scoring) and, unless skipped,
-NAME.features.safetensors from `locomad_cli.features` with the demo card's CLIP.
+NAME.features.safetensors from `locomad_cli.features.extract` with the demo card's CLIP.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def extract_demo_features(
     """Frame features for every MP4 under root/{train,val,test} with `card`'s CLIP (skips
     films already done unless `overwrite`); returns how many films have features."""
     from locomad_cli.card import load_card
-    from locomad_cli.features import extract_features
+    from locomad_cli.features.extract import extract_features
 
     model_card = load_card(card)
     videos = sorted(p for s in SPLITS for p in (Path(root) / s).glob("*.mp4"))

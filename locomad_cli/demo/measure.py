@@ -30,7 +30,7 @@ import torch
 from locomad_cli.data.records import ClipRecord, ContextItem, collate
 from locomad_cli.demo.attributes import score_films
 from locomad_cli.model.decoder import VisualHook
-from locomad_cli.subtitles import Cue, slot_dialogue
+from locomad_cli.tracks.readers import Cue, slot_dialogue
 from locomad_cli.utils import LocomadError
 
 SETTINGS = ("oracle", "oracle-last-k", "recurrent", "recurrent-last-k", "local", "stage1")
@@ -56,7 +56,7 @@ class DemoFilm:
 
 def load_films(root: str | Path, split: str = "test") -> list[DemoFilm]:
     """The films of a split with features (see `locomad demo make-data`)."""
-    from locomad_cli.features import load_features
+    from locomad_cli.features.extract import load_features
 
     films = []
     for world_path in sorted((Path(root) / split).glob("*.world.json")):
@@ -87,7 +87,7 @@ def describe_film(
     order, with records built as `locomad describe` builds them. `visual`, when given, is
     called with (slot index, projected visual prompt) and returns what the LLM sees instead
     (the probe's zeroed and shuffled ablations)."""
-    from locomad_cli.describe import slot_frames
+    from locomad_cli.describe.film import slot_frames
 
     card = model.card
     oracle = setting.startswith("oracle")
@@ -169,7 +169,7 @@ def measure(
     """CIDEr, per-attribute accuracy (attributes.py) and the repeat rate of `model` on the
     demo films of `split`, per setting."""
     if encode_text is None:
-        from locomad_cli.clip import load_clip
+        from locomad_cli.features.clip import load_clip
 
         encode_text = load_clip(model.card).encode_text
     films = films if films is not None else load_films(root, split)
@@ -186,7 +186,7 @@ def measure(
 
 def score(films: list[DemoFilm], per_film: list[list[str]], refs: list[str]) -> dict[str, float]:
     """CIDEr and the attribute scores of one setting's predictions."""
-    from locomad_cli.metrics import Unavailable, coco_scores
+    from locomad_cli.evaluate.metrics import Unavailable, coco_scores
 
     preds = [p for ps in per_film for p in ps]
     cider = coco_scores([p or "<empty>" for p in preds], refs, metrics=("cider",))["CIDEr"]

@@ -3,7 +3,7 @@
 1. render the demo films (`make_data`, no features yet);
 2. train both tokenizers on the training films' text;
 3. train the card's small CLIP on training frames (open_clip's contrastive loss);
-4. extract frame features for every film with that CLIP (`locomad_cli.features`);
+4. extract frame features for every film with that CLIP (`locomad_cli.features.extract`);
 5. `locomad train --stage 1` (PME) then `--stage 2` (DSM + OPT), the same `train()` users run;
 6. copy the final stage-2 model into the weights folder and measure it on held-out films.
 
@@ -108,7 +108,7 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
         write_names,
     )
     from locomad_cli.demo.tokenizers import make_tokenizers
-    from locomad_cli.train import TrainConfig, train
+    from locomad_cli.train.loop import TrainConfig, train
 
     torch.set_num_threads(cfg.threads)
     work, weights = Path(cfg.work), Path(cfg.weights)
@@ -227,11 +227,11 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
             shutil.rmtree(target)
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
     # what the films it knows look like, so describe can warn about other footage
-    from locomad_cli import domain
-    from locomad_cli.video import probe
+    from locomad_cli.features import familiar
+    from locomad_cli.features.video import probe
 
     train_films = sorted((data / "train").glob("*.mp4"))[:16]
-    domain.save(domain.fit([(v, probe(v).duration) for v in train_films]), weights)
+    familiar.save(familiar.fit([(v, probe(v).duration) for v in train_films]), weights)
     result: dict = {
         "clip": clip,
         "stage1_step": s1.step,

@@ -115,7 +115,7 @@ def slot_sequences(model, film: DemoFilm) -> dict[str, tuple[torch.Tensor, torch
     the Lq prompt tokens. What a reader of order and of every token can use, where
     `slot_vectors` keeps one vector."""
     from locomad_cli.data.records import ClipRecord, collate
-    from locomad_cli.describe import slot_frames
+    from locomad_cli.describe.film import slot_frames
 
     card = model.card
     records = [
@@ -273,7 +273,7 @@ def probe(model, cfg: ProbeConfig, encode_text=None) -> dict[str, dict[str, floa
     if not cfg.model_settings:
         return out
     if encode_text is None:
-        from locomad_cli.clip import load_clip
+        from locomad_cli.features.clip import load_clip
 
         encode_text = load_clip(model.card).encode_text
     refs = [t for f in held for _, _, t in f.slots]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from locomad_cli.subtitles import Cue, read_timed
+from locomad_cli.tracks.readers import Cue, read_timed
 from locomad_cli.utils import MAX_SECONDS, LocomadError
 
 log = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ def listen(
     """(audio.Speech or None, vad status) for `--vad auto|on|off`. A film without audio, or
     whose audio cannot be decoded, falls back to the subtitles with one warning line (`auto`);
     `on` refuses instead, and so does `auto` when there are no subtitles to fall back on."""
-    from locomad_cli.audio import AudioError, audio_streams, detect_speech
+    from locomad_cli.slots.speech import AudioError, audio_streams, detect_speech
 
     if vad not in VAD_CHOICES:
         raise LocomadError(f"unknown --vad '{vad}' (choose {', '.join(VAD_CHOICES)})")
@@ -399,7 +399,7 @@ def _say(progress: bool, what: str, video: Path):
 def find_cuts(video: Path | None, shots: str, out_dir: Path, progress: bool = False) -> Any:
     """shots.Shots for `--shots on` (None when off or when the film cannot be read for it,
     with one warning line: slots are then only not cut at shot changes)."""
-    from locomad_cli.shots import detect_cuts
+    from locomad_cli.slots.shots import detect_cuts
 
     if shots not in SHOTS_CHOICES:
         raise LocomadError(f"unknown --shots '{shots}' (choose {', '.join(SHOTS_CHOICES)})")

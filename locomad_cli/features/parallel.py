@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from locomad_cli.video import FramePlan, _open_reader, film_keyframes, read_frames
+from locomad_cli.features.video import FramePlan, _open_reader, film_keyframes, read_frames
 
 SPANS_PER_DECODER = 4
 """Spans handed to each reader, on average: enough that readers finishing early take more (the

@@ -1,4 +1,4 @@
-"""The demo model warns once when the footage is not the demo world (domain.py)."""
+"""The demo model warns once when the footage is not the demo world (familiar.py)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,29 @@ import sys
 from demo_films import demo_films
 from media import make_video
 
-from locomad_cli import domain
 from locomad_cli.card import MODELS_DIR
+from locomad_cli.features import familiar
 
 REPO = MODELS_DIR.parent
 
 
 def test_colour_statistics_tell_demo_films_from_other_pictures(tmp_path):
     films = demo_films()
-    stats = domain.fit([(f.mp4, f.duration) for f in films])
+    stats = familiar.fit([(f.mp4, f.duration) for f in films])
     assert stats.films == 2 and 0 < stats.threshold < 1
     for f in films:
-        hist = domain.colour_histogram(f.mp4, f.duration)
+        hist = familiar.colour_histogram(f.mp4, f.duration)
         assert stats.distance(hist) <= stats.threshold
     other = make_video(tmp_path / "pattern.mp4", duration=6.0)
-    assert stats.distance(domain.colour_histogram(other, 6.0)) > 1.5 * stats.threshold
+    assert stats.distance(familiar.colour_histogram(other, 6.0)) > 1.5 * stats.threshold
     # round trip beside the weights; a model without the file is never checked
-    domain.save(stats, tmp_path)
-    assert domain.load(tmp_path) == stats
-    assert domain.load(tmp_path / "none") is None
-    assert domain.unfamiliar(other, 6.0, None, "demo") is None
-    line = domain.unfamiliar(other, 6.0, stats, "demo")
+    familiar.save(stats, tmp_path)
+    assert familiar.load(tmp_path) == stats
+    assert familiar.load(tmp_path / "none") is None
+    assert familiar.unfamiliar(other, 6.0, None, "demo") is None
+    line = familiar.unfamiliar(other, 6.0, stats, "demo")
     assert line and "demo world" in line and "\n" not in line
-    assert domain.unfamiliar(films[0].mp4, films[0].duration, stats, "demo") is None
+    assert familiar.unfamiliar(films[0].mp4, films[0].duration, stats, "demo") is None
 
 
 def _describe(video, tmp_path) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def _describe(video, tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_shipped_demo_model_warns_once_on_other_footage_only(tmp_path):
-    assert (REPO / "weights" / "demo" / domain.STATS_FILE).is_file()
+    assert (REPO / "weights" / "demo" / familiar.STATS_FILE).is_file()
     other = _describe(make_video(tmp_path / "pattern.mp4", duration=10.0), tmp_path)
     assert other.returncode == 0, other.stderr
     warnings = [ln for ln in other.stderr.splitlines() if "looks unlike" in ln]

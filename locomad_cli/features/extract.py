@@ -6,7 +6,7 @@ is what is on screen at i / fps seconds (see video.py). While a film runs, finis
 finished chunk; the final file appears in one rename, and the partial folder goes.
 
 Decoding runs in background threads, one decord reader per core over spans of the film
-(decode.py), feeding a small bounded queue: decoding overlaps encoding, and at most a few chunks
+(parallel.py), feeding a small bounded queue: decoding overlaps encoding, and at most a few chunks
 of frames are ever in memory.
 """
 
@@ -25,9 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from locomad_cli import decode
 from locomad_cli.card import ModelCard
-from locomad_cli.clip import ClipEncoder, input_side, load_clip, weights_id
+from locomad_cli.features import parallel
+from locomad_cli.features.clip import ClipEncoder, input_side, load_clip, weights_id
+from locomad_cli.features.video import (
+    FramePlan,
+    VideoInfo,
+    plan_frames,
+    probe,
+    source_fingerprint,
+)
 from locomad_cli.films import rank_and_world, share
 from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
@@ -38,13 +45,6 @@ from locomad_cli.utils import (
     resolve_device,
     resolve_dtype,
     write_errors,
-)
-from locomad_cli.video import (
-    FramePlan,
-    VideoInfo,
-    plan_frames,
-    probe,
-    source_fingerprint,
 )
 
 if TYPE_CHECKING:  # imported where used: films are read and checked before torch loads
@@ -257,11 +257,11 @@ def extract_film(
     if on_progress is not None:
         on_progress(progress_done, plan.frames)
     if len(done) < n_chunks:
-        # Pieces come from several readers in any order (decode.py): a chunk is written when
+        # Pieces come from several readers in any order (parallel.py): a chunk is written when
         # all its frames are encoded.
         pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        pieces = decode.decode_pieces(
-            plan, chunk_frames, done, piece_frames=max(batch_size, decode.PIECE_FRAMES)
+        pieces = parallel.decode_pieces(
+            plan, chunk_frames, done, piece_frames=max(batch_size, parallel.PIECE_FRAMES)
         )
         try:
             with contextlib.closing(pieces):

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
-from locomad_cli.slots import Slot, plan_film, slots_from_times
-from locomad_cli.subtitles import Cue, read_cues, read_text, read_timed, slot_dialogue
+from locomad_cli.slots.plan import Slot, plan_film, slots_from_times
 from locomad_cli.threads import torch_threads
+from locomad_cli.tracks.readers import Cue, read_cues, read_text, read_timed, slot_dialogue
+from locomad_cli.tracks.writers import get_writer, parse_formats
 from locomad_cli.utils import (
     LocomadError,
     atomic_open,
@@ -39,7 +40,6 @@ from locomad_cli.utils import (
     resolve_device,
     write_errors,
 )
-from locomad_cli.writers import get_writer, parse_formats
 
 if TYPE_CHECKING:
     import torch
@@ -137,7 +137,7 @@ def _film_duration(video: Path, meta: dict[str, Any] | None, features: torch.Ten
     elif meta is not None and features is not None and meta.get("fps"):
         duration = features.shape[0] / float(meta["fps"])
     else:
-        from locomad_cli.video import probe
+        from locomad_cli.features.video import probe
 
         duration = probe(video).duration
     if not math.isfinite(duration) or duration <= 0:
@@ -149,7 +149,7 @@ def _film_duration(video: Path, meta: dict[str, Any] | None, features: torch.Ten
 def _check_same_film(path: Path, meta: dict[str, Any], video: Path) -> None:
     """Features of another film are refused: their size and first-MiB hash (written by
     extract-features) must be the video's; files without them are checked by duration."""
-    from locomad_cli.video import probe, source_fingerprint
+    from locomad_cli.features.video import probe, source_fingerprint
 
     if not video.is_file():
         return  # features alone (no video at hand): nothing to compare with
@@ -176,7 +176,7 @@ def _check_same_film(path: Path, meta: dict[str, Any], video: Path) -> None:
 def _check_features(
     path: Path, meta: dict[str, Any], card: ModelCard, features: torch.Tensor | None = None
 ) -> None:
-    from locomad_cli.clip import weights_id
+    from locomad_cli.features.clip import weights_id
 
     if features is not None:
         if features.ndim != 2 or features.shape[0] == 0:
@@ -410,7 +410,7 @@ class Models:
 
     def clip(self, card: ModelCard, device: str, dtype: torch.dtype):
         """The card's CLIP on `device` in `dtype`, loaded on first use."""
-        from locomad_cli.clip import load_clip
+        from locomad_cli.features.clip import load_clip
 
         key = (device, str(dtype))
         if key not in self.clips:
@@ -472,7 +472,7 @@ def describe(
 
     features = meta = None
     if opts.features:
-        from locomad_cli.features import load_features
+        from locomad_cli.features.extract import load_features
 
         features, meta = load_features(opts.features)
         _check_features(Path(opts.features), meta, card, features)
@@ -513,7 +513,7 @@ def describe(
         if encode_text is None:
             import torch
 
-            from locomad_cli.clip import load_clip
+            from locomad_cli.features.clip import load_clip
 
             with _loading(models):
                 clip = models.clip if models is not None else load_clip
@@ -569,11 +569,11 @@ def describe(
 
 
 def _warn_unfamiliar(card: ModelCard, video: Path, duration: float) -> None:
-    """One warning line when the film looks unlike the model's training films (domain.py;
+    """One warning line when the film looks unlike the model's training films (familiar.py;
     only models that ship their training films' statistics, like the demo's)."""
-    from locomad_cli import domain
+    from locomad_cli.features import familiar
 
-    message = domain.unfamiliar(video, duration, domain.load(card.weights_path()), card.name)
+    message = familiar.unfamiliar(video, duration, familiar.load(card.weights_path()), card.name)
     if message:
         log.warning("%s", message)
 
@@ -583,7 +583,7 @@ def _warn_mismatches(
 ) -> None:
     """One warning line each for inputs that look like they belong to another film or are
     the wrong file: they are not errors (a film may be cut), but they are usually mistakes."""
-    from locomad_cli.writers import format_timestamp
+    from locomad_cli.tracks.writers import format_timestamp
 
     if subtitles:
         last = max(c.end for c in subtitles)
@@ -627,8 +627,8 @@ def _features_for(
 ):
     """The film's cached features (beside the video or in the output folder), extracted
     through `extract-features` when there are none yet (with the CLIP `models` keeps)."""
-    from locomad_cli.clip import load_clip
-    from locomad_cli.features import extract_features, load_features, output_path
+    from locomad_cli.features.clip import load_clip
+    from locomad_cli.features.extract import extract_features, load_features, output_path
 
     beside = output_path(video)
     target_dir = None if beside.is_file() else out_dir
@@ -652,7 +652,7 @@ def _film_source(video: Path, meta: dict[str, Any] | None) -> dict[str, str] | N
     that `locomad voice` can refuse a track written for another film."""
     keys = ("source_name", "source_size", "source_sha256_1mib")
     if video.is_file():
-        from locomad_cli.video import source_fingerprint
+        from locomad_cli.features.video import source_fingerprint
 
         fp = source_fingerprint(video)
         return {k: fp[k] for k in keys}

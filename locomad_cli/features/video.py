@@ -158,7 +158,7 @@ class FramePlan:
     container's whole index again)."""
     keyframes: np.ndarray | None = field(default=None, repr=False, compare=False)
     """decord's keyframe positions (its own numbering, as its seeks use them): where a decoder
-    may start (locomad_cli/decode.py)."""
+    may start (locomad_cli/features/parallel.py)."""
 
     @property
     def frames(self) -> int:

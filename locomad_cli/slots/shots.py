@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from locomad_cli.features.video import source_fingerprint
 from locomad_cli.utils import LocomadError, atomic_open
-from locomad_cli.video import source_fingerprint
 
 FORMAT = "locomad-shots-1"
 SUFFIX = ".shots.json"

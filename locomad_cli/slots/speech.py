@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from locomad_cli.features.video import source_fingerprint
 from locomad_cli.utils import LocomadError, atomic_open, atomic_path
-from locomad_cli.video import source_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from locomad_cli.card import ModelCard, load_card
-from locomad_cli.describe import (
+from locomad_cli.describe.film import (
     DescribeOptions,
     Models,
     check_options,
@@ -37,8 +37,8 @@ from locomad_cli.describe import (
     describe,
 )
 from locomad_cli.films import beside, expand_films, rank_and_world, share
+from locomad_cli.tracks.writers import parse_formats
 from locomad_cli.utils import LocomadError
-from locomad_cli.writers import parse_formats
 
 SUBTITLES = (".srt", ".vtt")
 AD_TIMES = (".ad-times.srt", ".ad-times.vtt", ".ad-times.csv", ".ad-times.json")
@@ -216,7 +216,7 @@ def _bind(
 
 def _voice(video: Path, opts: DescribeOptions, outcome: FilmOutcome) -> str:
     """`locomad voice` with its defaults on the track just written (same folder, same -f)."""
-    from locomad_cli.voice import VoiceOptions, voice
+    from locomad_cli.voice.fit import VoiceOptions, voice
 
     out = Path(opts.output_dir) if opts.output_dir else video.parent
     vopts = VoiceOptions(

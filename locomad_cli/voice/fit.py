@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from locomad_cli import __version__
-from locomad_cli.mix import (
+from locomad_cli.tracks.writers import get_writer, parse_formats
+from locomad_cli.utils import LocomadError, atomic_path, check_writable_dir
+from locomad_cli.voice.mix import (
     MixOptions,
     Pause,
     PlacedCue,
@@ -53,9 +55,7 @@ from locomad_cli.mix import (
     write_envelope,
     write_stem,
 )
-from locomad_cli.tts import NoSpeech, Speech, SpeechCache, make_engine
-from locomad_cli.utils import LocomadError, atomic_path, check_writable_dir
-from locomad_cli.writers import get_writer, parse_formats
+from locomad_cli.voice.tts import NoSpeech, Speech, SpeechCache, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def load_track(path: str | Path, video: Path, duration: float) -> dict[str, Any]
         raise LocomadError(f"--ad {path}: damaged track (slots without start, end and text)")
     src = track.get("film_source") or {}
     if src.get("source_sha256_1mib") and src.get("source_size"):
-        from locomad_cli.video import source_fingerprint
+        from locomad_cli.features.video import source_fingerprint
 
         mine = source_fingerprint(video)
         if mine["source_sha256_1mib"] != src["source_sha256_1mib"] or int(
@@ -176,8 +176,8 @@ def dialogue_of(
     for as written, then beside the track), and the speech and subtitle intervals that bound
     describe's proposed slots (`why.after`/`why.before`: speech the soundtrack holds, found by
     its VAD, even with no subtitles at all). None known: said once."""
-    from locomad_cli.slots import dialogue_spans
-    from locomad_cli.subtitles import Cue, read_cues
+    from locomad_cli.slots.plan import dialogue_spans
+    from locomad_cli.tracks.readers import Cue, read_cues
 
     path = None
     if opts.subs:
@@ -333,7 +333,7 @@ def voice(
     """Voice, mix and deliver one film's AD track; returns the voiced track and the files
     written. `track` replaces reading `opts.ad` (describe --voice passes its own). Every
     input is checked before anything is synthesized or written."""
-    from locomad_cli.video import probe
+    from locomad_cli.features.video import probe
 
     video = Path(video)
     opts.check()
@@ -481,7 +481,7 @@ def _progress(opts: VoiceOptions, total: int):
 
 
 def _hms(t: float) -> str:
-    from locomad_cli.writers import format_timestamp
+    from locomad_cli.tracks.writers import format_timestamp
 
     return format_timestamp(t)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from locomad_cli import __version__
-from locomad_cli.metrics import (
+from locomad_cli.evaluate.metrics import (
     ALL_METRICS,
     COCO_METRICS,
     PairScore,
@@ -27,8 +27,8 @@ from locomad_cli.metrics import (
     pairwise_similarity,
     recall_hits,
 )
-from locomad_cli.subtitles import Cue, read_timed
 from locomad_cli.threads import torch_threads
+from locomad_cli.tracks.readers import Cue, read_timed
 from locomad_cli.utils import LocomadError, atomic_open, parse_choice_list
 
 

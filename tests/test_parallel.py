@@ -1,4 +1,4 @@
-"""Parallel decoding (locomad_cli/decode.py): the same frames as the sequential reader."""
+"""Parallel decoding (locomad_cli/features/parallel.py): the sequential reader's frames."""
 
 import subprocess
 from pathlib import Path
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from locomad_cli import decode
 from locomad_cli.card import tiny_card
-from locomad_cli.decode import decode_pieces, plan_spans, seek_points
-from locomad_cli.features import extract_features, load_features, partial_dir
+from locomad_cli.features import parallel
+from locomad_cli.features.extract import extract_features, load_features, partial_dir
+from locomad_cli.features.parallel import decode_pieces, plan_spans, seek_points
+from locomad_cli.features.video import film_keyframes, iter_chunks, plan_frames, probe
 from locomad_cli.utils import LocomadError
-from locomad_cli.video import film_keyframes, iter_chunks, plan_frames, probe
 
 VFR = "select='not(eq(mod(n\\,3)\\,2))*not(between(t\\,1.0\\,1.5))'"
 
@@ -93,10 +93,10 @@ def test_parallel_frames_are_the_sequential_frames(films, name, readers, chunk, 
 def test_pieces_split_chunks_but_never_on_a_repeat():
     idx = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
     # cuts at 3, 7 and 11 would each start on a repeat: moved on by one
-    assert list(decode._pieces((0, 12), 12, 3, idx)) == [(0, 0, 4), (0, 4, 8), (0, 8, 12)]
-    parts = list(decode._pieces((1, 12), 7, 3, idx))  # chunk boundaries always cut
+    assert list(parallel._pieces((0, 12), 12, 3, idx)) == [(0, 0, 4), (0, 4, 8), (0, 8, 12)]
+    parts = list(parallel._pieces((1, 12), 7, 3, idx))  # chunk boundaries always cut
     assert parts == [(0, 1, 4), (0, 4, 7), (1, 7, 10), (1, 10, 12)]
-    assert list(decode._pieces((0, 5), 250, 64, np.arange(5))) == [(0, 0, 5)]
+    assert list(parallel._pieces((0, 5), 250, 64, np.arange(5))) == [(0, 0, 5)]
 
 
 def test_uneven_segments(films):
@@ -149,7 +149,7 @@ def test_features_of_parallel_and_sequential_decoding(films, tmp_path, monkeypat
     card = tiny_card()
     feats = {}
     for readers in (1, 3):
-        monkeypatch.setattr(decode, "default_decoders", lambda readers=readers: (readers, 1))
+        monkeypatch.setattr(parallel, "default_decoders", lambda readers=readers: (readers, 1))
         out = tmp_path / str(readers)
         extract_features([films["uneven"]], card, out_dir=out, device="cpu", chunk_frames=8)
         feats[readers] = load_features(out / "uneven.features.safetensors")[0]
@@ -163,7 +163,7 @@ class Crash(Exception):
 
 
 def test_resume_with_parallel_readers(films, tmp_path, monkeypatch):
-    monkeypatch.setattr(decode, "default_decoders", lambda: (3, 1))
+    monkeypatch.setattr(parallel, "default_decoders", lambda: (3, 1))
     card, film = tiny_card(), films["uneven"]
     written = []
 
@@ -193,10 +193,10 @@ def test_resume_with_parallel_readers(films, tmp_path, monkeypatch):
 
 
 def test_a_resumed_run_decodes_only_the_missing_chunks(films, tmp_path, monkeypatch):
-    from locomad_cli.clip import load_clip
+    from locomad_cli.features.clip import load_clip
 
     events = []
-    real = decode.decode_pieces
+    real = parallel.decode_pieces
 
     def spy(plan, chunk_frames, skip=None, **kw):
         events.append(("decode", sorted(skip or ())))
@@ -206,7 +206,7 @@ def test_a_resumed_run_decodes_only_the_missing_chunks(films, tmp_path, monkeypa
         events.append(("load", []))
         return load_clip(card, device, dtype)
 
-    monkeypatch.setattr(decode, "decode_pieces", spy)
+    monkeypatch.setattr(parallel, "decode_pieces", spy)
     card, film = tiny_card(), films["uneven"]
     extract_features([film], card, out_dir=tmp_path, chunk_frames=8, load_encoder=load)
     # after the model: decoding beside its imports and build cost more than it saved on 2

@@ -10,7 +10,7 @@ import pytest
 from demo_films import undecodable_audio
 from media import make_video
 
-from locomad_cli.audio import (
+from locomad_cli.slots.speech import (
     AudioError,
     _ffmpeg_cmd,
     _load_vad,

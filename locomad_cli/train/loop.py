@@ -36,8 +36,8 @@ from locomad_cli.data import load_split
 from locomad_cli.data.dataset import ClipDataset, report_problems
 from locomad_cli.data.records import collate
 from locomad_cli.data.rename import Renamer, read_names
-from locomad_cli.train_state import FORMAT as TRAIN_STATE_FORMAT
-from locomad_cli.train_state import (
+from locomad_cli.train.state import FORMAT as TRAIN_STATE_FORMAT
+from locomad_cli.train.state import (
     load_optimizer_state,
     optimizer_state,
     read_state,
@@ -393,7 +393,7 @@ def _validate(cfg, accelerator, wrapped, model, val: ClipDataset, card, step) ->
         total = sum(c for _, (c, _) in results)
         keys = results[0][1][1].keys()
         return {f"val/{k}": sum(c * d[k] for _, (c, d) in results) / total for k in keys}
-    from locomad_cli.metrics import Unavailable, coco_scores
+    from locomad_cli.evaluate.metrics import Unavailable, coco_scores
 
     preds = dict(results)
     order = sorted(preds)

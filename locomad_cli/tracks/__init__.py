@@ -1,0 +1,5 @@
+"""Tracks: timed text in and out.
+
+Reading subtitles and timed AD files (SRT, WebVTT, CSV, JSON) into cues (`readers`), and
+writing an AD track as SRT, WebVTT, JSON and DAPT (`writers`).
+"""
