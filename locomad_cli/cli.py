@@ -9,6 +9,7 @@ stderr. Nothing here holds logic that tests cannot reach directly.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -619,7 +620,10 @@ def describe_cmd(
             from locomad_cli.voice.tts import make_engine
 
             make_engine()
-        outcomes = describe_films(videos, opts, described, done, then_voice=then_voice)
+            from locomad_cli.voice.fit import voice_described
+
+            then = functools.partial(voice_described, formats=opts.formats, progress=opts.progress)
+        outcomes = describe_films(videos, opts, described, done, then if then_voice else None)
     except LocomadError as e:
         fail(str(e))
     _end_of_films(outcomes)

@@ -1,7 +1,8 @@
 """`locomad describe` over several films: one model start-up, each film's files found beside
 it, a bad film reported while the others go on, and films shared among the processes of
-`accelerate launch` (describe_many.py, films.py)."""
+`accelerate launch` (describe/many.py, films.py)."""
 
+import functools
 import json
 import os
 import socket
@@ -193,6 +194,7 @@ def test_oracle_takes_each_films_reference_from_its_ad_times(tiny, films, tmp_pa
 
 def test_voice_follows_each_films_track(tiny, films, tmp_path, monkeypatch):
     import locomad_cli.voice.fit
+    from locomad_cli.voice.fit import voice_described
 
     heard = []
 
@@ -202,7 +204,8 @@ def test_voice_follows_each_films_track(tiny, films, tmp_path, monkeypatch):
 
     monkeypatch.setattr(locomad_cli.voice.fit, "voice", fake_voice)
     (films / "b.ad-times.srt").write_text(_srt([(1.0, 9.0, "")]))  # b fails: not voiced
-    outcomes = describe_films([films], _opts(tiny, tmp_path / "out"), then_voice=True)
+    then = functools.partial(voice_described, formats="srt,vtt,json", progress=False)
+    outcomes = describe_films([films], _opts(tiny, tmp_path / "out"), then=then)
     assert heard == [("a.mp4", "a.ad.json", "a"), ("c.mp4", "c.ad.json", "c")]
     assert [o.voiced for o in outcomes] == ["voiced a", None, "voiced c"]
 

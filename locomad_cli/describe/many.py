@@ -50,6 +50,9 @@ PER_FILM_FLAGS = {
     "cast": "--cast",
 }
 CAST = (".cast.txt",)
+# what runs on each film's new track (the CLI's --voice): (film, output folder, track) ->
+# (a summary line, the paths it wrote)
+Then = Callable[[Path, Path, dict[str, Any]], tuple[str, list[Path]]]
 
 
 @dataclass
@@ -155,13 +158,14 @@ def describe_films(
     opts: DescribeOptions,
     on_description: Callable[[Path, dict[str, Any]], None] | None = None,
     on_film: Callable[[FilmOutcome], None] | None = None,
-    then_voice: bool = False,
+    then: Then | None = None,
     shared: bool = True,
 ) -> list[FilmOutcome]:
     """Describe every film (this process's share under a launcher, unless `shared=False`)
     with one model; returns one outcome per film, in order, and hands each to `on_film` as
-    soon as it is done. A film's bad input is its outcome's `error`; what would fail every
-    film raises a LocomadError, before any work where it can be told then."""
+    soon as it is done (after `then` on its track, if given). A film's bad input is its
+    outcome's `error`; what would fail every film raises a LocomadError, before any work
+    where it can be told then."""
     films = expand_films(videos)
     beside_films = several(videos)
     if beside_films:
@@ -197,8 +201,10 @@ def describe_films(
                 outcome.track, outcome.paths = describe(
                     video, film_opts, on_description=hook, models=models
                 )
-            if then_voice:
-                outcome.voiced = _voice(video, film_opts, outcome)
+            if then is not None:
+                out = Path(film_opts.output_dir) if film_opts.output_dir else video.parent
+                outcome.voiced, more = then(video, out, outcome.track)
+                outcome.paths += [p for p in more if p not in outcome.paths]
         except LocomadError as e:
             if models.failed or not beside_films:  # one film: its error is the run's
                 raise
@@ -212,19 +218,3 @@ def _bind(
     on_description: Callable[[Path, dict[str, Any]], None], video: Path
 ) -> Callable[[dict[str, Any]], None]:
     return lambda row: on_description(video, row)
-
-
-def _voice(video: Path, opts: DescribeOptions, outcome: FilmOutcome) -> str:
-    """`locomad voice` with its defaults on the track just written (same folder, same -f)."""
-    from locomad_cli.voice.fit import VoiceOptions, voice
-
-    out = Path(opts.output_dir) if opts.output_dir else video.parent
-    vopts = VoiceOptions(
-        ad=str(out / f"{video.stem}.ad.json"),
-        output_dir=str(out),
-        formats=opts.formats,
-        progress=opts.progress,
-    )
-    voiced, more = voice(video, vopts, track=outcome.track)
-    outcome.paths += [p for p in more if p not in outcome.paths]
-    return voiced["voice"]["summary"]

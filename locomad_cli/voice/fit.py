@@ -679,3 +679,18 @@ def summary_line(film: str, m: dict[str, Any]) -> str:
     if integrated is not None:
         line += f"; {integrated:.1f} LUFS"
     return line
+
+
+def voice_described(
+    video: Path, out_dir: Path, track: dict[str, Any], formats: str, progress: bool
+) -> tuple[str, list[Path]]:
+    """`locomad voice` with its defaults on a track `describe` just wrote (same folder, same
+    -f): `describe --voice`. Returns the summary line and the paths written."""
+    vopts = VoiceOptions(
+        ad=str(out_dir / f"{video.stem}.ad.json"),
+        output_dir=str(out_dir),
+        formats=formats,
+        progress=progress,
+    )
+    voiced, paths = voice(video, vopts, track=track)
+    return voiced["voice"]["summary"], paths
