@@ -64,7 +64,10 @@ def slot_labels(film: DemoFilm) -> list[dict[str, object]]:
 def slot_vectors(model, film: DemoFilm) -> dict[str, torch.Tensor]:
     """Per slot, the vector at each probe point: [slots, dim] for frames (the mean of the
     slot's frames), queries and prompt (their Lq tokens side by side)."""
-    seqs = slot_sequences(model, film)
+    return _vectors(slot_sequences(model, film))
+
+
+def _vectors(seqs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     frames, fmask = seqs["frames"]
     mean = (frames * fmask[..., None]).sum(1) / fmask.sum(1, keepdim=True).clamp(min=1)
     return {
@@ -213,8 +216,8 @@ def sequence_probe(
     return result
 
 
-def _sequences(model, films: list[DemoFilm]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    seqs = [slot_sequences(model, f) for f in films]
+def _padded(seqs: list[dict]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The films' sequences at each point, padded to one length and stacked."""
     out = {}
     for point in POINTS:
         length = max(s[point][0].shape[1] for s in seqs)
@@ -227,9 +230,12 @@ def _sequences(model, films: list[DemoFilm]) -> dict[str, tuple[torch.Tensor, to
     return out
 
 
-def _rows(model, films: list[DemoFilm]) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    vecs = [slot_vectors(model, f) for f in films]
+def _rows(model, films: list[DemoFilm]) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
+    """Each film through the visual path once: (padded sequences, vectors, labels)."""
+    seqs = [slot_sequences(model, f) for f in films]
+    vecs = [_vectors(s) for s in seqs]
     return (
+        _padded(seqs),
         {p: torch.cat([v[p] for v in vecs]) for p in POINTS},
         [lab for f in films for lab in slot_labels(f)],
     )
@@ -251,8 +257,8 @@ def probe(model, cfg: ProbeConfig, encode_text=None) -> dict[str, dict[str, floa
     """{'probe/<point>': {attribute: accuracy}, 'model/<visual>': measure's scores}."""
     train = load_films(cfg.root, "train")[: cfg.train_films]
     held = load_films(cfg.root, cfg.split)
-    tr_x, tr_lab = _rows(model, train)
-    te_x, te_lab = _rows(model, held)
+    tr_seq, tr_x, tr_lab = _rows(model, train)
+    te_seq, te_x, te_lab = _rows(model, held)
     out: dict[str, dict[str, float]] = {}
     for point in POINTS:
         out[f"probe/{point}"] = {}
@@ -265,7 +271,6 @@ def probe(model, cfg: ProbeConfig, encode_text=None) -> dict[str, dict[str, floa
                 te_x[point][te],
                 [te_lab[i][attr] for i in te],
             )
-    tr_seq, te_seq = _sequences(model, train), _sequences(model, held)
     tr_y = {a: [lab[a] for lab in tr_lab] for a in PROBED}
     te_y = {a: [lab[a] for lab in te_lab] for a in PROBED}
     for point in POINTS:
