@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_model_helpers import TEXTS, batch_of
+from helpers.batches import TEXTS, batch_of
 
 from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.train.loop import WarmupCosine
@@ -16,6 +16,7 @@ def _model(card):
     return LoCoMAD.from_card(card)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_handful_of_triples(card):
     model = _model(card)
     batch = batch_of(card, 4)
