@@ -18,7 +18,7 @@ from locomad_cli import __version__
 from locomad_cli.features.video import source_fingerprint
 from locomad_cli.tracks.readers import Cue
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "demo" / "demo.mp4"
 # The dialogue of the film's first 40 s, fixed here (not read from demo/demo.srt, which
 # changes whenever the demo is re-rendered): the slots below are placed around these lines.

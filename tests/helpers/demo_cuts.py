@@ -14,7 +14,7 @@ from pathlib import Path
 from helpers.srt import srt_text
 from locomad_cli.tracks.readers import read_cues
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "demo" / "demo.mp4"
 
 
