@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from demo_cuts import cut_demo  # noqa: E402
+from helpers.demo_cuts import cut_demo  # noqa: E402
 
 from locomad_cli.tracks.readers import read_cues  # noqa: E402
 

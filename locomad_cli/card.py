@@ -67,9 +67,9 @@ class PMECard:
     trains with the DSM and Proj_l, as BLIP-2's stage 2 trains its Q-Former)."""
     stage2_dropout: bool = True
     """With train_stage2 all: whether the Q-Former's dropout runs while stage 2 trains it
-    (false: its query path trains in eval mode). Measured on the demo, its 0.1 dropout hid a
-    prop lying in view from the decoder (0.22-0.28 written right with it, 0.44 without;
-    docs/demo.md)."""
+    (false: its query path still trains, in eval mode). Dropout regularises the queries and
+    also blurs small details in them, which a decoder may need (the demo's trial:
+    docs/notes/2026-12-04-demo-visual-read.md)."""
 
 
 @dataclass
@@ -126,10 +126,11 @@ class LLMCard:
     cast. Empty: no rule."""
     copy: bool = False
     """A copy head over the prompt's tokens (pointer-generator, See et al. 2017): each next
-    token is a learnt mix of the LM's softmax and an attention over the prompt's words. Off
-    in every shipped card: pretrained LLMs copy names from their prompt by themselves, and
-    on the demo's random-init OPT it tripled the names right but cost looks (docs/demo.md).
-    Part of the architecture: set it from stage 1 on."""
+    token is a learnt mix of the LM's softmax and an attention over the prompt's words, so
+    a decoder that has not learnt to copy can still write a name its prompt holds. Off in
+    every shipped card: pretrained LLMs copy names from their prompt by themselves (the
+    demo's trial: docs/notes/2026-12-02-demo-copy-head.md). Part of the architecture: set it
+    from stage 1 on."""
 
 
 @dataclass

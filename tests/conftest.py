@@ -21,3 +21,12 @@ def one_thread():
     other runs are several times faster on one thread than on two contending."""
     with torch_threads(1, decoding=False, device="cpu"):
         yield
+
+
+@pytest.fixture(scope="session")
+def demo_films():
+    """Two short demo-world films with their soundtrack and truth (helpers/demo_films.py),
+    rendered once per session."""
+    from helpers.demo_films import demo_films
+
+    return demo_films()

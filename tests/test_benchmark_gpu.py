@@ -41,6 +41,7 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 def test_tiny_run_measures_the_features_path(tiny_run):
     res, saved, _ = tiny_run
     assert saved == json.loads(json.dumps(res))  # the JSON is what main returned

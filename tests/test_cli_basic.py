@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from media import make_audio_only, make_video
+from helpers.media import make_audio_only, make_video
 from typer.testing import CliRunner
 
 from locomad_cli import __version__
@@ -34,6 +34,7 @@ def test_version():
     assert res.stdout.strip() == f"locomad {__version__}"
 
 
+@pytest.mark.slow
 def test_doctor_reports_each_check(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # do not wait on the network
     monkeypatch.setenv("COLUMNS", "200")
@@ -59,6 +60,7 @@ def test_doctor_bad_card_is_exit_2():
     assert res.stderr.strip().startswith("locomad: error: model card 'no-such-card' not found")
 
 
+@pytest.mark.slow
 def test_extract_features_cli(tmp_path, tiny_yaml):
     video = make_video(tmp_path / "film.mp4", duration=2.0, size="160x90")
     out = tmp_path / "feats"
@@ -100,6 +102,7 @@ def _make_bad(tmp_path, kind):
 @pytest.mark.parametrize(
     "kind", ["missing", "not-a-video", "audio-only", "zero-length", "truncated"]
 )
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_no_output(tmp_path, tiny_yaml, kind):
     bad = _make_bad(tmp_path, kind)
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -112,6 +115,7 @@ def test_bad_input_is_one_line_exit_2_no_output(tmp_path, tiny_yaml, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_unwritable_output_dir(tmp_path, tiny_yaml):
     video = make_video(tmp_path / "film.mp4", duration=1.0, size="96x64")
     blocker = tmp_path / "file.txt"
@@ -124,6 +128,7 @@ def test_unwritable_output_dir(tmp_path, tiny_yaml):
     ]
 
 
+@pytest.mark.slow
 def test_bad_options_are_exit_2(tmp_path, tiny_yaml):
     video = make_video(tmp_path / "film.mp4", duration=1.0, size="96x64")
     base = ["extract-features", str(video), "-m", str(tiny_yaml), "-o", str(tmp_path / "o")]
@@ -139,6 +144,7 @@ def test_bad_options_are_exit_2(tmp_path, tiny_yaml):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_console_script_exit_code(tmp_path):
     """The installed entry point, as a user runs it: no traceback, exit 2."""
     code = "from locomad_cli.cli import main; main()"

@@ -3,7 +3,7 @@ them: features of a retrained encoder are never reused by mistake."""
 
 import pytest
 import torch
-from media import make_video
+from helpers.media import make_video
 from safetensors.torch import save_file
 
 from locomad_cli.data.textcache import encoder_id
@@ -49,6 +49,7 @@ def test_weights_id_follows_the_file_content(weighted_card):
     assert encoder_id(wcard) != before
 
 
+@pytest.mark.slow
 def test_features_of_other_weights_are_not_reused(weighted_card, tmp_path):
     wcard, path = weighted_card
     film = make_video(tmp_path / "film.mp4", duration=1.0, size="64x48")

@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 
 import pysrt
 import pytest
-from adfilm import make_track, write_track
-from media import make_video
+from helpers.adfilm import make_track, write_track
+from helpers.media import make_video
 
 from locomad_cli.tracks.writers import get_writer
 from locomad_cli.voice.fit import VoiceOptions, voice
@@ -79,6 +79,7 @@ def voiced(tmp_path_factory):
     return track, folder / "clip.ad.dapt.ttml"
 
 
+@pytest.mark.slow
 def test_dapt_of_a_voiced_track_carries_audio_and_pauses(voiced):
     track, path = voiced
     root = ET.parse(path).getroot()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import torch
-from test_data_fixtures import fake_encode
+from helpers.datasets import fake_encode
 
 from locomad_cli.data.context import build_contexts
 from locomad_cli.data.dataset import Annotation

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_data_fixtures import (
+from helpers.datasets import (
     fake_encode,
     simple_films,
     write_film_folder,

@@ -214,6 +214,7 @@ def test_contrastive_loss_counts_negative_texts_for_images_only():
     assert contrastive_loss(e, e, e[:0], torch.tensor(1.0)).item() == pytest.approx(per_text)
 
 
+@pytest.mark.slow
 def test_clip_training_learns_and_saves_loadable_weights(tmp_path):
     from locomad_cli.demo.clip_train import train_clip
     from locomad_cli.demo.data import DemoDataConfig, make_data

@@ -38,6 +38,7 @@ def _ffprobe(path: Path) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_same_seed_same_film_other_seed_other_film():
     a, b = make_film(5, CFG), make_film(5, CFG)
     assert world_json(a) == world_json(b)
@@ -47,6 +48,7 @@ def test_same_seed_same_film_other_seed_other_film():
     assert world_json(make_film(5, DemoDataConfig(seed=3, films=50))) == world_json(a)
 
 
+@pytest.mark.slow
 def test_rendering_and_encoding_are_deterministic(data_dir, tmp_path):
     film = make_film(0, CFG)
     frames = film_frames(film, 10.0)
@@ -57,6 +59,7 @@ def test_rendering_and_encoding_are_deterministic(data_dir, tmp_path):
     assert again["train"][0].read_bytes() == first.read_bytes()
 
 
+@pytest.mark.slow
 def test_frames_show_the_action():
     """Something moves during an action slot, and the picture holds still between slots."""
     film = make_film(1, CFG)
@@ -69,6 +72,7 @@ def test_frames_show_the_action():
     assert np.abs(frames[still[0]] - frames[still[-1]]).max() == 0
 
 
+@pytest.mark.slow
 def test_names_are_drawn_afresh_per_film():
     casts = [tuple(c.name for c in make_film(i, CFG).cast) for i in range(12)]
     assert len(set(casts)) == 12
@@ -82,6 +86,7 @@ def test_names_are_drawn_afresh_per_film():
     assert max(len(v) for v in by_look.values()) >= 3
 
 
+@pytest.mark.slow
 def test_every_name_is_introduced_earlier_in_context():
     for i in range(20):
         film = make_film(i, CFG)
@@ -109,6 +114,7 @@ def test_every_name_is_introduced_earlier_in_context():
         assert mentions >= 5
 
 
+@pytest.mark.slow
 def test_names_appear_only_after_their_introduction_in_time():
     film = make_film(2, CFG)
     intro = film.introductions()
@@ -121,6 +127,7 @@ def test_names_appear_only_after_their_introduction_in_time():
                 assert intro[n] <= ln.end
 
 
+@pytest.mark.slow
 def test_ad_never_overlaps_dialogue_and_srts_parse(data_dir):
     for split in ("train", "val", "test"):
         for mp4 in (data_dir / split).glob("*.mp4"):
@@ -138,6 +145,7 @@ def test_ad_never_overlaps_dialogue_and_srts_parse(data_dir):
                 assert 2000 <= a.end.ordinal - a.start.ordinal <= 4000
 
 
+@pytest.mark.slow
 def test_mp4_is_h264_with_the_films_duration(data_dir):
     mp4 = data_dir / "test" / "film0002.mp4"
     info = _ffprobe(mp4)
@@ -150,12 +158,14 @@ def test_mp4_is_h264_with_the_films_duration(data_dir):
     assert mp4.stat().st_size < 1_000_000
 
 
+@pytest.mark.slow
 def test_split_layout(data_dir):
     assert sorted(p.name for p in (data_dir / "train").glob("*.mp4")) == ["film0000.mp4"]
     assert sorted(p.name for p in (data_dir / "val").glob("*.mp4")) == ["film0001.mp4"]
     assert sorted(p.name for p in (data_dir / "test").glob("*.mp4")) == ["film0002.mp4"]
 
 
+@pytest.mark.slow
 def test_extra_training_films_come_after_the_held_out_ones(tmp_path):
     cfg = DemoDataConfig(seed=3, films=3, val=1, test=1, extra_train=2)
     out = make_data(tmp_path, cfg, features=False)
@@ -165,6 +175,7 @@ def test_extra_training_films_come_after_the_held_out_ones(tmp_path):
     assert world_json(make_film(2, cfg)) == world_json(make_film(2, CFG))
 
 
+@pytest.mark.slow
 def test_bad_split_sizes_are_refused(tmp_path):
     with pytest.raises(LocomadError, match="at least one training film"):
         make_data(tmp_path, DemoDataConfig(films=2, val=1, test=1), features=False)
@@ -174,6 +185,7 @@ def test_bad_split_sizes_are_refused(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_make_data(tmp_path):
     runner = CliRunner()
     res = runner.invoke(
@@ -198,6 +210,7 @@ def test_cli_make_data(tmp_path):
     assert "training film" in res.output
 
 
+@pytest.mark.slow
 def test_the_name_pool_is_written_for_rename_names(data_dir):
     """make-data writes the world's names where `locomad train --rename-names` reads them: every
     name a film's cast was given is in it."""

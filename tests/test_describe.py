@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from helpers.srt import srt_text
 from safetensors.torch import save_file
 
 from locomad_cli.card import tiny_card
@@ -24,13 +25,6 @@ REFS = [
     (12.0, 14.5, "She runs down the road."),
     (16.0, 19.0, "The car drives off."),
 ]
-
-
-def _srt(cues):
-    out = []
-    for i, (a, b, text) in enumerate(cues, 1):
-        out.append(f"{i}\n00:00:{a:06.3f} --> 00:00:{b:06.3f}\n{text}\n".replace(".", ",", 2))
-    return "\n".join(out)
 
 
 def _small_card():
@@ -61,9 +55,9 @@ def film(tmp_path):
     feats = torch.randn(int(DURATION * card.fps), card.clip.dim).half()
     meta = {"fps": "5", "duration": f"{DURATION}", "clip_model": card.clip.model, "frames": "100"}
     save_file({"features": feats}, str(tmp_path / "film.features.safetensors"), metadata=meta)
-    (tmp_path / "film.ad-times.srt").write_text(_srt([(a, b, "") for a, b in AD_TIMES]))
-    (tmp_path / "film.srt").write_text(_srt(SUBS))
-    (tmp_path / "film.ref.srt").write_text(_srt(REFS))
+    (tmp_path / "film.ad-times.srt").write_text(srt_text([(a, b, "") for a, b in AD_TIMES]))
+    (tmp_path / "film.srt").write_text(srt_text(SUBS))
+    (tmp_path / "film.ref.srt").write_text(srt_text(REFS))
     return tmp_path
 
 
@@ -243,7 +237,7 @@ def test_bad_input_leaves_no_files(film, tiny_model, encoder):
         assert not out.exists()
 
     # subtitles over the whole film and no --ad-times: nowhere to speak
-    (film / "talk.srt").write_text(_srt([(0.0, 10.0, "Talk."), (11.0, 20.0, "More.")]))
+    (film / "talk.srt").write_text(srt_text([(0.0, 10.0, "Talk."), (11.0, 20.0, "More.")]))
     fails("no AD slot possible", ad_times=None, subs=str(film / "talk.srt"))
     (film / "junk.srt").write_bytes(b"\xff\xfe\x00garbage")
     fails("junk.srt:1: no readable cue", subs=str(film / "junk.srt"))
@@ -302,8 +296,9 @@ def test_cli_describe_with_weights(film, tiny_model):
     ]
 
 
+@pytest.mark.slow
 def test_features_extracted_once_then_reused(tmp_path, tiny_model):
-    from media import make_video
+    from helpers.media import make_video
 
     video = make_video(tmp_path / "clip.mp4", duration=4.0, size="64x48")
     wdir = tmp_path / "weights"

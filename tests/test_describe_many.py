@@ -5,13 +5,14 @@ it, a bad film reported while the others go on, and films shared among the proce
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.ports import free_port
+from helpers.srt import srt_text
 from typer.testing import CliRunner
 
 import locomad_cli.describe.film
@@ -28,13 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 SLOTS = {"a": [(0.5, 1.5), (2.0, 3.5)], "b": [(0.2, 1.0), (1.5, 2.5), (3.0, 3.8)], "c": [(1, 3)]}
 
 
-def _srt(cues):
-    def ts(t):
-        return f"00:00:{int(t):02d},{round(t % 1 * 1000):03d}"
-
-    return "\n".join(f"{i}\n{ts(a)} --> {ts(b)}\n{x}\n" for i, (a, b, x) in enumerate(cues, 1))
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny random model saved as trained weights, and its card as a YAML file."""
@@ -49,7 +43,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from media import make_video
+    from helpers.media import make_video
 
     root = tmp_path_factory.mktemp("videos")
     for name in SLOTS:
@@ -65,8 +59,8 @@ def films(videos, tmp_path):
     for name, slots in SLOTS.items():
         os.link(videos / f"{name}.mp4", folder / f"{name}.mp4")
         text = [(a, b, f"{name} reference {i}") for i, (a, b) in enumerate(slots)]
-        (folder / f"{name}.ad-times.srt").write_text(_srt(text))
-    (folder / "a.srt").write_text(_srt([(1.6, 1.9, "Hello.")]))
+        (folder / f"{name}.ad-times.srt").write_text(srt_text(text))
+    (folder / "a.srt").write_text(srt_text([(1.6, 1.9, "Hello.")]))
     return folder
 
 
@@ -98,6 +92,7 @@ def _texts(track):
     return [(s["start"], s["end"], s["text"]) for s in track["slots"]]
 
 
+@pytest.mark.slow
 def test_one_start_up_for_all_films_and_tracks_as_one_by_one(tiny, films, tmp_path, monkeypatch):
     loads = _counting(monkeypatch, locomad_cli.describe.film, "_load_model")
     text_encoders = _counting(monkeypatch, locomad_cli.features.clip, "load_clip")
@@ -128,8 +123,9 @@ def test_one_start_up_for_all_films_and_tracks_as_one_by_one(tiny, films, tmp_pa
     assert _texts(alone) == _texts(outcomes[0].track)
 
 
+@pytest.mark.slow
 def test_a_bad_film_is_one_line_and_the_others_are_written(tiny, films, tmp_path):
-    (films / "b.ad-times.srt").write_text(_srt([(1.0, 9.0, "")]))  # past the 4 s film's end
+    (films / "b.ad-times.srt").write_text(srt_text([(1.0, 9.0, "")]))  # past the 4 s film's end
     out = tmp_path / "out"
     outcomes = describe_films([films], _opts(tiny, out))
     assert [o.error is None for o in outcomes] == [True, False, True]
@@ -150,6 +146,7 @@ def test_a_bad_film_is_one_line_and_the_others_are_written(tiny, films, tmp_path
     assert "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_a_flag_naming_one_films_file_is_refused_with_several(tiny, films, tmp_path):
     out = tmp_path / "out"
     for flag in ("--subs", "--ad-times", "--reference", "--features"):
@@ -164,6 +161,7 @@ def test_a_flag_naming_one_films_file_is_refused_with_several(tiny, films, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_two_films_that_would_write_the_same_track_are_refused(tiny, films, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
@@ -173,6 +171,7 @@ def test_two_films_that_would_write_the_same_track_are_refused(tiny, films, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_stops_every_film(tiny, films, tmp_path, monkeypatch):
     loads = _counting(monkeypatch, locomad_cli.describe.film, "_load_model")
     empty = tmp_path / "empty-weights"
@@ -182,6 +181,7 @@ def test_a_model_that_cannot_load_stops_every_film(tiny, films, tmp_path, monkey
     assert len(loads) == 1  # not tried again for b and c
 
 
+@pytest.mark.slow
 def test_oracle_takes_each_films_reference_from_its_ad_times(tiny, films, tmp_path):
     (films / "c.ad-times.srt").unlink()
     outcomes = describe_films([films], _opts(tiny, tmp_path / "out", setting="oracle"))
@@ -192,6 +192,7 @@ def test_oracle_takes_each_films_reference_from_its_ad_times(tiny, films, tmp_pa
     assert [s["text"] for s in selected] == ["b reference 0"]
 
 
+@pytest.mark.slow
 def test_voice_follows_each_films_track(tiny, films, tmp_path, monkeypatch):
     import locomad_cli.voice.fit
     from locomad_cli.voice.fit import voice_described
@@ -203,13 +204,14 @@ def test_voice_follows_each_films_track(tiny, films, tmp_path, monkeypatch):
         return {"voice": {"summary": f"voiced {track['film']}"}}, [Path(vopts.ad)]
 
     monkeypatch.setattr(locomad_cli.voice.fit, "voice", fake_voice)
-    (films / "b.ad-times.srt").write_text(_srt([(1.0, 9.0, "")]))  # b fails: not voiced
+    (films / "b.ad-times.srt").write_text(srt_text([(1.0, 9.0, "")]))  # b fails: not voiced
     then = functools.partial(voice_described, formats="srt,vtt,json", progress=False)
     outcomes = describe_films([films], _opts(tiny, tmp_path / "out"), then=then)
     assert heard == [("a.mp4", "a.ad.json", "a"), ("c.mp4", "c.ad.json", "c")]
     assert [o.voiced for o in outcomes] == ["voiced a", None, "voiced c"]
 
 
+@pytest.mark.slow
 def test_resume_keeps_films_already_described_and_continues_the_rest(tiny, films, tmp_path):
     """The same command rerun with --resume after a crash: a described film is kept as it
     is, the interrupted one continues after its last slot, the rest are described, all as an
@@ -274,6 +276,7 @@ def test_resume_keeps_films_already_described_and_continues_the_rest(tiny, films
     assert describe_films([films / "c.mp4"], _opts(tiny, out, **kw))[0].skipped is False
 
 
+@pytest.mark.slow
 def test_a_cast_beside_a_film_keeps_its_unheard_names_out(tiny, films, tmp_path):
     """FILM.cast.txt beside a film (or --cast for one): a description may use a cast name
     only once the film has said it; the other films are described as before."""
@@ -303,6 +306,7 @@ def test_a_cast_beside_a_film_keeps_its_unheard_names_out(tiny, films, tmp_path)
     assert _texts(track) == _texts(ruled[0].track)
 
 
+@pytest.mark.slow
 def test_each_process_describes_its_share(tiny, films, tmp_path, monkeypatch):
     """Process 1 of 2 takes b (of a, b, c) and extracts its features itself (not split again)."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -316,6 +320,7 @@ def test_each_process_describes_its_share(tiny, films, tmp_path, monkeypatch):
     ]
 
 
+@pytest.mark.slow
 def test_extract_features_takes_a_folder(tiny, films, tmp_path):
     out = tmp_path / "feats"
     res = CliRunner().invoke(
@@ -328,17 +333,11 @@ def test_extract_features_takes_a_folder(tiny, films, tmp_path):
 # --- two processes under accelerate launch ------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory):
     """Four short films cut from the demo film, features extracted beside them; d's AD times
     run past its end (bad input)."""
-    from demo_cuts import cut_demo
+    from helpers.demo_cuts import cut_demo
 
     from locomad_cli.card import load_card
     from locomad_cli.features.extract import extract_features
@@ -347,7 +346,7 @@ def demo_folder(tmp_path_factory):
     cuts = [("a", 0, 14), ("b", 40, 12), ("c", 70, 14), ("d", 98, 12)]
     films = [cut_demo(root, name, start, seconds) for name, start, seconds in cuts]
     extract_features(films, load_card("demo"), device="cpu")
-    (root / "d.ad-times.srt").write_text(_srt([(1.0, 30.0, "")]))
+    (root / "d.ad-times.srt").write_text(srt_text([(1.0, 30.0, "")]))
     return root
 
 
@@ -371,7 +370,7 @@ def test_two_processes_describe_each_film_once_as_one_process_does(demo_folder, 
 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
     two = _run([*launch, "-m", "locomad_cli", *args, "-o", str(tmp_path / "two")], tmp_path)
     assert two.returncode != 0  # the launcher's own exit code: a process failed
     mine = [ln for ln in two.stderr.splitlines() if ln.startswith("locomad: error:")]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from demo_films import demo_films
-from media import make_video
+import pytest
+from helpers.demo_films import demo_films
+from helpers.media import make_video
 
 from locomad_cli.card import MODELS_DIR
 from locomad_cli.features import familiar
@@ -14,6 +15,7 @@ from locomad_cli.features import familiar
 REPO = MODELS_DIR.parent
 
 
+@pytest.mark.slow
 def test_colour_statistics_tell_demo_films_from_other_pictures(tmp_path):
     films = demo_films()
     stats = familiar.fit([(f.mp4, f.duration) for f in films])
@@ -40,6 +42,7 @@ def _describe(video, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_shipped_demo_model_warns_once_on_other_footage_only(tmp_path):
     assert (REPO / "weights" / "demo" / familiar.STATS_FILE).is_file()
     other = _describe(make_video(tmp_path / "pattern.mp4", duration=10.0), tmp_path)

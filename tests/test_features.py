@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from media import make_video
+from helpers.media import make_video
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -53,6 +53,7 @@ def test_preprocess_config_comes_from_open_clip(encoder):
     assert encoder.dim == 32
 
 
+@pytest.mark.slow
 def test_batched_preprocess_equals_open_clip_on_decoded_frames(encoder, films):
     plan = plan_frames(probe(films["a"]), 5.0, encoder.decode_short_side)
     _, frames = next(iter_chunks(plan, 6))
@@ -64,6 +65,7 @@ def test_batched_preprocess_equals_open_clip_on_decoded_frames(encoder, films):
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_batched_preprocess_close_to_open_clip_when_resizing(encoder, films):
     plan = plan_frames(probe(films["a"]), 5.0, 240)  # full size: open_clip's resize does work
     _, frames = next(iter_chunks(plan, 4))
@@ -73,6 +75,7 @@ def test_batched_preprocess_close_to_open_clip_when_resizing(encoder, films):
     assert diff.max() < 0.2
 
 
+@pytest.mark.slow
 def test_encode_images_uint8_and_float_agree(encoder, films):
     frames = torch.randint(0, 256, (3, 3, 40, 50), dtype=torch.uint8)
     a = encoder.encode_images(frames)
@@ -96,6 +99,7 @@ def test_encode_text(encoder):
     assert encoder.encode_text([]).shape == (0, 32)
 
 
+@pytest.mark.slow
 def test_extract_values_metadata_and_skip(encoder, films, tmp_path):
     card = tiny_card()
     threads = torch.get_num_threads()
@@ -136,6 +140,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_crash(films, tmp_path):
     card = tiny_card()
     out = tmp_path / "a.features.safetensors"
@@ -177,6 +182,7 @@ def test_resume_after_crash(films, tmp_path):
     torch.testing.assert_close(resumed, fresh, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_partial_state_of_other_settings_is_discarded(films, tmp_path):
     out = tmp_path / "c.features.safetensors"
     part = partial_dir(out)
@@ -198,6 +204,7 @@ def test_partial_state_of_other_settings_is_discarded(films, tmp_path):
     assert feats.shape == (5, 32) and feats.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_existing_output_from_other_settings_needs_overwrite(films, tmp_path):
     card = tiny_card()
     extract_features([films["c"]], card, out_dir=tmp_path)
@@ -211,6 +218,7 @@ def test_existing_output_from_other_settings_needs_overwrite(films, tmp_path):
     assert feats.shape == (2, 32) and meta["fps"] == 2.0
 
 
+@pytest.mark.slow
 def test_bad_film_among_good_ones_writes_nothing(films, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a film")
@@ -220,6 +228,7 @@ def test_bad_film_among_good_ones_writes_nothing(films, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_truncated_film_leaves_no_output(tmp_path):
     import subprocess
 
@@ -233,6 +242,7 @@ def test_truncated_film_leaves_no_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "fs.mp4"]
 
 
+@pytest.mark.slow
 def test_same_stem_twice_is_refused(films, tmp_path):
     other = tmp_path / "a.mp4"
     other.write_bytes(films["c"].read_bytes())
@@ -240,6 +250,7 @@ def test_same_stem_twice_is_refused(films, tmp_path):
         extract_features([films["a"], other], tiny_card(), out_dir=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_ranks_split_films(films, tmp_path, monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("RANK", "1")
@@ -252,6 +263,7 @@ def test_ranks_split_films(films, tmp_path, monkeypatch):
         extract_features([films["c"]], tiny_card(), out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_h5_mad_layout(films, tmp_path):
     card = tiny_card()
     h5 = tmp_path / "mine.h5"

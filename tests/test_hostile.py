@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from media import make_video
+from helpers.media import make_video
+from helpers.srt import srt_text
 from safetensors.torch import save_file
 
 from locomad_cli.card import tiny_card
@@ -51,18 +52,6 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, cmd=None, timeou
         text=True,
         env=full,
         timeout=timeout,
-    )
-
-
-def _srt(cues: list[tuple[float, float, str]]) -> str:
-    def stamp(t: float) -> str:
-        h, rest = divmod(round(t * 1000), 3_600_000)
-        m, rest = divmod(rest, 60_000)
-        s, ms = divmod(rest, 1000)
-        return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
-
-    return "".join(
-        f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n\n" for i, (a, b, text) in enumerate(cues, 1)
     )
 
 
@@ -103,9 +92,9 @@ def world(tmp_path_factory) -> World:
     feats = root / "feats"
     extract_features([film, other], card, out_dir=feats, device="cpu")
     subs = root / "film.srt"
-    subs.write_text(_srt(SUBS))
+    subs.write_text(srt_text(SUBS))
     ad_times = root / "film.ad-times.srt"
-    ad_times.write_text(_srt([(a, b, "") for a, b in AD_TIMES]))
+    ad_times.write_text(srt_text([(a, b, "") for a, b in AD_TIMES]))
     return World(
         root,
         film,
@@ -352,6 +341,7 @@ def test_enough_cases():
     assert len({c.name for c in CASES}) == len(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_hostile_case(results, name):
     case, res, before, after, d = results[name]
@@ -366,6 +356,7 @@ def test_hostile_case(results, name):
     assert not (d / "out").exists()
 
 
+@pytest.mark.slow
 def test_internal_error_traceback_on_request(tmp_path):
     case = next(c for c in CASES if c.name == "internal_error")
     res = run_cli(["boom"], env={"LOCOMAD_DEBUG": "1"}, cmd=case.cmd)
@@ -403,13 +394,14 @@ def test_feature_metadata_is_checked(tmp_path, meta, words):
 # --- mismatches: one warning line, the run goes on --------------------------------------------
 
 
+@pytest.mark.slow
 def test_warnings_for_inputs_of_another_film(world, tmp_path):
     """Subtitles of a 95-minute film on a 10-second one, and --ad-times whose times are the
     subtitles' (the dialogue file given twice): each one warning line on stderr, and the run
     goes on; the descriptions, one per line, on stdout (-q silences chatter, not results)."""
     french = [(0.5 + 30.0 * i, 2.0 + 30.0 * i, f"Réplique {i}.") for i in range(190)]
-    subs = _write(tmp_path, "francais.srt", _srt(french))
-    wrong = _write(tmp_path, "wrong.srt", _srt(french[:1]))  # the in-film line, as AD times
+    subs = _write(tmp_path, "francais.srt", srt_text(french))
+    wrong = _write(tmp_path, "wrong.srt", srt_text(french[:1]))  # the in-film line, as AD times
     args = [
         "describe", world.film, "--model", world.card, "--features", world.features,
         "--subs", subs, "--ad-times", wrong, "-o", tmp_path / "out", "--device", "cpu", "-q",
@@ -475,6 +467,7 @@ def _describe_to(world: World, out: Path, *extra) -> list:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_disk_full_describe(world, tmp_path):
     with small_disk(tmp_path / "disk") as disk:
         out = disk / "out"
@@ -513,6 +506,7 @@ def test_disk_full_describe(world, tmp_path):
         assert len(res.stdout.splitlines()) == 0  # resumed slots were printed the first time
 
 
+@pytest.mark.slow
 def test_disk_full_extract_features(world, tmp_path):
     args = ["extract-features", world.film, "-m", world.card, "--device", "cpu", "-q"]
     with small_disk(tmp_path / "disk") as disk:
@@ -594,6 +588,7 @@ def test_flags_show_as_flags():
     assert "<bool>" not in line and "BOOLEAN" not in line, line
 
 
+@pytest.mark.slow
 def test_documented_mux_marks_the_track_as_descriptions(world, tmp_path):
     """The ffmpeg line of docs/describe.md, run as written: the text stream comes out with
     the `descriptions` disposition and a language (ffprobe reads both back)."""

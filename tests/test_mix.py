@@ -1,4 +1,4 @@
-"""The issue's "done when" on a real film with programme audio (tests/adfilm.py): real espeak-ng
+"""The issue's "done when" on a real film with programme audio (helpers/adfilm.py): real espeak-ng
 speech, real ffmpeg mixing and muxing, measured on the delivered files.
 
 - ffprobe lists the AD audio track (language, visual_impaired) and the text track (language;
@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from adfilm import SLOTS, make_film, make_track, read_wav, write_track
+from helpers.adfilm import SLOTS, make_film, make_track, read_wav, write_track
 
 from locomad_cli.features.video import probe
 from locomad_cli.tracks.readers import read_cues
@@ -70,6 +70,7 @@ def _voiced(track):
     return [s for s in track["slots"] if "text" in s.get("voice", {})]
 
 
+@pytest.mark.slow
 def test_described_mkv_lists_the_ad_and_text_tracks(made, tmp_path):
     streams = _streams(made.out / "film.described.mkv")
     assert [s["codec_type"] for s in streams] == ["video", "audio", "audio", "subtitle"]
@@ -104,12 +105,14 @@ def test_described_mkv_lists_the_ad_and_text_tracks(made, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_video_and_original_audio_are_bit_identical(made):
     out = made.out / "film.described.mkv"
     assert _hash(out, "v:0") == _hash(made.film, "v:0")
     assert _hash(out, "a:0") == _hash(made.film, "a:0")
 
 
+@pytest.mark.slow
 def test_ad_stem_is_silent_outside_the_slots(made):
     stem, rate = read_wav(made.out / "film.ad.wav")
     assert rate == 48000 and stem.shape[1] == 1
@@ -126,6 +129,7 @@ def test_ad_stem_is_silent_outside_the_slots(made):
         assert len(mine) and mine[0] >= a - 1e-3 and mine[-1] <= b + 1e-3, s["index"]
 
 
+@pytest.mark.slow
 def test_programme_is_ducked_at_least_10_db_under_each_cue(made):
     mix, rate = read_wav(made.out / "film.ad-mix.wav")
     stem, _ = read_wav(made.out / "film.ad.wav")
@@ -143,6 +147,7 @@ def test_programme_is_ducked_at_least_10_db_under_each_cue(made):
     assert 11 < np.median(depths) < 14  # the -12 dB asked for, over a steady bed
 
 
+@pytest.mark.slow
 def test_mix_loudness_is_on_target(made):
     import pyloudnorm
 
@@ -154,6 +159,7 @@ def test_mix_loudness_is_on_target(made):
     assert abs(metrics["loudness"]["measured"]["integrated"] - measured) < 0.5
 
 
+@pytest.mark.slow
 def test_every_decision_is_recorded_and_no_cue_runs_past_its_slot(made):
     rows = made.track["slots"]
     decisions = [r["voice"]["decision"] for r in rows]
@@ -186,6 +192,7 @@ def test_every_decision_is_recorded_and_no_cue_runs_past_its_slot(made):
     assert "voice" not in json.loads(made.ad.read_text())["slots"][0]
 
 
+@pytest.mark.slow
 def test_nothing_is_left_half_written(made):
     names = sorted(p.name for p in made.out.iterdir())
     assert names == [
@@ -198,6 +205,7 @@ def test_nothing_is_left_half_written(made):
     assert not [p for p in made.out.rglob("*") if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_a_second_run_synthesizes_nothing(made, tmp_path):
     from locomad_cli.voice.tts import SpeechCache, make_engine
 
@@ -207,6 +215,7 @@ def test_a_second_run_synthesizes_nothing(made, tmp_path):
     assert cache.synthesized == 0 and cache.reused == len(_voiced(made.track))
 
 
+@pytest.mark.slow
 def test_extended_cut_holds_the_picture_for_the_overrun(extended, made):
     rows = extended.track["slots"]
     v = rows[5]["voice"]
@@ -257,6 +266,7 @@ def test_extended_cut_holds_the_picture_for_the_overrun(extended, made):
     assert metrics["ad_over_dialogue_seconds"] == 0.0
 
 
+@pytest.mark.slow
 def test_film_without_audio_gets_the_ad_track_alone(made, tmp_path, caplog):
     import pyloudnorm
 

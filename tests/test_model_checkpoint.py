@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 import torch
+from helpers.batches import batch_of
 from safetensors.torch import load_file
-from test_model_helpers import batch_of
 from typer.testing import CliRunner
 
 from locomad_cli.card import card_from_dict

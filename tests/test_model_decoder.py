@@ -132,7 +132,7 @@ def test_projection_targets_the_input_embedding_width(card):
     model = LoCoMAD.from_card(card)
     assert model.decoder.proj.out_features == 16
     assert model.decoder.special_embeds.shape == (6, 16)
-    from test_model_helpers import batch_of
+    from helpers.batches import batch_of
 
     out = model.forward_stage2(batch_of(card, 2))
     assert torch.isfinite(out["loss"])
@@ -140,7 +140,7 @@ def test_projection_targets_the_input_embedding_width(card):
 
 
 def test_training_policies(card):
-    from test_model_helpers import batch_of
+    from helpers.batches import batch_of
 
     card.llm.train = "bogus"
     with pytest.raises(LocomadError, match="llm.train"):

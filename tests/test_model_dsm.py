@@ -110,6 +110,7 @@ def test_ccl_gradient_reaches_the_sampler(card):
     assert torch.allclose(visual_anchor(frames, fm)[0], frames[0, :3].mean(0))
 
 
+@pytest.mark.slow
 def test_ccl_training_learns_to_pick_the_matching_items(card):
     """CCL alone teaches the sampler to prefer the items close to the clip. Cosine ignores
     T+'s scale, so the signal is the relative weight of the selected items: a poor selected

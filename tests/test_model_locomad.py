@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from test_model_helpers import TEXTS, batch_of
+from helpers.batches import TEXTS, batch_of
 
 from locomad_cli.model.locomad import LoCoMAD
+from locomad_cli.train.loop import WarmupCosine
 from locomad_cli.utils import LocomadError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -15,6 +16,7 @@ def _model(card):
     return LoCoMAD.from_card(card)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_handful_of_triples(card):
     model = _model(card)
     batch = batch_of(card, 4)
@@ -207,34 +209,48 @@ def test_visual_contrast_scores_each_description_against_another_clips_pixels(ca
     assert "visual" not in model.forward_stage2(batch, visual_contrast=2.0)
 
 
+@pytest.mark.slow
 def test_visual_contrast_teaches_the_decoder_to_read_its_prompt(card):
     """Two clips, the same words before the description, told apart only by their pixels:
-    with the contrast the margin Δ of both grows past what cross-entropy alone reaches in the
-    same steps (the loss rewards the tokens the pixels decide)."""
+    trained with the contrast, the decoder's mean margin Δ (its description under its own
+    prompt against under the other clip's) ends far above where cross-entropy alone leaves it
+    in the same steps (the loss rewards the tokens the pixels decide)."""
     batch = batch_of(card, 2)
     batch.contexts = [[], []]
     batch.context_mask = torch.zeros_like(batch.context_mask)
     batch.subtitles = ["", ""]
     batch.texts = ["Tom picks up the red key.", "Tom picks up the blue cup."]
+    steps = 200
 
     def margins(weight: float) -> torch.Tensor:
         model = _model(card)
         model.train()
         model.decoder.llm.eval()
         opt = torch.optim.AdamW([p for _, p in model.trainable_parameters(2)], lr=3e-3)
-        for _ in range(100):
+        # the trainer's schedule: without the decay, when in the run the decoder starts
+        # reading the pixels moved with float rounding, and a run could end before it
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(3e-3, 10, steps, 1e-8, 0.0))
+        for _ in range(steps):
             out = model.forward_stage2(batch, visual_contrast=weight)
             opt.zero_grad()
             out["loss"].backward()
             opt.step()
+            sched.step()
         model.eval()
         with torch.no_grad():
             q = model._queries(*model._frames(batch))
             swap = torch.tensor([1, 0])
             return model.decoder.loss_with_contrast(q, swap, [[], []], ["", ""], batch.texts)[1]
 
-    # measured: plain about 0.001 nats (it learns both sentences and guesses the colour),
-    # with the contrast 11-18 nats (it reads the colour off the pixels)
+    # Measured (200 steps, one thread; the model and the pixels seeded 0-9, each with torch's
+    # AVX-512, AVX2 and plain kernels, ATEN_CPU_CAPABILITY; 30 runs): plain |Δ| at most 0.006
+    # (it learns both sentences and guesses the colour); with the contrast the mean Δ of the
+    # two clips 2.5-14.5 nats, median about 8 (it reads the colour off the pixels), one clip's
+    # alone down to 0.48. Float rounding (the CPU's kernels, the thread count) draws a run
+    # from that spread: seed 0 here is 11.3 / 7.9 / 12.1 on the three kernels. (The earlier
+    # version, 100 steps at a constant lr, asserted min Δ > 5 and got 2.17 on another CPU:
+    # over 20 runs its mean Δ ranged 0.03-17.5.) So: plain below 0.05, 9x its largest; the
+    # contrast's mean above 1.0, 20x that bound and 2.5x below its smallest.
     plain, contrast = margins(0.0), margins(1.0)
-    assert plain.max().item() < 0.5, plain
-    assert contrast.min().item() > 5.0, contrast
+    assert plain.abs().max().item() < 0.05, plain
+    assert contrast.mean().item() > 1.0, contrast

@@ -215,7 +215,7 @@ def test_vtm_and_vtg_losses_known_values():
 
 
 def test_stage1_loss_sums_and_falls(card):
-    from test_model_helpers import batch_of
+    from helpers.batches import batch_of
 
     torch.manual_seed(0)
     model = LoCoMAD.from_card(card)
@@ -256,7 +256,7 @@ def test_stage1_loss_sums_and_falls(card):
 
 
 def test_long_clips_subsampled_not_cut(card):
-    from test_model_helpers import batch_of
+    from helpers.batches import batch_of
 
     card.pme.max_frames = 10
     model = LoCoMAD.from_card(card)

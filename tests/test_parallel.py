@@ -74,6 +74,7 @@ def test_seek_points_follow_decords_rule():
     assert seek_points(idx, np.array([], dtype=np.int64)).tolist() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["uneven", "ntsc", "vfr"])
 @pytest.mark.parametrize(("readers", "chunk", "piece"), [(2, 7, 64), (3, 5, 2), (4, 250, 4)])
 def test_parallel_frames_are_the_sequential_frames(films, name, readers, chunk, piece):
@@ -99,6 +100,7 @@ def test_pieces_split_chunks_but_never_on_a_repeat():
     assert list(parallel._pieces((0, 5), 250, 64, np.arange(5))) == [(0, 0, 5)]
 
 
+@pytest.mark.slow
 def test_uneven_segments(films):
     plan = plan_frames(probe(films["uneven"]), 5.0, 32)
     assert plan.frames == 36
@@ -107,6 +109,7 @@ def test_uneven_segments(films):
     assert sum(lengths) == 36 and len(set(lengths)) > 1
 
 
+@pytest.mark.slow
 def test_fps_above_the_films_rate(films):
     """30 FPS of a 23.976 film: frames repeat; each reader decodes what iter_chunks does."""
     _, chunks = _parallel(films["ntsc"], 30.0, 16, 3, piece=3)  # parts never start on a repeat
@@ -116,6 +119,7 @@ def test_fps_above_the_films_rate(films):
         np.testing.assert_array_equal(chunks[c], seq[c])
 
 
+@pytest.mark.slow
 def test_skipped_chunks_are_not_decoded(films):
     plan, chunks = _parallel(films["uneven"], 5.0, 6, 3, skip={1, 2, 5})
     seq = _sequential(films["uneven"], 5.0, 6, skip={1, 2, 5})
@@ -125,6 +129,7 @@ def test_skipped_chunks_are_not_decoded(films):
     assert plan_spans(plan, 6, set(range(6)), 3) == []
 
 
+@pytest.mark.slow
 def test_one_reader_or_no_keyframes_is_one_span(films):
     plan = plan_frames(probe(films["uneven"]), 5.0, 32)
     assert plan_spans(plan, 250, set(), 1) == [(0, 36)]
@@ -132,6 +137,7 @@ def test_one_reader_or_no_keyframes_is_one_span(films):
     assert plan_spans(plan, 250, set(), 4) == [(0, 36)]
 
 
+@pytest.mark.slow
 def test_truncated_film_is_one_line(tmp_path):
     src = tmp_path / "fs.mp4"
     cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120:d=3"]
@@ -145,6 +151,7 @@ def test_truncated_film_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_features_of_parallel_and_sequential_decoding(films, tmp_path, monkeypatch):
     card = tiny_card()
     feats = {}
@@ -162,6 +169,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_with_parallel_readers(films, tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "default_decoders", lambda: (3, 1))
     card, film = tiny_card(), films["uneven"]
@@ -192,6 +200,7 @@ def test_resume_with_parallel_readers(films, tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_a_resumed_run_decodes_only_the_missing_chunks(films, tmp_path, monkeypatch):
     from locomad_cli.features.clip import load_clip
 

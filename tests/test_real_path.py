@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-from media import make_video
+from helpers.batches import batch_of
+from helpers.media import make_video
 from safetensors.torch import load_file, save_file
-from test_model_helpers import batch_of
 
 from locomad_cli.card import MODELS_DIR, load_card
 from locomad_cli.describe.film import _check_features
@@ -80,6 +80,7 @@ def test_quick_gelu_follows_the_weights_not_the_name(card):
     assert quick_gelu(card)
 
 
+@pytest.mark.slow
 def test_features_of_the_gelu_network_are_refused(tmp_path):
     """Files stamped `openai` were made by open_clip's nn.GELU build of OpenAI's weights:
     describe refuses them in one line, extract asks for --overwrite (before any weights)."""
@@ -364,7 +365,7 @@ def test_pme_trained_in_stage2_without_its_dropout(card):
 def test_locomad_train_stage2_picks_the_policy_up(card, tmp_path):
     """Through `locomad train` itself: --set pme.train_stage2=all on a stage-1 checkpoint moves
     the PME's query path and nothing else of it."""
-    from test_data_fixtures import simple_films, write_film_folder, write_splits
+    from helpers.datasets import simple_films, write_film_folder, write_splits
 
     from locomad_cli.train.loop import TrainConfig, train
 

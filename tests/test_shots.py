@@ -17,15 +17,9 @@ from locomad_cli.slots.shots import (
 from locomad_cli.utils import LocomadError
 
 
-@pytest.fixture(scope="module")
-def films():
-    from demo_films import demo_films
-
-    return demo_films()
-
-
-def test_demo_place_changes_found_and_cached(films, tmp_path):
-    for film in films:
+@pytest.mark.slow
+def test_demo_place_changes_found_and_cached(demo_films, tmp_path):
+    for film in demo_films:
         shots = detect_cuts(film.mp4, tmp_path)
         assert shots.status == "done" and shots.detector.startswith("pyscenedetect")
         for c in film.cuts:
@@ -38,15 +32,16 @@ def test_demo_place_changes_found_and_cached(films, tmp_path):
         assert again.status == "cached" and again.cuts == shots.cuts
 
 
-def test_stale_cache_of_another_film_is_not_used(films, tmp_path):
+@pytest.mark.slow
+def test_stale_cache_of_another_film_is_not_used(demo_films, tmp_path):
     film = tmp_path / "film.mp4"
-    shutil.copyfile(films[0].mp4, film)
+    shutil.copyfile(demo_films[0].mp4, film)
     first = detect_cuts(film)
     assert first.path == output_path(film)
-    shutil.copyfile(films[1].mp4, film)  # same name, other film
+    shutil.copyfile(demo_films[1].mp4, film)  # same name, other film
     second = detect_cuts(film)
     assert second.status == "done"
-    assert all(any(abs(c - x) <= 0.15 for x in second.cuts) for c in films[1].cuts)
+    assert all(any(abs(c - x) <= 0.15 for x in second.cuts) for c in demo_films[1].cuts)
 
 
 def test_unreadable_video_refused_in_one_line(tmp_path):

@@ -179,13 +179,6 @@ def _speech_free_targets(voiced, duration):
 
 
 @pytest.fixture(scope="module")
-def films():
-    from demo_films import demo_films
-
-    return demo_films()
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One folder for the speech and cut caches of the module: each film is listened to once."""
     return tmp_path_factory.mktemp("slot-caches")
@@ -197,11 +190,12 @@ def _plan(film, cues, out, **kw):
     return plan_film(film.mp4, cues, film.duration, out, min_gap=MIN_GAP, margin=MARGIN, **kw)
 
 
-def test_without_subtitles_slots_keep_off_voiced_dialogue(films, cache):
+@pytest.mark.slow
+def test_without_subtitles_slots_keep_off_voiced_dialogue(demo_films, cache):
     """The issue's measure: subtitles withheld, AD over voiced dialogue <= 1 % of AD time,
     speech-free gaps of at least min_gap + margins covered >= 90 %."""
     ad = over = target = covered = 0.0
-    for film in films:
+    for film in demo_films:
         plan = _plan(film, [], cache)
         assert plan.vad == "on" and len(plan.speech.intervals) >= len(film.voiced) // 2
         for s in plan.slots:
@@ -214,10 +208,11 @@ def test_without_subtitles_slots_keep_off_voiced_dialogue(films, cache):
     assert covered / target >= 0.90
 
 
-def test_subtitles_missing_lines_still_keep_slots_off_every_voiced_line(films, cache):
+@pytest.mark.slow
+def test_subtitles_missing_lines_still_keep_slots_off_every_voiced_line(demo_films, cache):
     from locomad_cli.tracks.readers import read_cues
 
-    for film in films:
+    for film in demo_films:
         cues = read_cues(film.srt)
         kept = [c for i, c in enumerate(cues) if i % 3 != 1]  # a third of the lines deleted
         assert len(kept) < len(cues)
@@ -230,8 +225,9 @@ def test_subtitles_missing_lines_still_keep_slots_off_every_voiced_line(films, c
         assert any(_overlap((s.start, s.end), v) > 0 for s in blind for v in film.voiced)
 
 
-def test_slots_do_not_run_across_cuts(films, cache):
-    for film in films:
+@pytest.mark.slow
+def test_slots_do_not_run_across_cuts(demo_films, cache):
+    for film in demo_films:
         plan = _plan(film, [], cache)
         assert plan.shots is not None
         for c in film.cuts:
@@ -243,10 +239,11 @@ def test_slots_do_not_run_across_cuts(films, cache):
                     assert min(c - s.start, s.end - c) <= 0.5 + 0.2, (s, c)
 
 
-def test_plan_json_explains_every_slot(films, cache):
+@pytest.mark.slow
+def test_plan_json_explains_every_slot(demo_films, cache):
     import json
 
-    film = films[0]
+    film = demo_films[0]
     plan = _plan(film, [], cache)
     data = json.loads(json.dumps(plan.as_json()))
     assert data["vad"] == "on" and data["speech_model"].startswith("silero-vad")
@@ -261,9 +258,10 @@ def test_plan_json_explains_every_slot(films, cache):
         assert why["reason"]
 
 
-def test_vad_off_without_subtitles_tiles_the_film(films, tmp_path, caplog):
+@pytest.mark.slow
+def test_vad_off_without_subtitles_tiles_the_film(demo_films, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
-    film = films[0]
+    film = demo_films[0]
     plan = _plan(film, [], tmp_path, vad="off", shots="off")
     assert plan.vad == "off" and plan.speech is None
     assert plan.slots[0].start == 0.0 and plan.slots[-1].end == pytest.approx(film.duration)
@@ -273,9 +271,10 @@ def test_vad_off_without_subtitles_tiles_the_film(films, tmp_path, caplog):
 # --- films that cannot be listened to ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_film_without_audio_uses_subtitles_and_says_so_once(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
-    from media import make_video
+    from helpers.media import make_video
 
     from locomad_cli.slots.plan import plan_film
 
@@ -290,9 +289,10 @@ def test_film_without_audio_uses_subtitles_and_says_so_once(tmp_path, caplog):
         plan_film(silent, cues, 12.0, tmp_path, vad="maybe")
 
 
+@pytest.mark.slow
 def test_undecodable_audio_warns_and_falls_back_or_refuses(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
-    from demo_films import undecodable_audio
+    from helpers.demo_films import undecodable_audio
 
     from locomad_cli.slots.plan import plan_film
 
@@ -309,12 +309,13 @@ def test_undecodable_audio_warns_and_falls_back_or_refuses(tmp_path, caplog):
         plan_film(film, cues, 4.0, tmp_path, vad="on", shots="off")
 
 
+@pytest.mark.slow
 def test_describe_over_undecodable_audio_writes_a_subtitles_only_track(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="locomad_cli")  # whatever others set
     import json
 
     import torch
-    from demo_films import undecodable_audio
+    from helpers.demo_films import undecodable_audio
     from safetensors.torch import save_file
 
     from locomad_cli.card import tiny_card
@@ -348,12 +349,13 @@ def test_describe_over_undecodable_audio_writes_a_subtitles_only_track(tmp_path,
     assert sum("cannot be decoded" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.slow
 def test_cli_vad_on_over_a_silent_film_is_one_line(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
-    from media import make_video
+    from helpers.media import make_video
 
     silent = make_video(tmp_path / "silent.mp4", duration=3.0, size="64x48")
     exe = Path(sys.executable).with_name("locomad")

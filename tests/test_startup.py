@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from media import make_video
+from helpers.media import make_video
 
 HEAVY = (
     "torch torchvision transformers open_clip timm decord accelerate pycocoevalcap bert_score "
@@ -40,6 +40,7 @@ print("loaded:", " ".join(loaded))
 """
 
 
+@pytest.mark.slow
 def test_every_help_screen_imports_no_heavy_library():
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
@@ -53,6 +54,7 @@ def test_every_help_screen_imports_no_heavy_library():
     assert loaded == "loaded:", loaded
 
 
+@pytest.mark.slow
 def test_console_module_help_as_a_user_runs_it():
     """`python -m locomad_cli --help`: the same screen, exit 0, nothing heavy on the way."""
     code = (
@@ -98,6 +100,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_extract_features_decodes_its_first_frame_before_torch_loads(tmp_path, card):
     """The films are read (frame index, first frame) before torch and open_clip load, so a
     film that cannot be decoded is said before seconds of imports, and the features are the
@@ -124,6 +127,7 @@ def test_the_clip_input_side_comes_from_the_card_alone(card):
     assert input_side(load_card("opt-2.7b", ["clip.model=hf-hub:org/none"])) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guess", [None, 40])
 def test_a_film_planned_at_a_wrong_size_is_planned_again(tmp_path, card, monkeypatch, guess):
     """When the card cannot tell the CLIP's input size (or tells wrong), the films are read

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from media import make_video
+from helpers.media import make_video
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -84,6 +84,7 @@ def test_on_a_gpu_the_load_does_not_matter_but_the_decoder_does():
     assert pick_threads(None, False, "cuda", cores=16, load=30.0, env={}) == 16
 
 
+@pytest.mark.slow
 def test_a_process_discounts_its_own_share_of_the_load():
     """A fresh process has not entered the load average yet; a long one (this test run) adds
     at most a full share per core it may use."""
@@ -122,6 +123,7 @@ def test_every_torch_command_takes_threads_and_refuses_bad_ones(command, tmp_pat
         ]
 
 
+@pytest.mark.slow
 def test_bad_threads_as_a_user_runs_it(tmp_path):
     code = "from locomad_cli.cli import main; main()"
     cmd = [sys.executable, "-c", code, "describe", str(tmp_path / "f.mp4"), "--threads", "x"]
@@ -145,6 +147,7 @@ def _recording_encoder(monkeypatch) -> list[int]:
     return seen
 
 
+@pytest.mark.slow
 def test_extract_features_threads_1_sets_torch_while_encoding(
     tmp_path, card, monkeypatch, two_threads
 ):

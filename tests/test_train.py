@@ -6,7 +6,6 @@ import json
 import math
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from dataclasses import asdict
@@ -14,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.datasets import simple_films, write_film_folder, write_splits
+from helpers.ports import free_port
 from safetensors.torch import load_file
-from test_data_fixtures import simple_films, write_film_folder, write_splits
 
 from locomad_cli.card import tiny_card
 from locomad_cli.train.loop import (
@@ -349,12 +349,6 @@ def test_old_pickled_run_folder_is_refused_in_one_line(films, tmp_path):
     assert not sentinel.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(films, tmp_path, one_thread):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without a GPU (torchrun
@@ -381,7 +375,7 @@ def test_two_processes_follow_the_single_process_loss_curve(films, tmp_path, one
         out = tmp_path / f"history-{max_steps}.json"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
         cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no"]
-        cmd += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+        cmd += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
         cmd += [str(script), json.dumps(asdict(cfg)), str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.ports import free_port
 from torch import nn
 
 from locomad_cli.train.loop import WarmupCosine
@@ -217,12 +217,6 @@ def test_pickled_state_is_refused_not_opened(tmp_path):
         (ckpt / "state" / name).unlink()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_fsdp_optimizer_state_is_gathered_and_resharded(tmp_path):
     """Two CPU processes (gloo) with the optimizer state sharded by FSDP: the state is gathered
@@ -230,7 +224,7 @@ def test_fsdp_optimizer_state_is_gathered_and_resharded(tmp_path):
     on exactly as without the round trip. (accelerate refuses FSDP without a GPU, so this
     runs torch's FSDP directly, the way accelerate wraps it: use_orig_params, FULL_SHARD.)"""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", str(_free_port()), __file__, str(tmp_path)]
+    cmd += ["--master_port", str(free_port()), __file__, str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

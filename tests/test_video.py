@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media import make_audio_only, make_video
+from helpers.media import make_audio_only, make_video
 
 from locomad_cli.features.video import (
     VideoInfo,
@@ -26,7 +26,7 @@ FLAT_STEP = 255 / 219 * 2
 
 def make_index_video(path: Path, rate: str = "25", duration: float = 4.0, vfr: bool = False):
     """A lossless flat-grey video whose grey level says which source frame N it is, so a test
-    can tell exactly which frame was decoded. `vfr` drops frames as tests/media.py does."""
+    can tell exactly which frame was decoded. `vfr` drops frames as tests/helpers/media.py does."""
     src = f"nullsrc=s=64x48:r={rate}:d={duration},geq=lum='16+2*N':cb=128:cr=128"
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", src]
     if vfr:
@@ -57,6 +57,7 @@ def media(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_25fps_takes_every_fifth_frame(media):
     plan = plan_frames(probe(media["idx25"]), 5.0, 48)
     assert plan.frames == 20
@@ -64,6 +65,7 @@ def test_25fps_takes_every_fifth_frame(media):
     assert decoded_source_frames(media["idx25"]).tolist() == list(range(0, 100, 5))
 
 
+@pytest.mark.slow
 def test_23976_follows_timestamps_not_every_nth_frame(media):
     info = probe(media["idx23"])
     plan = plan_frames(info, 5.0, 48)
@@ -75,6 +77,7 @@ def test_23976_follows_timestamps_not_every_nth_frame(media):
     assert decoded_source_frames(media["idx23"]).tolist() == expected
 
 
+@pytest.mark.slow
 def test_variable_frame_rate_shows_the_frame_on_screen(media):
     kept = [n for n in range(100) if n % 3 != 2 and not 1.0 <= n / 25 <= 1.5]
     plan = plan_frames(probe(media["idxvfr"]), 5.0, 48)
@@ -84,6 +87,7 @@ def test_variable_frame_rate_shows_the_frame_on_screen(media):
     assert decoded_source_frames(media["idxvfr"]).tolist() == expected
 
 
+@pytest.mark.slow
 def test_other_rates(media):
     expected = [math.floor(i * 12.5) for i in range(8)]
     assert decoded_source_frames(media["idx25"], fps=2.0).tolist() == expected
@@ -92,6 +96,7 @@ def test_other_rates(media):
     assert plan.frames == 200 and plan.indices[:4].tolist() == [0, 0, 1, 1]
 
 
+@pytest.mark.slow
 def test_probe_and_decode_size(media):
     info = probe(media["wide"])
     assert (info.width, info.height, info.display_width) == (320, 180, 320)
@@ -108,6 +113,7 @@ def test_probe_and_decode_size(media):
     assert all(f.dtype == np.uint8 for _, f in chunks)
 
 
+@pytest.mark.slow
 def test_anamorphic_uses_display_aspect(tmp_path):
     path = tmp_path / "ana.mp4"
     cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48:d=1"]
@@ -117,6 +123,7 @@ def test_anamorphic_uses_display_aspect(tmp_path):
     assert decode_size(info, 24) == (64, 24)
 
 
+@pytest.mark.slow
 def test_chunks_skip_and_agree_with_one_pass(media):
     plan = plan_frames(probe(media["vfr"]), 5.0, 32)
     assert plan.frames == 14  # the last kept frame (73 of 75) ends at 2.96 s
@@ -135,6 +142,7 @@ def test_sample_indices_and_frame_count():
     assert frame_count(0.1, 5.0) == 0
 
 
+@pytest.mark.slow
 def test_fingerprint(media):
     import hashlib
 
@@ -180,6 +188,7 @@ def _bad(tmp_path: Path, kind: str) -> Path:
         ("folder", "not a file"),
     ],
 )
+@pytest.mark.slow
 def test_probe_rejects_bad_input(tmp_path, kind, words):
     path = _bad(tmp_path, kind)
     with pytest.raises(LocomadError, match=r"^.+: ") as e:
@@ -188,6 +197,7 @@ def test_probe_rejects_bad_input(tmp_path, kind, words):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_truncated_faststart_fails_at_decoding(tmp_path):
     src = tmp_path / "fs.mp4"
     cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x120:d=3"]
@@ -201,12 +211,14 @@ def test_truncated_faststart_fails_at_decoding(tmp_path):
         list(iter_chunks(plan, 4))
 
 
+@pytest.mark.slow
 def test_too_short_for_one_frame(tmp_path):
     path = make_video(tmp_path / "blink.mp4", duration=0.08)
     with pytest.raises(LocomadError, match="shorter than one frame"):
         plan_frames(probe(path), 5.0, 32)
 
 
+@pytest.mark.slow
 def test_zero_fps_rejected(media):
     info: VideoInfo = probe(media["wide"])
     with pytest.raises(LocomadError, match="fps must be positive"):

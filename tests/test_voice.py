@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from adfilm import make_track, write_track
-from media import make_video
+from helpers.adfilm import make_track, write_track
+from helpers.media import make_video
 from typer.testing import CliRunner
 
 from locomad_cli.cli import app
@@ -41,6 +41,7 @@ def _measured(path: Path) -> tuple[float, int, int]:
 # --- speech ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_speech_is_heard_at_the_rate_asked_and_synthesized_once(cache):
     s = cache.speak(TEXT, 170)
     seconds, rate, channels = _measured(s.path)
@@ -56,6 +57,7 @@ def test_speech_is_heard_at_the_rate_asked_and_synthesized_once(cache):
     assert faster.duration < s.duration and faster.wpm <= 200
 
 
+@pytest.mark.slow
 def test_another_voice_never_reuses_the_cache(cache):
     other = SpeechCache(cache.folder, make_engine(voice="en-us"))
     s = other.speak(TEXT, 170)
@@ -69,6 +71,7 @@ def _opts(**kw):
     return VoiceOptions(ad="unused.json", progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_the_fitting_ladder(cache):
     calm = cache.speak(TEXT, 170)
     roomy = fit_description([TEXT], (10.0, 10.0 + calm.duration + 0.5), cache, _opts())
@@ -149,7 +152,7 @@ def test_options_are_checked():
 
 
 def test_decoder_keeps_its_n_best_with_scores(card, one_thread):
-    from test_model_helpers import batch_of
+    from helpers.batches import batch_of
 
     from locomad_cli.model.locomad import LoCoMAD
 
@@ -194,6 +197,7 @@ def _fails(args, match, cwd=None):
     assert "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_refuses_a_track_of_another_film_or_version(small, tmp_path):
     film, ad = small
     other = make_video(tmp_path / "other.mp4", duration=7.0, audio=True)
@@ -218,6 +222,7 @@ def test_refuses_a_track_of_another_film_or_version(small, tmp_path):
     assert not out.exists()  # nothing written, not even the folder
 
 
+@pytest.mark.slow
 def test_without_espeak_ng_says_how_to_install_it(small, tmp_path):
     film, ad = small
     bin_dir = tmp_path / "bin"
@@ -234,6 +239,7 @@ def test_without_espeak_ng_says_how_to_install_it(small, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_voice_command_delivers(small, tmp_path):
     film, ad = small
     out = tmp_path / "out"
@@ -250,6 +256,7 @@ def test_voice_command_delivers(small, tmp_path):
     assert not voiced["voice"]["extended"] and voiced["voice"]["added_time"] == 0
 
 
+@pytest.mark.slow
 def test_describe_then_voice(tmp_path):
     """`describe --voice` with the shipped demo model on 12 s of the demo film: the JSON keeps
     the n-best (one candidate for the greedy demo card) and the film's fingerprint, then the

@@ -10,7 +10,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pysrt
 import pytest
 import webvtt
-from media import make_video
+from helpers.media import make_video
 
 from locomad_cli.tracks.readers import read_cues
 from locomad_cli.tracks.writers import format_timestamp, get_writer, parse_formats
@@ -100,6 +100,7 @@ def test_no_partial_file_when_writing_fails(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ffprobe_reads_the_vtt_muxed_into_the_film(tmp_path, written):
     video = make_video(tmp_path / "film.mp4", duration=4.0)
     out = tmp_path / "film.ad.mkv"
@@ -133,6 +134,7 @@ el.addEventListener('error', () => { document.getElementById('out').textContent 
 </script></body></html>"""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
 def test_chromium_reads_the_descriptions_track(tmp_path, written):
     make_video(tmp_path / "film.mp4", duration=4.0)

@@ -156,8 +156,8 @@ class CopyHead(nn.Module):
     LM's last hidden state at the step over its last hidden states at the prompt's word
     positions (context items, dialogue, instruction; never the visual or special tokens), and
     the gate `g` is learnt from the same state. Why: a pretrained LLM copies a name from its
-    prompt by itself; the demo's OPT, trained from random init on a few thousand clips, did
-    not learn to (docs/demo.md), and this gives it the copy as a path gradient can find."""
+    prompt by itself, a small one trained from random init may never learn to, and this
+    gives it the copy as a path gradient can find (docs/notes/2026-12-02-demo-copy-head.md)."""
 
     def __init__(self, width: int, dim: int = 64):
         super().__init__()
@@ -201,8 +201,8 @@ class _NameRule(LogitsProcessor):
     """Unheard names out of the description. Where the model would rather write a name than
     anything else — the cast names' first tokens together outscore every other token — and
     the prompt has said a name, the likeliest heard name takes all the names' probability:
-    the sentence goes on about a person the listener knows (on the demo, banning alone made
-    the model write other sentences, and more wrong rooms). Then every unheard name's first
+    the sentence goes on about a person the listener knows (banning alone would make the
+    model write another sentence instead). Then every unheard name's first
     token gets -inf. Rows of `scores` are prompts x beams, prompt by prompt, as HF's
     generate lays them out."""
 
@@ -326,10 +326,9 @@ class Decoder(nn.Module):
         while training: their gradient is zeroed. For names renamed at random (`locomad
         train --rename-names`): exchangeable names get the same gradient whichever row
         stands for which, and with tied input and output embeddings the cheapest way to the
-        uniform guess over names is to make their rows equal — measured on the demo's OPT
-        trained on renamed text alone for 3,000 steps, the 48 names' rows reached a mean
-        cosine of 0.95 (0.00 at init; docs/demo.md), and a decoder that cannot tell names
-        apart cannot copy one. Held, they stay apart."""
+        uniform guess over names is to make their rows equal, and a decoder that cannot tell
+        names apart cannot copy one. Held, they stay apart
+        (docs/notes/2026-12-02-demo-copy-head.md)."""
         emb = self.llm.get_input_embeddings().weight
         rows = [
             ids[0]
@@ -385,8 +384,8 @@ class Decoder(nn.Module):
         − log p(target_i | clip `negatives[i]`'s prompt), the same words around both. Δ is
         the description's pointwise information about its clip's pixels: only the tokens the
         pixels decide (the room, a look, a prop) can raise it, so a loss on Δ rewards reading
-        the visual prompt, for an LLM that writes from its language prior (measured on the
-        demo's random-init OPT: worse on every attribute, docs/demo.md). The negative
+        the visual prompt, for an LLM that writes from its language prior (on the demo it did
+        not: docs/notes/2026-12-04-demo-visual-read.md). The negative
         prompts are the batch's own, reordered, so the visual norm sees the batch once; one
         LLM pass over the batch twice; L_GEN is `loss`'s."""
         dev = queries.device

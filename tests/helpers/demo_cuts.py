@@ -11,15 +11,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from helpers.srt import srt_text
 from locomad_cli.tracks.readers import read_cues
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "demo" / "demo.mp4"
-
-
-def _ts(t: float) -> str:
-    ms = round(t * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
 def _cut_cues(path: Path, start: float, seconds: float, out: Path) -> Path | None:
@@ -27,11 +23,8 @@ def _cut_cues(path: Path, start: float, seconds: float, out: Path) -> Path | Non
     cues = [c for c in read_cues(path) if c.start >= start and c.end <= start + seconds]
     if not cues:
         return None
-    blocks = [
-        f"{i}\n{_ts(c.start - start)} --> {_ts(c.end - start)}\n{c.text}\n"
-        for i, c in enumerate(cues, 1)
-    ]
-    out.write_text("\n".join(blocks), encoding="utf-8")
+    shifted = [(c.start - start, c.end - start, c.text) for c in cues]
+    out.write_text(srt_text(shifted), encoding="utf-8")
     return out
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.srt import srt_text
 from locomad_cli import __version__
 from locomad_cli.features.video import source_fingerprint
 from locomad_cli.tracks.readers import Cue
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "demo" / "demo.mp4"
 # The dialogue of the film's first 40 s, fixed here (not read from demo/demo.srt, which
 # changes whenever the demo is re-rendered): the slots below are placed around these lines.
@@ -71,12 +72,7 @@ def make_film(folder: Path, audio: bool = True) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     film, srt = folder / "film.mp4", folder / "film.srt"
     cues = [Cue(a, b, t) for a, b, t in DIALOGUE]
-    srt.write_text(
-        "\n".join(
-            f"{i}\n{_ts(c.start)} --> {_ts(c.end)}\n{c.text}\n" for i, c in enumerate(cues, 1)
-        ),
-        encoding="utf-8",
-    )
+    srt.write_text(srt_text(DIALOGUE), encoding="utf-8")
     if not audio:
         _ffmpeg("-i", str(DEMO), "-t", f"{DURATION}", "-map", "0:v", "-c", "copy", str(film))
         return film, srt
@@ -100,11 +96,6 @@ def make_film(folder: Path, audio: bool = True) -> tuple[Path, Path]:
     for p in folder.glob(".line*.wav"):
         p.unlink()
     return film, srt
-
-
-def _ts(t: float) -> str:
-    ms = round(t * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
 def make_track(film: Path, srt: Path | None, slots=SLOTS) -> dict:
