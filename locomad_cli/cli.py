@@ -19,13 +19,18 @@ from pathlib import Path
 
 import typer
 
-from locomad_cli.utils import (
-    DEBUG_ENV,
-    EXIT_INTERNAL,
-    EXIT_USER,
-    LocomadError,
-    os_error_line,
+from locomad_cli.cli_common import (
+    DEVICE_OPTION,
+    HELP_OPTION,
+    MODEL_HELP,
+    MODEL_OPTION,
+    SET_OPTION,
+    THREADS_OPTION,
+    fail,
+    one_line_errors,
+    threads_arg,
 )
+from locomad_cli.utils import DEBUG_ENV, EXIT_INTERNAL, EXIT_USER, LocomadError, os_error_line
 
 app = typer.Typer(
     name="locomad",
@@ -35,51 +40,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags show as flags, no boxes in pipes and logs
 )
-
-MODEL_HELP = "Model card: a shipped name (opt-2.7b, opt-1.3b, opt-350m, demo) or a YAML path."
-SET_HELP = "Override a card field, e.g. --set llm.num_beams=1 (repeatable)."
-# options that several commands share, the same way each time
-MODEL_OPTION = typer.Option("opt-2.7b", "--model", "-m", help=MODEL_HELP)
-SET_OPTION = typer.Option([], "--set", help=SET_HELP)
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto | cpu | cuda. Default: auto.")
-THREADS_OPTION = typer.Option(
-    None,
-    "--threads",
-    metavar="N",
-    help="torch CPU threads. Default: the cores the load average leaves free, one fewer "
-    "while a film is decoded (or $OMP_NUM_THREADS).",
-)
-"""One definition for every command that runs torch (locomad_cli/threads.py)."""
-
-
-def _show_help(ctx: typer.Context, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        typer.echo(ctx.get_help(), color=ctx.color)
-        raise typer.Exit()
-
-
-HELP_OPTION = typer.Option(
-    False, "--help", is_eager=True, callback=_show_help, help="Show this message and exit."
-)
-"""A group's own --help. Typer's built-in one has no default, so on `locomad CMD --help` the
-group's unset flag goes through pydantic's validation, and importing pydantic was half the
-time of every help screen (benchmarks/startup.py)."""
-
-
-def fail(message: str) -> None:
-    """One clear line on stderr, exit code 2."""
-    typer.echo(f"locomad: error: {message}", err=True)
-    raise typer.Exit(EXIT_USER)
-
-
-def _threads(value: str | None) -> int | None:
-    """--threads as a number (None: the policy picks), or one line and exit 2."""
-    from locomad_cli.threads import parse_threads
-
-    try:
-        return parse_threads(value)
-    except LocomadError as e:
-        fail(str(e))
 
 
 class _WarningLine(logging.Handler):
@@ -120,7 +80,7 @@ def _root(
     debug: bool = typer.Option(
         False,
         "--debug",
-        help=f"Show the traceback of an internal error (or set {DEBUG_ENV}=1). Default: off.",
+        help=f"Show the traceback of an internal error (or set {DEBUG_ENV}=1).",
     ),
     _help: bool = HELP_OPTION,
 ) -> None:
@@ -132,6 +92,7 @@ def _root(
 
 
 @app.command()
+@one_line_errors
 def doctor(
     model: str = MODEL_OPTION,
 ) -> None:
@@ -140,10 +101,7 @@ def doctor(
     a film here (a row needed for `describe` is missing), 0 otherwise."""
     from locomad_cli.doctor import blocking, run_checks
 
-    try:
-        rows = run_checks(model)
-    except LocomadError as e:
-        fail(str(e))
+    rows = run_checks(model)
     from rich.console import Console
     from rich.table import Table
 
@@ -169,61 +127,58 @@ def doctor(
 
 
 @app.command("extract-features")
+@one_line_errors
 def extract_features_cmd(
     videos: list[str] = typer.Argument(
         ..., help="Film files (any format ffmpeg reads) or folders of films."
     ),
     out_dir: str = typer.Option(
-        None, "--out-dir", "-o", help="Output folder. Default: beside each video."
+        None, "--out-dir", "-o", help="Output folder.", show_default="beside each video"
     ),
     model: str = MODEL_OPTION,
     overrides: list[str] = SET_OPTION,
-    fps: float = typer.Option(None, "--fps", help="Frames per second. Default: the card's (5)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Frames per CLIP batch. Default: 64."),
+    fps: float = typer.Option(None, "--fps", help="Frames per second.", show_default="the card's"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Frames per CLIP batch."),
     device: str = DEVICE_OPTION,
     dtype: str = typer.Option(
-        "auto", "--dtype", help="auto | fp32 | fp16 | bf16. Default: auto (bf16 on GPUs, fp32 CPU)."
+        "auto", "--dtype", help="auto | fp32 | fp16 | bf16 (auto: bf16 on GPUs, fp32 on CPU)."
     ),
     threads: str = THREADS_OPTION,
     h5: str = typer.Option(
         None, "--h5", help="Also add the films to this MAD-layout HDF5 (key = file stem)."
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Redo films whose features exist. Default: skip them."
+        False, "--overwrite", help="Redo films whose features exist (without it: skip them)."
     ),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="No progress bars, no summary line. Default: shown."
-    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary line."),
 ) -> None:
     """CLIP frame features at exact 1/fps timestamps into NAME.features.safetensors."""
     from locomad_cli.card import load_card
 
-    n_threads = _threads(threads)
-    try:
-        card = load_card(model, overrides)  # before importing torch: a bad card fails fast
-        from locomad_cli.features.extract import extract_features, summary_line
-        from locomad_cli.films import expand_films
+    n_threads = threads_arg(threads)
+    card = load_card(model, overrides)  # before importing torch: a bad card fails fast
+    from locomad_cli.features.extract import extract_features, summary_line
+    from locomad_cli.films import expand_films
 
-        results = extract_features(
-            expand_films(videos),  # this process's share is taken inside
-            card,
-            out_dir=out_dir,
-            fps=fps,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            threads=n_threads,
-            h5=h5,
-            overwrite=overwrite,
-            progress=not quiet,
-        )
-    except LocomadError as e:
-        fail(str(e))
+    results = extract_features(
+        expand_films(videos),  # this process's share is taken inside
+        card,
+        out_dir=out_dir,
+        fps=fps,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        threads=n_threads,
+        h5=h5,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     if not quiet:
         typer.echo(summary_line(results), err=True)
 
 
 @app.command("convert-weights")
+@one_line_errors
 def convert_weights_cmd(
     src: str = typer.Argument(..., help="A PyTorch state dict (.pth or .bin)."),
     dst: str = typer.Argument(..., help="Output file; must end in .safetensors."),
@@ -231,14 +186,12 @@ def convert_weights_cmd(
     """Re-save a third-party .pth/.bin state dict as safetensors (read with weights_only=True)."""
     from locomad_cli.model.checkpoint import convert_weights
 
-    try:
-        out = convert_weights(src, dst)
-    except LocomadError as e:
-        fail(str(e))
+    out = convert_weights(src, dst)
     typer.echo(f"wrote {out}", err=True)
 
 
 @app.command("train")
+@one_line_errors
 def train_cmd(
     stage: int = typer.Option(..., "--stage", help="1 = the PME (L_s1); 2 = DSM + LLM (L_s2)."),
     data: str = typer.Option(
@@ -246,87 +199,96 @@ def train_cmd(
     ),
     out: str = typer.Option(..., "--out", "-o", help="RUN_DIR for checkpoints and logs."),
     model: str = typer.Option(
-        None, "--model", "-m", help=MODEL_HELP + " Default: the --init checkpoint's card."
+        None,
+        "--model",
+        "-m",
+        help=MODEL_HELP,
+        show_default="the --init checkpoint's card",
     ),
     overrides: list[str] = SET_OPTION,
     init: str = typer.Option(
         None, "--init", help="Start from this run dir or model dir (stage 2: the stage-1 run)."
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue RUN_DIR from its last checkpoint. Default: off."
+        False, "--resume", help="Continue RUN_DIR from its last checkpoint."
     ),
     val_data: str = typer.Option(
-        None, "--val-data", help="Validation SPEC ('none' = skip). Default: --data's val split."
+        None,
+        "--val-data",
+        help="Validation SPEC ('none' = skip).",
+        show_default="--data's val split",
     ),
-    epochs: int = typer.Option(None, "--epochs", help="Default: 10 (stage 1), 5 (stage 2)."),
+    epochs: int = typer.Option(
+        None, "--epochs", help="Passes over the data.", show_default="10 in stage 1, 5 in stage 2"
+    ),
     max_steps: int = typer.Option(
-        None, "--max-steps", help="Optimizer steps in all. Default: epochs × steps per epoch."
+        None, "--max-steps", help="Optimizer steps in all.", show_default="epochs × steps per epoch"
     ),
     eval_every: int = typer.Option(
-        None, "--eval-every", help="Validate + checkpoint every N steps. Default: each epoch."
+        None, "--eval-every", help="Validate + checkpoint every N steps.", show_default="each epoch"
     ),
     save_every: int = typer.Option(
-        None, "--save-every", help="Checkpoint every N steps. Default: --eval-every."
+        None, "--save-every", help="Checkpoint every N steps.", show_default="--eval-every"
     ),
-    keep_last: int = typer.Option(2, "--keep-last", help="Checkpoints kept. Default: 2."),
+    keep_last: int = typer.Option(2, "--keep-last", help="Checkpoints kept."),
     batch_size: int = typer.Option(
-        None, "--batch-size", help="Clips per process per micro-batch. Default: 64 / 32."
+        None, "--batch-size", help="Clips per process per micro-batch.", show_default="64 / 32"
     ),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step. Default: 1."),
-    lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate. Default: 1e-5."),
-    warmup_steps: int = typer.Option(500, "--warmup-steps", help="Default: 500 (from 1e-8)."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay", help="Default: 0.05."),
-    max_grad_norm: float = typer.Option(
-        1.0, "--max-grad-norm", help="Gradient clipping, 0 = off. Default: 1.0."
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step."),
+    lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate."),
+    warmup_steps: int = typer.Option(
+        500, "--warmup-steps", help="Steps of linear warm-up from 1e-8 to --lr."
     ),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping, 0 = off."),
     context_dropout: float = typer.Option(
         0.0,
         "--context-dropout",
         help="Stage 2: chance a clip's prompt leaves out its context items, so the LLM "
-        "learns to read the frames too. Default: 0.",
+        "learns to read the frames too.",
     ),
     visual_contrast: float = typer.Option(
         0.0,
         "--visual-contrast",
         help="Stage 2: weight of a loss asking each description to be likelier under its own "
-        "clip's visual prompt than under another clip's (docs/model.md). Default: 0.",
+        "clip's visual prompt than under another clip's (docs/model.md).",
     ),
     rename_names: str = typer.Option(
         None,
         "--rename-names",
         help="A file of character names, one per line: each training clip's characters are "
         "renamed at random from it, so a name can only be learnt from the dialogue and "
-        "earlier AD, not by memorising the films' casts (on the demo it stopped the "
-        "memorising but the decoder did not learn to copy: docs/training.md). "
-        "Default: names as they are.",
+        "earlier AD, not by memorising the films' casts (docs/training.md).",
     ),
-    seed: int = typer.Option(2023, "--seed", help="Default: 2023."),
+    seed: int = typer.Option(2023, "--seed", help="Random seed."),
     mixed_precision: str = typer.Option(
-        "auto", "--mixed-precision", help="auto | no | fp16 | bf16. Default: auto (bf16 on GPU)."
+        "auto", "--mixed-precision", help="auto | no | fp16 | bf16 (auto: bf16 on GPU)."
     ),
-    eval_batch_size: int = typer.Option(8, "--eval-batch-size", help="Default: 8."),
+    eval_batch_size: int = typer.Option(8, "--eval-batch-size", help="Clips per validation batch."),
     val_max_clips: int = typer.Option(
-        None, "--val-max-clips", help="Validate on the first N val clips. Default: all."
+        None, "--val-max-clips", help="Validate on the first N val clips.", show_default="all"
     ),
-    num_workers: int = typer.Option(2, "--num-workers", help="Data loader workers. Default: 2."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Data loader workers."),
     threads: str = THREADS_OPTION,
     strict: bool = typer.Option(
-        False, "--strict", help="Refuse malformed annotation rows. Default: skip and report them."
+        False,
+        "--strict",
+        help="Refuse malformed annotation rows (without it: skip and report them).",
     ),
     cache_dir: str = typer.Option(
-        None, "--cache-dir", help="CLIP text-feature cache folder. Default: beside the data."
+        None, "--cache-dir", help="CLIP text-feature cache folder.", show_default="beside the data"
     ),
-    log_every: int = typer.Option(10, "--log-every", help="metrics.jsonl every N. Default: 10."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar. Default: shown."),
+    log_every: int = typer.Option(10, "--log-every", help="A metrics.jsonl line every N steps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     tensorboard: bool = typer.Option(
-        False, "--tensorboard", help="Also log to RUN_DIR/tensorboard. Default: off."
+        False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."
     ),
 ) -> None:
     """Train stage 1 or 2 (plain, one GPU, or under `accelerate launch` for DDP/FSDP)."""
     from locomad_cli.threads import torch_threads
     from locomad_cli.train.loop import TrainConfig, train
 
-    n_threads = _threads(threads)
+    n_threads = threads_arg(threads)
 
     cfg = TrainConfig(
         stage=stage,
@@ -362,16 +324,14 @@ def train_cmd(
         progress=not quiet,
         tensorboard=tensorboard,
     )
-    try:
-        with torch_threads(n_threads, decoding=False, device="auto"):
-            result = train(cfg)
-    except LocomadError as e:
-        fail(str(e))
+    with torch_threads(n_threads, decoding=False, device="auto"):
+        result = train(cfg)
     if result.is_main:
         typer.echo(f"trained to step {result.step}: {result.run_dir / 'model'}", err=True)
 
 
 @app.command("evaluate")
+@one_line_errors
 def evaluate_cmd(
     prediction: str = typer.Argument(
         ..., help="Our NAME.ad.json, any SRT/WebVTT AD track, or a folder of them (one per film)."
@@ -385,62 +345,55 @@ def evaluate_cmd(
     metrics: str = typer.Option(
         "all",
         "--metrics",
-        help="Comma list of cider,bleu,rouge,meteor,spice,bertscore,recall. Default: all.",
+        help="Comma list of cider,bleu,rouge,meteor,spice,bertscore,recall, or all.",
     ),
     output: str = typer.Option(None, "--output", "-o", help="Write the JSON report here."),
     min_iou: float = typer.Option(
-        0.5, "--min-iou", help="Time overlap needed to pair a prediction. Default: 0.5."
+        0.5, "--min-iou", help="Time overlap needed to pair a prediction."
     ),
-    bert_model: str = typer.Option(
-        "bert-base-uncased", "--bert-model", help="BertScore model. Default: bert-base-uncased."
-    ),
+    bert_model: str = typer.Option("bert-base-uncased", "--bert-model", help="BertScore model."),
     bert_rescale: bool = typer.Option(
         False,
         "--bert-rescale",
-        help="Rescale BertScore with bert-score's baseline (AutoAD-II). Default: off (paper).",
+        help="Rescale BertScore with bert-score's baseline (AutoAD-II; the paper does not).",
     ),
     recall_model: str = typer.Option(
-        "roberta-large", "--recall-model", help="R@k/N BertScore model. Default: roberta-large."
+        "roberta-large", "--recall-model", help="R@k/N BertScore model."
     ),
-    device: str = typer.Option("cpu", "--device", help="BertScore device. Default: cpu."),
+    device: str = typer.Option("cpu", "--device", help="BertScore device."),
     threads: str = THREADS_OPTION,
     corenlp: str = typer.Option(
         None,
         "--corenlp",
-        help="Folder with Stanford CoreNLP 3.6.0's jars for SPICE. Default: $LOCOMAD_CORENLP, "
-        "else pycocoevalcap's own download.",
+        help="Folder with Stanford CoreNLP 3.6.0's jars for SPICE.",
+        show_default="$LOCOMAD_CORENLP, else pycocoevalcap's own download",
     ),
     allow_missing: bool = typer.Option(
         False,
         "--allow-missing",
-        help="Exit 0 even when a requested metric cannot be computed. Default: exit 1.",
+        help="Exit 0 even when a requested metric cannot be computed (without it: exit 1).",
     ),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="Nothing on stderr but errors. Default: off."
-    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
 ) -> None:
     """Score an AD track against references: CIDEr, BLEU, ROUGE-L, METEOR, SPICE, BertScore,
     R@5/16. Exit code 1 when a requested metric is unavailable (unless --allow-missing)."""
     from locomad_cli.evaluate.report import evaluate, missing_line, report_table, write_report
 
-    n_threads = _threads(threads)
-    try:
-        report = evaluate(
-            prediction,
-            reference,
-            metrics=metrics,
-            min_iou=min_iou,
-            bert_model=bert_model,
-            bert_rescale=bert_rescale,
-            recall_model=recall_model,
-            device=device,
-            threads=n_threads,
-            corenlp=corenlp,
-        )
-        if output:
-            write_report(report, output)
-    except LocomadError as e:
-        fail(str(e))
+    n_threads = threads_arg(threads)
+    report = evaluate(
+        prediction,
+        reference,
+        metrics=metrics,
+        min_iou=min_iou,
+        bert_model=bert_model,
+        bert_rescale=bert_rescale,
+        recall_model=recall_model,
+        device=device,
+        threads=n_threads,
+        corenlp=corenlp,
+    )
+    if output:
+        write_report(report, output)
     from rich.console import Console
 
     Console().print(report_table(report))
@@ -457,6 +410,7 @@ def evaluate_cmd(
 
 
 @app.command("describe")
+@one_line_errors
 def describe_cmd(
     videos: list[str] = typer.Argument(
         ...,
@@ -471,24 +425,25 @@ def describe_cmd(
         "several, each film's NAME.srt/.vtt beside it is used.",
     ),
     subs_encoding: str = typer.Option(
-        None, "--subs-encoding", help="Encoding of --subs, e.g. cp1250. Default: detected."
+        None, "--subs-encoding", help="Encoding of --subs, e.g. cp1250.", show_default="detected"
     ),
     ad_times: str = typer.Option(
         None,
         "--ad-times",
-        help="AD slot times (SRT/WebVTT/CSV/JSON). Default: proposed between subtitles. One "
-        "film only; with several, each film's NAME.ad-times.* beside it.",
+        help="AD slot times (SRT/WebVTT/CSV/JSON). One film only; with several, each film's "
+        "NAME.ad-times.* beside it.",
+        show_default="proposed between subtitles",
     ),
     model: str = MODEL_OPTION,
     overrides: list[str] = SET_OPTION,
     weights: str = typer.Option(
-        None, "--weights", help="Trained weights folder or HF repo id. Default: the card's."
+        None, "--weights", help="Trained weights folder or HF repo id.", show_default="the card's"
     ),
     setting: str = typer.Option(
         "recurrent",
         "--setting",
         help="recurrent (earlier generated AD as context) | oracle (--reference as context) | "
-        "local (none). Default: recurrent.",
+        "local (none).",
     ),
     reference: str = typer.Option(
         None,
@@ -497,19 +452,19 @@ def describe_cmd(
         "several, each film's NAME.ad-times.*.",
     ),
     output_dir: str = typer.Option(
-        None, "--output-dir", "-o", help="Output folder. Default: beside the video."
+        None, "--output-dir", "-o", help="Output folder.", show_default="beside the video"
     ),
     formats: str = typer.Option(
         "srt,vtt,json",
         "--format",
         "-f",
-        help="srt, vtt, json, dapt (comma list) or all (srt, vtt, json). Default: srt,vtt,json.",
+        help="srt, vtt, json, dapt (comma list) or all (srt, vtt, json).",
     ),
     features: str = typer.Option(
         None,
         "--features",
-        help="Precomputed NAME.features.safetensors (one film only). Default: the one beside "
-        "the film, else extract (cached, reused).",
+        help="Precomputed NAME.features.safetensors (one film only).",
+        show_default="the one beside the film, else extract (cached, reused)",
     ),
     device: str = DEVICE_OPTION,
     threads: str = THREADS_OPTION,
@@ -517,52 +472,50 @@ def describe_cmd(
         None,
         "--cast",
         help="The film's character names, one per line: a description names a character only "
-        "once the film has said the name (with several films: FILM.cast.txt beside each). "
-        "Default: the card's names, if any.",
+        "once the film has said the name (with several films: FILM.cast.txt beside each).",
+        show_default="the card's names, if any",
     ),
     batch_size: int = typer.Option(
-        8, "--batch-size", help="Slots per call for oracle/local (recurrent: 1). Default: 8."
+        8, "--batch-size", help="Slots per call for oracle/local (recurrent: 1)."
     ),
     resume: bool = typer.Option(
         False,
         "--resume",
         help="Continue an interrupted run after its last slot; films already described by "
-        "the same card and setting (their tracks written, json among them) are kept. "
-        "Default: off.",
+        "the same card and setting (their tracks written, json among them) are kept.",
     ),
     min_gap: float = typer.Option(
-        2.0, "--min-gap", help="Shortest gap between speech to describe (s). Default: 2.0."
+        2.0, "--min-gap", help="Shortest gap between speech to describe (s)."
     ),
     margin: float = typer.Option(
-        0.3, "--margin", help="Silence kept around subtitles and speech (s). Default: 0.3."
+        0.3, "--margin", help="Silence kept around subtitles and speech (s)."
     ),
     max_len: float = typer.Option(
-        8.0, "--max-len", help="Longest slot; longer shots are split (s). Default: 8.0."
+        8.0, "--max-len", help="Longest slot; longer shots are split (s)."
     ),
     vad: str = typer.Option(
         "auto",
         "--vad",
         help="Keep slots off the speech the soundtrack holds (silero-vad): auto (when the film "
-        "has audio) | on | off. Default: auto.",
+        "has audio) | on | off.",
     ),
     shots: str = typer.Option(
-        "on", "--shots", help="Cut slots at shot changes (PySceneDetect): on | off. Default: on."
+        "on", "--shots", help="Cut slots at shot changes (PySceneDetect): on | off."
     ),
     cut_margin: float = typer.Option(
-        0.5, "--cut-margin", help="How far a slot may run across a cut (s). Default: 0.5."
+        0.5, "--cut-margin", help="How far a slot may run across a cut (s)."
     ),
     then_voice: bool = typer.Option(
         False,
         "--voice",
         help="Then voice, mix and deliver the track (locomad voice with its defaults, same "
-        "output folder and -f). Default: off.",
+        "output folder and -f).",
     ),
     quiet: bool = typer.Option(
         False,
         "--quiet",
         "-q",
-        help="Nothing on stderr but warnings and errors (the descriptions still go to stdout). "
-        "Default: progress shown.",
+        help="Nothing on stderr but warnings and errors (the descriptions still go to stdout).",
     ),
 ) -> None:
     """Write an audio-description track (SRT, WebVTT, JSON) for a film or several. Each
@@ -594,7 +547,7 @@ def describe_cmd(
         shots=shots,
         cut_margin=cut_margin,
         progress=not quiet,
-        threads=_threads(threads),
+        threads=threads_arg(threads),
         cast=cast,
     )
     many = several(videos)
@@ -615,17 +568,14 @@ def describe_cmd(
             for p in outcome.paths:
                 typer.echo(f"wrote {p}", err=True)
 
-    try:
-        if then_voice:  # a missing espeak-ng is said before the model runs, not after
-            from locomad_cli.voice.tts import make_engine
+    if then_voice:  # a missing espeak-ng is said before the model runs, not after
+        from locomad_cli.voice.tts import make_engine
 
-            make_engine()
-            from locomad_cli.voice.fit import voice_described
+        make_engine()
+        from locomad_cli.voice.fit import voice_described
 
-            then = functools.partial(voice_described, formats=opts.formats, progress=opts.progress)
-        outcomes = describe_films(videos, opts, described, done, then if then_voice else None)
-    except LocomadError as e:
-        fail(str(e))
+        then = functools.partial(voice_described, formats=opts.formats, progress=opts.progress)
+    outcomes = describe_films(videos, opts, described, done, then if then_voice else None)
     _end_of_films(outcomes)
 
 
@@ -664,72 +614,64 @@ def _print_description(row: dict, film: str | None = None) -> None:
 
 
 @app.command("voice")
+@one_line_errors
 def voice_cmd(
     video: str = typer.Argument(..., help="The film the AD track was written for."),
     ad: str = typer.Option(
-        None, "--ad", help="The AD track (FILM.ad.json from describe). Default: beside the film."
+        None,
+        "--ad",
+        help="The AD track (FILM.ad.json from describe).",
+        show_default="beside the film",
     ),
     output_dir: str = typer.Option(
-        None, "--output-dir", "-o", help="Output folder. Default: the AD track's folder."
+        None, "--output-dir", "-o", help="Output folder.", show_default="the AD track's folder"
     ),
-    tts: str = typer.Option(
-        "espeak-ng", "--tts", help="Speech engine: espeak-ng | piper. Default: espeak-ng."
-    ),
+    tts: str = typer.Option("espeak-ng", "--tts", help="Speech engine: espeak-ng | piper."),
     voice_name: str = typer.Option(
         None,
         "--voice",
-        help="espeak-ng voice (espeak-ng --voices) or piper voice file (.onnx). "
-        "Default: the --language's espeak-ng voice.",
+        help="espeak-ng voice (espeak-ng --voices) or piper voice file (.onnx).",
+        show_default="the --language's espeak-ng voice",
     ),
-    rate: float = typer.Option(
-        170.0, "--rate", help="Speaking rate in heard words per minute. Default: 170."
-    ),
+    rate: float = typer.Option(170.0, "--rate", help="Speaking rate in heard words per minute."),
     max_rate: float = typer.Option(
-        200.0, "--max-rate", help="Fastest rate a description is sped up to. Default: 200."
+        200.0, "--max-rate", help="Fastest rate a description is sped up to."
     ),
     overflow: str = typer.Option(
         None,
         "--overflow",
         help="A description that fits neither sped up nor by another candidate: extend | drop | "
-        "keep. Default: extend with --extended, else drop (with a warning).",
+        "keep.",
+        show_default="extend with --extended, else drop with a warning",
     ),
     extended: bool = typer.Option(
         False,
         "--extended",
-        help="Extended AD: hold the picture for what does not fit (the video is re-encoded). "
-        "Default: off.",
+        help="Extended AD: hold the picture for what does not fit (the video is re-encoded).",
     ),
     subs: str = typer.Option(
-        None, "--subs", help="Dialogue to keep off. Default: the subtitles the track names."
+        None, "--subs", help="Dialogue to keep off.", show_default="the subtitles the track names"
     ),
-    duck: float = typer.Option(
-        -12.0, "--duck", help="Programme gain under the AD (dB). Default: -12."
-    ),
-    duck_ramp: float = typer.Option(
-        0.2, "--duck-ramp", help="Fade into and out of the dip (s). Default: 0.2."
-    ),
+    duck: float = typer.Option(-12.0, "--duck", help="Programme gain under the AD (dB)."),
+    duck_ramp: float = typer.Option(0.2, "--duck-ramp", help="Fade into and out of the dip (s)."),
     loudness: float = typer.Option(
-        -23.0, "--loudness", help="Integrated loudness of the mix (LUFS). Default: -23 (R128)."
+        -23.0, "--loudness", help="Integrated loudness of the mix (LUFS; -23 is EBU R128)."
     ),
     ad_level: float = typer.Option(
-        0.0, "--ad-level", help="AD loudness relative to the programme (LU). Default: 0."
+        0.0, "--ad-level", help="AD loudness relative to the programme (LU)."
     ),
     language: str = typer.Option(
-        "en", "--language", help="Language of the descriptions (track tags). Default: en."
+        "en", "--language", help="Language of the descriptions (track tags)."
     ),
-    container: str = typer.Option(
-        "mkv", "--container", help="The described film: mkv | mp4. Default: mkv."
-    ),
+    container: str = typer.Option("mkv", "--container", help="The described film: mkv | mp4."),
     formats: str = typer.Option(
         "srt,vtt,json",
         "--format",
         "-f",
         help="Voiced text tracks: srt, vtt, json, dapt (comma list) or all. The JSON is always "
-        "written. Default: srt,vtt,json.",
+        "written.",
     ),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="No progress bar or file list. Default: shown."
-    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or file list."),
 ) -> None:
     """Voice an AD track: fit each description to its slot (measured), speak it, duck the film
     under it, and write FILM.ad.wav, FILM.ad-mix.wav, FILM.described.mkv and FILM.metrics.json.
@@ -758,10 +700,7 @@ def voice_cmd(
         ),
         progress=not quiet,
     )
-    try:
-        voiced, paths = voice(video, opts)
-    except LocomadError as e:
-        fail(str(e))
+    voiced, paths = voice(video, opts)
     result_line(voiced["voice"]["summary"])
     if not quiet:
         for p in paths:
@@ -782,21 +721,22 @@ def _demo(_help: bool = HELP_OPTION) -> None:
 
 
 @demo_app.command("make-data")
+@one_line_errors
 def demo_make_data_cmd(
     out_dir: str = typer.Argument(..., help="Folder for train/, val/ and test/ films."),
-    seed: int = typer.Option(0, "--seed", help="World seed: same seed, same films. Default: 0."),
-    films: int = typer.Option(60, "--films", help="Films in all. Default: 60."),
-    val: int = typer.Option(6, "--val", help="Validation films. Default: 6."),
-    test: int = typer.Option(6, "--test", help="Held-out films (the last ones). Default: 6."),
-    cast: int = typer.Option(3, "--cast", help="Characters per film (1-4). Default: 3."),
-    fps: float = typer.Option(10.0, "--fps", help="Frame rate of the MP4s. Default: 10."),
+    seed: int = typer.Option(0, "--seed", help="World seed: same seed, same films."),
+    films: int = typer.Option(60, "--films", help="Films in all."),
+    val: int = typer.Option(6, "--val", help="Validation films."),
+    test: int = typer.Option(6, "--test", help="Held-out films (the last ones)."),
+    cast: int = typer.Option(3, "--cast", help="Characters per film (1-4)."),
+    fps: float = typer.Option(10.0, "--fps", help="Frame rate of the MP4s."),
     dialogue_intro: float = typer.Option(
         1.0,
         "--dialogue-intro",
-        help="Chance a newcomer is named by dialogue instead of the AD. Default: 1.",
+        help="Chance a newcomer is named by dialogue instead of the AD.",
     ),
     features: bool = typer.Option(
-        True, "--features/--no-features", help="Extract frame features too. Default: on."
+        True, "--features/--no-features", help="Extract frame features too."
     ),
     model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
     threads: str = THREADS_OPTION,
@@ -804,7 +744,7 @@ def demo_make_data_cmd(
     """Render demo films (MP4 + subtitles + reference AD) in the folder-of-films layout."""
     from locomad_cli.demo.data import DemoDataConfig, make_data
 
-    n_threads = _threads(threads)
+    n_threads = threads_arg(threads)
 
     cfg = DemoDataConfig(
         seed=seed,
@@ -815,30 +755,26 @@ def demo_make_data_cmd(
         fps=fps,
         dialogue_intro=dialogue_intro,
     )
-    try:
-        out = make_data(
-            out_dir, cfg, features=features, card=model, progress=True, threads=n_threads
-        )
-    except LocomadError as e:
-        fail(str(e))
+    out = make_data(out_dir, cfg, features=features, card=model, progress=True, threads=n_threads)
     typer.echo(
         ", ".join(f"{len(v)} {k}" for k, v in out.items()) + f" films in {out_dir}", err=True
     )
 
 
 @demo_app.command("train-clip")
+@one_line_errors
 def demo_train_clip_cmd(
     data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
     out: str = typer.Option(
         "weights/demo/clip.safetensors",
         "--out",
         "-o",
-        help="Default: weights/demo/clip.safetensors.",
+        help="The trained CLIP weights.",
     ),
     model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP is trained."),
-    steps: int = typer.Option(600, "--steps", help="Optimizer steps. Default: 600."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Default: 64."),
-    seed: int = typer.Option(0, "--seed", help="Default: 0."),
+    steps: int = typer.Option(600, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
     threads: str = THREADS_OPTION,
 ) -> None:
     """Train the demo card's small CLIP contrastively on demo frames (open_clip's loss)."""
@@ -846,13 +782,10 @@ def demo_train_clip_cmd(
     from locomad_cli.demo.clip_train import train_clip
     from locomad_cli.threads import torch_threads
 
-    n_threads = _threads(threads)
-    try:
-        card = load_card(model)
-        with torch_threads(n_threads, decoding=False, device="cpu"):
-            r = train_clip(data, card, out, steps=steps, batch_size=batch_size, seed=seed)
-    except LocomadError as e:
-        fail(str(e))
+    n_threads = threads_arg(threads)
+    card = load_card(model)
+    with torch_threads(n_threads, decoding=False, device="cpu"):
+        r = train_clip(data, card, out, steps=steps, batch_size=batch_size, seed=seed)
     typer.echo(
         f"wrote {out}: val caption->frame R@1 {r['val_r1_random']:.2f} at random init, "
         f"{r['val_r1_trained']:.2f} trained (chance {r['chance']:.2f})",
@@ -861,22 +794,21 @@ def demo_train_clip_cmd(
 
 
 @demo_app.command("tokenizers")
+@one_line_errors
 def demo_tokenizers_cmd(
     data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
-    out: str = typer.Option("weights/demo", "--out", "-o", help="Default: weights/demo."),
-    vocab_size: int = typer.Option(1000, "--vocab-size", help="BPE vocabulary. Default: 1000."),
+    out: str = typer.Option("weights/demo", "--out", "-o", help="Folder for the tokenizers."),
+    vocab_size: int = typer.Option(1000, "--vocab-size", help="BPE vocabulary size."),
 ) -> None:
     """Train the demo's PME and LLM tokenizers (byte-level BPE) on the training films' text."""
     from locomad_cli.demo.tokenizers import make_tokenizers
 
-    try:
-        folders = make_tokenizers(data, out, vocab_size)
-    except LocomadError as e:
-        fail(str(e))
+    folders = make_tokenizers(data, out, vocab_size)
     typer.echo("wrote " + ", ".join(str(f) for f in folders), err=True)
 
 
 @demo_app.command("features")
+@one_line_errors
 def demo_features_cmd(
     data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
     model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
@@ -885,58 +817,47 @@ def demo_features_cmd(
     """Extract frame features for every demo film (skips films already done)."""
     from locomad_cli.demo.data import extract_demo_features
 
-    n_threads = _threads(threads)
-    try:
-        n = extract_demo_features(data, model, threads=n_threads)
-    except LocomadError as e:
-        fail(str(e))
+    n_threads = threads_arg(threads)
+    n = extract_demo_features(data, model, threads=n_threads)
     typer.echo(f"{n} films have features", err=True)
 
 
 @demo_app.command("train")
+@one_line_errors
 def demo_train_cmd(
     work: str = typer.Argument(..., help="Folder for the demo data and the training runs."),
-    weights: str = typer.Option(
-        "weights/demo", "--weights", help="Where the model goes. Default: weights/demo."
-    ),
-    seed: int = typer.Option(0, "--seed", help="World and training seed. Default: 0."),
-    films: int = typer.Option(
-        60, "--films", help="Films whose last 12 validate and test. Default: 60."
-    ),
-    extra_films: int = typer.Option(
-        0, "--extra-films", help="More training films after those. Default: 0."
-    ),
-    clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps. Default: 2000."),
+    weights: str = typer.Option("weights/demo", "--weights", help="Where the model goes."),
+    seed: int = typer.Option(0, "--seed", help="World and training seed."),
+    films: int = typer.Option(60, "--films", help="Films whose last 12 validate and test."),
+    extra_films: int = typer.Option(0, "--extra-films", help="More training films after those."),
+    clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps."),
     clip_hard_negatives: bool = typer.Option(
         False,
         "--clip-hard-negatives/--no-clip-hard-negatives",
         help="Train the CLIP against captions with one prop, garment or room swapped "
-        "(docs/demo.md). Default: off, as the shipped weights were made.",
+        "(docs/demo.md).",
     ),
-    s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs. Default: 20."),
-    s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs. Default: 30."),
+    s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs."),
+    s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs."),
     visual_contrast: float = typer.Option(
         0.0,
         "--visual-contrast",
-        help="Stage 2's visual-contrast weight (`locomad train --visual-contrast`). Default: 0.",
+        help="Stage 2's visual-contrast weight (`locomad train --visual-contrast`).",
     ),
     rename_names: bool = typer.Option(
         False,
         "--rename-names/--keep-names",
         help="Rename training clips' characters at random from the world's name pool "
-        "(`locomad train --rename-names`; measured worse on the demo, docs/demo.md). "
-        "Default: off.",
+        "(`locomad train --rename-names`).",
     ),
-    measure: bool = typer.Option(
-        True, "--measure/--no-measure", help="Measure on held-out films. Default: on."
-    ),
+    measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure on held-out films."),
     threads: str = THREADS_OPTION,
 ) -> None:
     """Train the demo model from nothing: data, tokenizers, CLIP, stage 1, stage 2, measure."""
     from locomad_cli.demo.pipeline import DemoTrainConfig, train_demo
     from locomad_cli.threads import pick_threads
 
-    n_threads = _threads(threads)
+    n_threads = threads_arg(threads)
 
     cfg = DemoTrainConfig(
         work=work,
@@ -954,10 +875,7 @@ def demo_train_cmd(
         progress=True,
     )
     cfg.threads = pick_threads(n_threads, decoding=False, device="cpu")
-    try:
-        result = train_demo(cfg)
-    except LocomadError as e:
-        fail(str(e))
+    result = train_demo(cfg)
     _print_scores(result.get("test", {}))
 
 
@@ -987,22 +905,22 @@ def _demo_model(model: str, weights: str | None):
 
 
 @demo_app.command("measure")
+@one_line_errors
 def demo_measure_cmd(
     data: str = typer.Argument(..., help="Demo data folder with features (from make-data)."),
     model: str = typer.Option("demo", "--model", "-m", help=MODEL_HELP),
-    weights: str = typer.Option(None, "--weights", help="Model folder. Default: the card's."),
-    split: str = typer.Option("test", "--split", help="Films to score. Default: test."),
+    weights: str = typer.Option(None, "--weights", help="Model folder.", show_default="the card's"),
+    split: str = typer.Option("test", "--split", help="Films to score."),
     settings: str = typer.Option(
         "oracle,recurrent,recurrent-last-k,local",
         "--settings",
-        help="Comma list of oracle, oracle-last-k, recurrent, recurrent-last-k, local, stage1. "
-        "Default: oracle,recurrent,recurrent-last-k,local.",
+        help="Comma list of oracle, oracle-last-k, recurrent, recurrent-last-k, local, stage1.",
     ),
     heard_names: bool = typer.Option(
         False,
         "--heard-names",
         help="Name a character only once the prompt holds the name (llm.names = the world's "
-        "48 names, as describe --cast does for a film). Default: the card's llm.names.",
+        "48 names, as describe --cast does for a film); without it, the card's llm.names.",
     ),
     threads: str = THREADS_OPTION,
 ) -> None:
@@ -1012,29 +930,27 @@ def demo_measure_cmd(
     from locomad_cli.threads import torch_threads
     from locomad_cli.utils import parse_choice_list
 
-    n_threads = _threads(threads)
-    try:
-        chosen = parse_choice_list(settings, SETTINGS, "--settings")
-        demo_model = _demo_model(model, weights)
-        if heard_names:
-            from locomad_cli.demo.world import NAMES
+    n_threads = threads_arg(threads)
+    chosen = parse_choice_list(settings, SETTINGS, "--settings")
+    demo_model = _demo_model(model, weights)
+    if heard_names:
+        from locomad_cli.demo.world import NAMES
 
-            demo_model.card.llm.names = list(NAMES)
-        with torch_threads(n_threads, decoding=False, device="cpu"):
-            scores = measure(demo_model, data, settings=chosen, split=split)
-        _print_scores(scores)
-    except LocomadError as e:
-        fail(str(e))
+        demo_model.card.llm.names = list(NAMES)
+    with torch_threads(n_threads, decoding=False, device="cpu"):
+        scores = measure(demo_model, data, settings=chosen, split=split)
+    _print_scores(scores)
 
 
 @demo_app.command("probe")
+@one_line_errors
 def demo_probe_cmd(
     data: str = typer.Argument(..., help="Demo data folder with features (from make-data)."),
     model: str = typer.Option("demo", "--model", "-m", help=MODEL_HELP),
-    weights: str = typer.Option(None, "--weights", help="Model folder. Default: the card's."),
-    split: str = typer.Option("test", "--split", help="Held-out films. Default: test."),
+    weights: str = typer.Option(None, "--weights", help="Model folder.", show_default="the card's"),
+    split: str = typer.Option("test", "--split", help="Held-out films."),
     train_films: int = typer.Option(
-        48, "--train-films", help="Training films the probes are fit on. Default: 48."
+        48, "--train-films", help="Training films the probes are fit on."
     ),
     threads: str = THREADS_OPTION,
 ) -> None:
@@ -1044,12 +960,9 @@ def demo_probe_cmd(
     from locomad_cli.demo.probe import ProbeConfig, probe
     from locomad_cli.threads import torch_threads
 
-    n_threads = _threads(threads)
-    try:
-        with torch_threads(n_threads, decoding=False, device="cpu"):
-            result = probe(_demo_model(model, weights), ProbeConfig(data, split, train_films))
-    except LocomadError as e:
-        fail(str(e))
+    n_threads = threads_arg(threads)
+    with torch_threads(n_threads, decoding=False, device="cpu"):
+        result = probe(_demo_model(model, weights), ProbeConfig(data, split, train_films))
     _print_scores(result)
 
 
