@@ -15,6 +15,7 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -27,6 +28,7 @@ from locomad_cli.cli_common import (
     SET_OPTION,
     THREADS_OPTION,
     fail,
+    from_params,
     one_line_errors,
     threads_arg,
 )
@@ -153,6 +155,7 @@ def extract_features_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary line."),
 ) -> None:
     """CLIP frame features at exact 1/fps timestamps into NAME.features.safetensors."""
+    params = dict(locals())
     from locomad_cli.card import load_card
 
     n_threads = threads_arg(threads)
@@ -160,19 +163,9 @@ def extract_features_cmd(
     from locomad_cli.features.extract import extract_features, summary_line
     from locomad_cli.films import expand_films
 
-    results = extract_features(
-        expand_films(videos),  # this process's share is taken inside
-        card,
-        out_dir=out_dir,
-        fps=fps,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        threads=n_threads,
-        h5=h5,
-        overwrite=overwrite,
-        progress=not quiet,
-    )
+    # this process's share of the films is taken inside
+    films = expand_films(videos)
+    results = from_params(extract_features, params, videos=films, card=card, threads=n_threads)
     if not quiet:
         typer.echo(summary_line(results), err=True)
 
@@ -285,45 +278,12 @@ def train_cmd(
     ),
 ) -> None:
     """Train stage 1 or 2 (plain, one GPU, or under `accelerate launch` for DDP/FSDP)."""
+    params = dict(locals())
     from locomad_cli.threads import torch_threads
     from locomad_cli.train.loop import TrainConfig, train
 
     n_threads = threads_arg(threads)
-
-    cfg = TrainConfig(
-        stage=stage,
-        data=data,
-        out=out,
-        model=model,
-        overrides=list(overrides),
-        init=init,
-        resume=resume,
-        val_data=val_data,
-        epochs=epochs,
-        max_steps=max_steps,
-        eval_every=eval_every,
-        save_every=save_every,
-        keep_last=keep_last,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        context_dropout=context_dropout,
-        visual_contrast=visual_contrast,
-        rename_names=rename_names,
-        seed=seed,
-        mixed_precision=mixed_precision,
-        eval_batch_size=eval_batch_size,
-        val_max_clips=val_max_clips,
-        num_workers=num_workers,
-        strict=strict,
-        cache_dir=cache_dir,
-        log_every=log_every,
-        progress=not quiet,
-        tensorboard=tensorboard,
-    )
+    cfg = from_params(TrainConfig, params)
     with torch_threads(n_threads, decoding=False, device="auto"):
         result = train(cfg)
     if result.is_main:
@@ -377,21 +337,10 @@ def evaluate_cmd(
 ) -> None:
     """Score an AD track against references: CIDEr, BLEU, ROUGE-L, METEOR, SPICE, BertScore,
     R@5/16. Exit code 1 when a requested metric is unavailable (unless --allow-missing)."""
+    params = dict(locals())
     from locomad_cli.evaluate.report import evaluate, missing_line, report_table, write_report
 
-    n_threads = threads_arg(threads)
-    report = evaluate(
-        prediction,
-        reference,
-        metrics=metrics,
-        min_iou=min_iou,
-        bert_model=bert_model,
-        bert_rescale=bert_rescale,
-        recall_model=recall_model,
-        device=device,
-        threads=n_threads,
-        corenlp=corenlp,
-    )
+    report = from_params(evaluate, params, threads=threads_arg(threads))
     if output:
         write_report(report, output)
     from rich.console import Console
@@ -522,35 +471,19 @@ def describe_cmd(
     description is printed on stdout as it is made (one line: start --> end  text, after the
     film's name with several films); progress on stderr. Under `accelerate launch` each
     process describes its share of the films."""
+    params = dict(locals())
     from locomad_cli.describe.film import DescribeOptions
     from locomad_cli.describe.many import describe_films, several
 
-    opts = DescribeOptions(
-        subs=subs,
-        subs_encoding=subs_encoding,
-        ad_times=ad_times,
-        model=model,
-        overrides=list(overrides),
-        weights=weights,
-        setting=setting,
-        reference=reference,
-        output_dir=output_dir,
-        formats=formats,
-        features=features,
-        device=device,
-        batch_size=batch_size,
-        resume=resume,
-        min_gap=min_gap,
-        margin=margin,
-        max_len=max_len,
-        vad=vad,
-        shots=shots,
-        cut_margin=cut_margin,
-        progress=not quiet,
-        threads=threads_arg(threads),
-        cast=cast,
-    )
-    many = several(videos)
+    opts = from_params(DescribeOptions, params, threads=threads_arg(threads))
+    described, done = _film_printers(several(videos), quiet)
+    then = _then_voice(opts) if then_voice else None
+    _end_of_films(describe_films(videos, opts, described, done, then))
+
+
+def _film_printers(many: bool, quiet: bool) -> tuple[Callable, Callable]:
+    """describe's two callbacks: each description as a line on stdout (after the film's name
+    with several films), and each film's end: its error, voiced summary, files written."""
 
     def described(video: Path, row: dict) -> None:
         _print_description(row, video.name if many else None)
@@ -568,15 +501,18 @@ def describe_cmd(
             for p in outcome.paths:
                 typer.echo(f"wrote {p}", err=True)
 
-    if then_voice:  # a missing espeak-ng is said before the model runs, not after
-        from locomad_cli.voice.tts import make_engine
+    return described, done
 
-        make_engine()
-        from locomad_cli.voice.fit import voice_described
 
-        then = functools.partial(voice_described, formats=opts.formats, progress=opts.progress)
-    outcomes = describe_films(videos, opts, described, done, then if then_voice else None)
-    _end_of_films(outcomes)
+def _then_voice(opts) -> Callable:
+    """describe --voice: what voices each described film. A missing espeak-ng is said before
+    the model runs, not after."""
+    from locomad_cli.voice.tts import make_engine
+
+    make_engine()
+    from locomad_cli.voice.fit import voice_described
+
+    return functools.partial(voice_described, formats=opts.formats, progress=opts.progress)
 
 
 def _end_of_films(outcomes: list) -> None:
@@ -627,7 +563,7 @@ def voice_cmd(
         None, "--output-dir", "-o", help="Output folder.", show_default="the AD track's folder"
     ),
     tts: str = typer.Option("espeak-ng", "--tts", help="Speech engine: espeak-ng | piper."),
-    voice_name: str = typer.Option(
+    voice: str = typer.Option(
         None,
         "--voice",
         help="espeak-ng voice (espeak-ng --voices) or piper voice file (.onnx).",
@@ -652,8 +588,8 @@ def voice_cmd(
     subs: str = typer.Option(
         None, "--subs", help="Dialogue to keep off.", show_default="the subtitles the track names"
     ),
-    duck: float = typer.Option(-12.0, "--duck", help="Programme gain under the AD (dB)."),
-    duck_ramp: float = typer.Option(0.2, "--duck-ramp", help="Fade into and out of the dip (s)."),
+    duck_db: float = typer.Option(-12.0, "--duck", help="Programme gain under the AD (dB)."),
+    ramp: float = typer.Option(0.2, "--duck-ramp", help="Fade into and out of the dip (s)."),
     loudness: float = typer.Option(
         -23.0, "--loudness", help="Integrated loudness of the mix (LUFS; -23 is EBU R128)."
     ),
@@ -676,31 +612,13 @@ def voice_cmd(
     """Voice an AD track: fit each description to its slot (measured), speak it, duck the film
     under it, and write FILM.ad.wav, FILM.ad-mix.wav, FILM.described.mkv and FILM.metrics.json.
     The summary line goes to stdout."""
-    from locomad_cli.voice.fit import VoiceOptions, voice
+    params = dict(locals())
+    from locomad_cli.voice import fit
     from locomad_cli.voice.mix import MixOptions
 
-    opts = VoiceOptions(
-        ad=ad or str(Path(video).with_name(f"{Path(video).stem}.ad.json")),
-        output_dir=output_dir,
-        tts=tts,
-        voice=voice_name,
-        rate=rate,
-        max_rate=max_rate,
-        overflow=overflow,
-        extended=extended,
-        subs=subs,
-        formats=formats,
-        mix=MixOptions(
-            duck_db=duck,
-            ramp=duck_ramp,
-            loudness=loudness,
-            ad_level=ad_level,
-            language=language,
-            container=container,
-        ),
-        progress=not quiet,
-    )
-    voiced, paths = voice(video, opts)
+    ad = ad or str(Path(video).with_name(f"{Path(video).stem}.ad.json"))
+    opts = from_params(fit.VoiceOptions, params, ad=ad, mix=from_params(MixOptions, params))
+    voiced, paths = fit.voice(video, opts)
     result_line(voiced["voice"]["summary"])
     if not quiet:
         for p in paths:
@@ -742,19 +660,11 @@ def demo_make_data_cmd(
     threads: str = THREADS_OPTION,
 ) -> None:
     """Render demo films (MP4 + subtitles + reference AD) in the folder-of-films layout."""
+    params = dict(locals())
     from locomad_cli.demo.data import DemoDataConfig, make_data
 
+    cfg = from_params(DemoDataConfig, params)
     n_threads = threads_arg(threads)
-
-    cfg = DemoDataConfig(
-        seed=seed,
-        films=films,
-        val=val,
-        test=test,
-        cast=cast,
-        fps=fps,
-        dialogue_intro=dialogue_intro,
-    )
     out = make_data(out_dir, cfg, features=features, card=model, progress=True, threads=n_threads)
     typer.echo(
         ", ".join(f"{len(v)} {k}" for k, v in out.items()) + f" films in {out_dir}", err=True
@@ -829,7 +739,7 @@ def demo_train_cmd(
     weights: str = typer.Option("weights/demo", "--weights", help="Where the model goes."),
     seed: int = typer.Option(0, "--seed", help="World and training seed."),
     films: int = typer.Option(60, "--films", help="Films whose last 12 validate and test."),
-    extra_films: int = typer.Option(0, "--extra-films", help="More training films after those."),
+    extra_train: int = typer.Option(0, "--extra-films", help="More training films after those."),
     clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps."),
     clip_hard_negatives: bool = typer.Option(
         False,
@@ -839,7 +749,7 @@ def demo_train_cmd(
     ),
     s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs."),
     s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs."),
-    visual_contrast: float = typer.Option(
+    s2_visual_contrast: float = typer.Option(
         0.0,
         "--visual-contrast",
         help="Stage 2's visual-contrast weight (`locomad train --visual-contrast`).",
@@ -854,27 +764,12 @@ def demo_train_cmd(
     threads: str = THREADS_OPTION,
 ) -> None:
     """Train the demo model from nothing: data, tokenizers, CLIP, stage 1, stage 2, measure."""
+    params = dict(locals())
     from locomad_cli.demo.pipeline import DemoTrainConfig, train_demo
     from locomad_cli.threads import pick_threads
 
-    n_threads = threads_arg(threads)
-
-    cfg = DemoTrainConfig(
-        work=work,
-        weights=weights,
-        seed=seed,
-        films=films,
-        extra_train=extra_films,
-        clip_steps=clip_steps,
-        clip_hard_negatives=clip_hard_negatives,
-        s1_epochs=s1_epochs,
-        s2_epochs=s2_epochs,
-        s2_visual_contrast=visual_contrast,
-        rename_names=rename_names,
-        measure=measure,
-        progress=True,
-    )
-    cfg.threads = pick_threads(n_threads, decoding=False, device="cpu")
+    n = pick_threads(threads_arg(threads), decoding=False, device="cpu")
+    cfg = from_params(DemoTrainConfig, params, progress=True, threads=n)
     result = train_demo(cfg)
     _print_scores(result.get("test", {}))
 
