@@ -1,24 +1,18 @@
-"""The `locomad` command: a thin Typer layer over the pipeline's functions.
-
-Every command turns a LocomadError (bad input, missing weights, offline hub) into one line
-on stderr and exit code 2; a full disk or a permission error while writing is one line and
-exit 2 as well; anything else is a bug of ours: one line saying so, exit code 70, and the
-traceback with `--debug` or LOCOMAD_DEBUG=1. Results go to stdout, progress and warnings to
-stderr. Nothing here holds logic that tests cannot reach directly.
-"""
+"""The `locomad` command: a thin Typer layer over the pipeline's functions. Results go to
+stdout, progress and warnings to stderr; bad input is one line on stderr and exit code 2, a bug
+of ours exit code 70 (cli_common.run). The demo's commands are in demo/cli.py."""
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
-import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from typer import Argument, Option
 
 from locomad_cli.cli_common import (
     DEVICE_OPTION,
@@ -30,10 +24,12 @@ from locomad_cli.cli_common import (
     fail,
     from_params,
     one_line_errors,
+    run,
+    setup_logging,
     threads_arg,
 )
 from locomad_cli.demo.cli import demo_app
-from locomad_cli.utils import DEBUG_ENV, EXIT_INTERNAL, EXIT_USER, LocomadError, os_error_line
+from locomad_cli.utils import DEBUG_ENV
 
 app = typer.Typer(
     name="locomad",
@@ -43,28 +39,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags show as flags, no boxes in pipes and logs
 )
-
-
-class _WarningLine(logging.Handler):
-    """locomad's own warnings as `locomad: warning: ...` on the stderr of the moment (so that
-    test runners that swap sys.stderr see them too)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"locomad: warning: {record.getMessage()}", err=True)
-
-
-def _setup_logging() -> None:
-    log = logging.getLogger("locomad_cli")
-    if not any(isinstance(h, _WarningLine) for h in log.handlers):
-        # records still propagate (test runners capture them at the root); with no handler
-        # at the root, logging's last-resort printer stays silent because this one exists
-        log.addHandler(_WarningLine(logging.WARNING))
-    root = logging.getLogger()
-    if not root.handlers:
-        # a library's module-level logging.warning() would otherwise configure the root with
-        # a printer of its own (logging.basicConfig), and every later warning of ours would
-        # appear twice ("WARNING:locomad_cli...."): a handler at the root prevents that
-        root.addHandler(logging.NullHandler())
 
 
 def _version_callback(value: bool) -> None:
@@ -77,13 +51,11 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
+    version: bool = Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
     ),
-    debug: bool = typer.Option(
-        False,
-        "--debug",
-        help=f"Show the traceback of an internal error (or set {DEBUG_ENV}=1).",
+    debug: bool = Option(
+        False, "--debug", help=f"Show the traceback of an internal error (or set {DEBUG_ENV}=1)."
     ),
     _help: bool = HELP_OPTION,
 ) -> None:
@@ -91,71 +63,48 @@ def _root(
     if debug:
         os.environ[DEBUG_ENV] = "1"
         warnings.resetwarnings()
-    _setup_logging()
+    setup_logging()
 
 
 @app.command()
 @one_line_errors
-def doctor(
-    model: str = MODEL_OPTION,
-) -> None:
+def doctor(model: str = MODEL_OPTION) -> None:
     """What this machine has for a model card: tools, CLIP/BERT/OPT weights in the local caches,
     trained LoCo-MAD weights, Java, CoreNLP, espeak-ng. Exit code 1 when the card cannot describe
     a film here (a row needed for `describe` is missing), 0 otherwise."""
-    from locomad_cli.doctor import blocking, run_checks
+    from locomad_cli.doctor import blocking, print_table, run_checks
 
     rows = run_checks(model)
-    from rich.console import Console
-    from rich.table import Table
-
-    from locomad_cli import __version__
-
-    table = Table(title=f"locomad {__version__} doctor, model card {model}")
-    table.add_column("check")
-    table.add_column("status")
-    table.add_column("needed for")
-    table.add_column("details", overflow="fold")
-    for r in rows:
-        status = "[green]ok[/]" if r.ok else "[yellow]missing[/]"
-        table.add_row(r.name, status, r.needed_for, r.details)
-    Console(soft_wrap=False).print(table)
-    missing = blocking(rows)
-    if missing:
-        typer.echo(
-            f"locomad: error: model card '{model}' cannot describe a film on this machine: "
-            f"missing {', '.join(r.name for r in missing)}",
-            err=True,
-        )
+    print_table(rows, model)
+    if missing := ", ".join(r.name for r in blocking(rows)):
+        what = f"model card '{model}' cannot describe a film on this machine: missing {missing}"
+        typer.echo(f"locomad: error: {what}", err=True)
         raise typer.Exit(1)
 
 
 @app.command("extract-features")
 @one_line_errors
 def extract_features_cmd(
-    videos: list[str] = typer.Argument(
-        ..., help="Film files (any format ffmpeg reads) or folders of films."
-    ),
-    out_dir: str = typer.Option(
+    videos: list[str] = Argument(..., help="Films (any format ffmpeg reads) or folders of films."),
+    out_dir: str = Option(
         None, "--out-dir", "-o", help="Output folder.", show_default="beside each video"
     ),
     model: str = MODEL_OPTION,
     overrides: list[str] = SET_OPTION,
-    fps: float = typer.Option(None, "--fps", help="Frames per second.", show_default="the card's"),
-    batch_size: int = typer.Option(64, "--batch-size", help="Frames per CLIP batch."),
+    fps: float = Option(None, "--fps", help="Frames per second.", show_default="the card's"),
+    batch_size: int = Option(64, "--batch-size", help="Frames per CLIP batch."),
     device: str = DEVICE_OPTION,
-    dtype: str = typer.Option(
+    dtype: str = Option(
         "auto", "--dtype", help="auto | fp32 | fp16 | bf16 (auto: bf16 on GPUs, fp32 on CPU)."
     ),
     threads: str = THREADS_OPTION,
-    h5: str = typer.Option(
-        None, "--h5", help="Also add the films to this MAD-layout HDF5 (key = file stem)."
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Redo films whose features exist (without it: skip them)."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no summary line."),
+    h5: str = Option(None, "--h5", help="Also add the films to this MAD-layout HDF5 file."),
+    overwrite: bool = Option(False, "--overwrite", help="Redo films whose features exist."),
+    quiet: bool = Option(False, "--quiet", "-q", help="No progress bars, no summary line."),
 ) -> None:
-    """CLIP frame features at exact 1/fps timestamps into NAME.features.safetensors."""
+    """CLIP frame features at exact 1/fps timestamps into NAME.features.safetensors. Films
+    whose features exist are skipped unless --overwrite; in --h5, a film's key is its file
+    stem."""
     params = dict(locals())
     from locomad_cli.card import load_card
 
@@ -164,8 +113,7 @@ def extract_features_cmd(
     from locomad_cli.features.extract import extract_features, summary_line
     from locomad_cli.films import expand_films
 
-    # this process's share of the films is taken inside
-    films = expand_films(videos)
+    films = expand_films(videos)  # this process's share of them is taken inside
     results = from_params(extract_features, params, videos=films, card=card, threads=n_threads)
     if not quiet:
         typer.echo(summary_line(results), err=True)
@@ -174,8 +122,8 @@ def extract_features_cmd(
 @app.command("convert-weights")
 @one_line_errors
 def convert_weights_cmd(
-    src: str = typer.Argument(..., help="A PyTorch state dict (.pth or .bin)."),
-    dst: str = typer.Argument(..., help="Output file; must end in .safetensors."),
+    src: str = Argument(..., help="A PyTorch state dict (.pth or .bin)."),
+    dst: str = Argument(..., help="Output file; must end in .safetensors."),
 ) -> None:
     """Re-save a third-party .pth/.bin state dict as safetensors (read with weights_only=True)."""
     from locomad_cli.model.checkpoint import convert_weights
@@ -187,98 +135,75 @@ def convert_weights_cmd(
 @app.command("train")
 @one_line_errors
 def train_cmd(
-    stage: int = typer.Option(..., "--stage", help="1 = the PME (L_s1); 2 = DSM + LLM (L_s2)."),
-    data: str = typer.Option(
-        ..., "--data", help="folder:PATH, mad:ROOT, lsmdc:ROOT or a folder (auto-detected)."
-    ),
-    out: str = typer.Option(..., "--out", "-o", help="RUN_DIR for checkpoints and logs."),
-    model: str = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help=MODEL_HELP,
-        show_default="the --init checkpoint's card",
+    stage: int = Option(..., "--stage", help="1 = the PME (L_s1); 2 = DSM + LLM (L_s2)."),
+    data: str = Option(..., "--data", help="folder:PATH, mad:ROOT, lsmdc:ROOT or a folder."),
+    out: str = Option(..., "--out", "-o", help="RUN_DIR for checkpoints and logs."),
+    model: str = Option(
+        None, "--model", "-m", help=MODEL_HELP, show_default="the --init checkpoint's card"
     ),
     overrides: list[str] = SET_OPTION,
-    init: str = typer.Option(
-        None, "--init", help="Start from this run dir or model dir (stage 2: the stage-1 run)."
+    init: str = Option(None, "--init", help="Start from this run dir or model dir."),
+    resume: bool = Option(False, "--resume", help="Continue RUN_DIR from its last checkpoint."),
+    val_data: str = Option(
+        None, "--val-data", help="Validation SPEC, or none.", show_default="--data's val split"
     ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue RUN_DIR from its last checkpoint."
-    ),
-    val_data: str = typer.Option(
-        None,
-        "--val-data",
-        help="Validation SPEC ('none' = skip).",
-        show_default="--data's val split",
-    ),
-    epochs: int = typer.Option(
-        None, "--epochs", help="Passes over the data.", show_default="10 in stage 1, 5 in stage 2"
-    ),
-    max_steps: int = typer.Option(
+    epochs: int = Option(None, "--epochs", help="Passes over the data.", show_default="10 / 5"),
+    max_steps: int = Option(
         None, "--max-steps", help="Optimizer steps in all.", show_default="epochs × steps per epoch"
     ),
-    eval_every: int = typer.Option(
+    eval_every: int = Option(
         None, "--eval-every", help="Validate + checkpoint every N steps.", show_default="each epoch"
     ),
-    save_every: int = typer.Option(
+    save_every: int = Option(
         None, "--save-every", help="Checkpoint every N steps.", show_default="--eval-every"
     ),
-    keep_last: int = typer.Option(2, "--keep-last", help="Checkpoints kept."),
-    batch_size: int = typer.Option(
+    keep_last: int = Option(2, "--keep-last", help="Checkpoints kept."),
+    batch_size: int = Option(
         None, "--batch-size", help="Clips per process per micro-batch.", show_default="64 / 32"
     ),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step."),
-    lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate."),
-    warmup_steps: int = typer.Option(
-        500, "--warmup-steps", help="Steps of linear warm-up from 1e-8 to --lr."
+    grad_accum: int = Option(1, "--grad-accum", help="Micro-batches per step."),
+    lr: float = Option(1e-5, "--lr", help="Peak learning rate."),
+    warmup_steps: int = Option(500, "--warmup-steps", help="Linear warm-up steps from 1e-8."),
+    weight_decay: float = Option(0.05, "--weight-decay", help="AdamW weight decay."),
+    max_grad_norm: float = Option(1.0, "--max-grad-norm", help="Gradient clipping, 0 = off."),
+    context_dropout: float = Option(
+        0.0, "--context-dropout", help="Stage 2: chance a clip's prompt leaves out its context."
     ),
-    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay."),
-    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping, 0 = off."),
-    context_dropout: float = typer.Option(
-        0.0,
-        "--context-dropout",
-        help="Stage 2: chance a clip's prompt leaves out its context items, so the LLM "
-        "learns to read the frames too.",
-    ),
-    visual_contrast: float = typer.Option(
+    visual_contrast: float = Option(
         0.0,
         "--visual-contrast",
         help="Stage 2: weight of a loss asking each description to be likelier under its own "
         "clip's visual prompt than under another clip's (docs/model.md).",
     ),
-    rename_names: str = typer.Option(
+    rename_names: str = Option(
         None,
         "--rename-names",
         help="A file of character names, one per line: each training clip's characters are "
-        "renamed at random from it, so a name can only be learnt from the dialogue and "
-        "earlier AD, not by memorising the films' casts (docs/training.md).",
+        "renamed at random from it, so that names are learnt from dialogue and earlier AD, "
+        "not memorised with the films (docs/training.md).",
     ),
-    seed: int = typer.Option(2023, "--seed", help="Random seed."),
-    mixed_precision: str = typer.Option(
+    seed: int = Option(2023, "--seed", help="Random seed."),
+    mixed_precision: str = Option(
         "auto", "--mixed-precision", help="auto | no | fp16 | bf16 (auto: bf16 on GPU)."
     ),
-    eval_batch_size: int = typer.Option(8, "--eval-batch-size", help="Clips per validation batch."),
-    val_max_clips: int = typer.Option(
+    eval_batch_size: int = Option(8, "--eval-batch-size", help="Clips per validation batch."),
+    val_max_clips: int = Option(
         None, "--val-max-clips", help="Validate on the first N val clips.", show_default="all"
     ),
-    num_workers: int = typer.Option(2, "--num-workers", help="Data loader workers."),
+    num_workers: int = Option(2, "--num-workers", help="Data loader workers."),
     threads: str = THREADS_OPTION,
-    strict: bool = typer.Option(
-        False,
-        "--strict",
-        help="Refuse malformed annotation rows (without it: skip and report them).",
-    ),
-    cache_dir: str = typer.Option(
+    strict: bool = Option(False, "--strict", help="Refuse malformed annotation rows."),
+    cache_dir: str = Option(
         None, "--cache-dir", help="CLIP text-feature cache folder.", show_default="beside the data"
     ),
-    log_every: int = typer.Option(10, "--log-every", help="A metrics.jsonl line every N steps."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    tensorboard: bool = typer.Option(
-        False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."
-    ),
+    log_every: int = Option(10, "--log-every", help="A metrics.jsonl line every N steps."),
+    quiet: bool = Option(False, "--quiet", "-q", help="No progress bar."),
+    tensorboard: bool = Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."),
 ) -> None:
-    """Train stage 1 or 2 (plain, one GPU, or under `accelerate launch` for DDP/FSDP)."""
+    """Train stage 1 or 2 (plain, one GPU, or under `accelerate launch` for DDP/FSDP). Stage 1
+    trains 10 epochs of 64 clips per batch by default, stage 2 5 epochs of 32. Malformed
+    annotation rows are skipped and reported unless --strict; for stage 2, --init names the
+    stage-1 run."""
     params = dict(locals())
     from locomad_cli.threads import torch_threads
     from locomad_cli.train.loop import TrainConfig, train
@@ -294,66 +219,58 @@ def train_cmd(
 @app.command("evaluate")
 @one_line_errors
 def evaluate_cmd(
-    prediction: str = typer.Argument(
+    prediction: str = Argument(
         ..., help="Our NAME.ad.json, any SRT/WebVTT AD track, or a folder of them (one per film)."
     ),
-    reference: str = typer.Option(
+    reference: str = Option(
         ...,
         "--reference",
         "-r",
         help="Reference AD (SRT, WebVTT, CSV or JSON with texts), or a folder of NAME.ad.*.",
     ),
-    metrics: str = typer.Option(
+    metrics: str = Option(
         "all",
         "--metrics",
         help="Comma list of cider,bleu,rouge,meteor,spice,bertscore,recall, or all.",
     ),
-    output: str = typer.Option(None, "--output", "-o", help="Write the JSON report here."),
-    min_iou: float = typer.Option(
-        0.5, "--min-iou", help="Time overlap needed to pair a prediction."
-    ),
-    bert_model: str = typer.Option("bert-base-uncased", "--bert-model", help="BertScore model."),
-    bert_rescale: bool = typer.Option(
+    output: str = Option(None, "--output", "-o", help="Write the JSON report here."),
+    min_iou: float = Option(0.5, "--min-iou", help="Time overlap needed to pair a prediction."),
+    bert_model: str = Option("bert-base-uncased", "--bert-model", help="BertScore model."),
+    bert_rescale: bool = Option(
         False,
         "--bert-rescale",
         help="Rescale BertScore with bert-score's baseline (AutoAD-II; the paper does not).",
     ),
-    recall_model: str = typer.Option(
-        "roberta-large", "--recall-model", help="R@k/N BertScore model."
-    ),
-    device: str = typer.Option("cpu", "--device", help="BertScore device."),
+    recall_model: str = Option("roberta-large", "--recall-model", help="R@k/N BertScore model."),
+    device: str = Option("cpu", "--device", help="BertScore device."),
     threads: str = THREADS_OPTION,
-    corenlp: str = typer.Option(
+    corenlp: str = Option(
         None,
         "--corenlp",
         help="Folder with Stanford CoreNLP 3.6.0's jars for SPICE.",
         show_default="$LOCOMAD_CORENLP, else pycocoevalcap's own download",
     ),
-    allow_missing: bool = typer.Option(
+    allow_missing: bool = Option(
         False,
         "--allow-missing",
         help="Exit 0 even when a requested metric cannot be computed (without it: exit 1).",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
+    quiet: bool = Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
 ) -> None:
     """Score an AD track against references: CIDEr, BLEU, ROUGE-L, METEOR, SPICE, BertScore,
     R@5/16. Exit code 1 when a requested metric is unavailable (unless --allow-missing)."""
     params = dict(locals())
-    from locomad_cli.evaluate.report import evaluate, missing_line, report_table, write_report
+    from locomad_cli.evaluate import report as r
 
-    report = from_params(evaluate, params, threads=threads_arg(threads))
+    report = from_params(r.evaluate, params, threads=threads_arg(threads))
     if output:
-        write_report(report, output)
+        r.write_report(report, output)
     from rich.console import Console
 
-    Console().print(report_table(report))
-    if not quiet and (report["unmatched_predictions"] or report["unmatched_references"]):
-        typer.echo(
-            f"unmatched: {len(report['unmatched_predictions'])} predictions, "
-            f"{len(report['unmatched_references'])} references (listed in the JSON report)",
-            err=True,
-        )
-    line = missing_line(report)
+    Console().print(r.report_table(report))
+    if not quiet and (unmatched := r.unmatched_line(report)):
+        typer.echo(unmatched, err=True)
+    line = r.missing_line(report)
     if line and not allow_missing:
         typer.echo(f"locomad: error: {line}", err=True)
         raise typer.Exit(1)
@@ -362,116 +279,77 @@ def evaluate_cmd(
 @app.command("describe")
 @one_line_errors
 def describe_cmd(
-    videos: list[str] = typer.Argument(
-        ...,
-        help="The film (any format ffmpeg reads), or several films or folders of films: "
-        "then each film's subtitles and AD times are found beside it (FILM.srt, "
-        "FILM.ad-times.srt) and the model loads once.",
-    ),
-    subs: str = typer.Option(
-        None,
-        "--subs",
-        help="Subtitles (SRT/WebVTT, any encoding): the slots avoid them. One film only; with "
-        "several, each film's NAME.srt/.vtt beside it is used.",
-    ),
-    subs_encoding: str = typer.Option(
+    videos: list[str] = Argument(..., help="Films (any format ffmpeg reads) or folders of films."),
+    subs: str = Option(None, "--subs", help="Subtitles (SRT/WebVTT, any encoding) to keep off."),
+    subs_encoding: str = Option(
         None, "--subs-encoding", help="Encoding of --subs, e.g. cp1250.", show_default="detected"
     ),
-    ad_times: str = typer.Option(
+    ad_times: str = Option(
         None,
         "--ad-times",
-        help="AD slot times (SRT/WebVTT/CSV/JSON). One film only; with several, each film's "
-        "NAME.ad-times.* beside it.",
-        show_default="proposed between subtitles",
+        help="AD slot times (SRT/WebVTT/CSV/JSON).",
+        show_default="proposed in the gaps between speech",
     ),
     model: str = MODEL_OPTION,
     overrides: list[str] = SET_OPTION,
-    weights: str = typer.Option(
+    weights: str = Option(
         None, "--weights", help="Trained weights folder or HF repo id.", show_default="the card's"
     ),
-    setting: str = typer.Option(
+    setting: str = Option(
         "recurrent",
         "--setting",
         help="recurrent (earlier generated AD as context) | oracle (--reference as context) | "
         "local (none).",
     ),
-    reference: str = typer.Option(
-        None,
-        "--reference",
-        help="Reference AD (SRT/WebVTT/CSV/JSON) for --setting oracle. One film only; with "
-        "several, each film's NAME.ad-times.*.",
+    reference: str = Option(
+        None, "--reference", help="Reference AD (SRT/WebVTT/CSV/JSON) for --setting oracle."
     ),
-    output_dir: str = typer.Option(
+    output_dir: str = Option(
         None, "--output-dir", "-o", help="Output folder.", show_default="beside the video"
     ),
-    formats: str = typer.Option(
-        "srt,vtt,json",
-        "--format",
-        "-f",
-        help="srt, vtt, json, dapt (comma list) or all (srt, vtt, json).",
+    formats: str = Option(
+        "srt,vtt,json", "--format", "-f", help="srt, vtt, json, dapt (comma list) or all."
     ),
-    features: str = typer.Option(
+    features: str = Option(
         None,
         "--features",
-        help="Precomputed NAME.features.safetensors (one film only).",
-        show_default="the one beside the film, else extract (cached, reused)",
+        help="Precomputed NAME.features.safetensors.",
+        show_default="the one beside the film, else extracted and kept there",
     ),
     device: str = DEVICE_OPTION,
     threads: str = THREADS_OPTION,
-    cast: str = typer.Option(
+    cast: str = Option(
         None,
         "--cast",
         help="The film's character names, one per line: a description names a character only "
-        "once the film has said the name (with several films: FILM.cast.txt beside each).",
+        "once the film has said the name.",
         show_default="the card's names, if any",
     ),
-    batch_size: int = typer.Option(
-        8, "--batch-size", help="Slots per call for oracle/local (recurrent: 1)."
+    batch_size: int = Option(8, "--batch-size", help="Slots per call (recurrent: 1)."),
+    resume: bool = Option(
+        False, "--resume", help="Continue after the last slot; keep films already described."
     ),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue an interrupted run after its last slot; films already described by "
-        "the same card and setting (their tracks written, json among them) are kept.",
+    min_gap: float = Option(2.0, "--min-gap", help="Shortest gap between speech to describe (s)."),
+    margin: float = Option(0.3, "--margin", help="Silence kept around subtitles and speech (s)."),
+    max_len: float = Option(8.0, "--max-len", help="Longest slot; longer shots are split (s)."),
+    vad: str = Option(
+        "auto", "--vad", help="Keep slots off speech (silero-vad): auto (if audio) | on | off."
     ),
-    min_gap: float = typer.Option(
-        2.0, "--min-gap", help="Shortest gap between speech to describe (s)."
+    shots: str = Option("on", "--shots", help="Cut slots at shot changes: on | off."),
+    cut_margin: float = Option(0.5, "--cut-margin", help="How far a slot may run over a cut (s)."),
+    then_voice: bool = Option(
+        False, "--voice", help="Then voice it too (locomad voice, same output folder and -f)."
     ),
-    margin: float = typer.Option(
-        0.3, "--margin", help="Silence kept around subtitles and speech (s)."
-    ),
-    max_len: float = typer.Option(
-        8.0, "--max-len", help="Longest slot; longer shots are split (s)."
-    ),
-    vad: str = typer.Option(
-        "auto",
-        "--vad",
-        help="Keep slots off the speech the soundtrack holds (silero-vad): auto (when the film "
-        "has audio) | on | off.",
-    ),
-    shots: str = typer.Option(
-        "on", "--shots", help="Cut slots at shot changes (PySceneDetect): on | off."
-    ),
-    cut_margin: float = typer.Option(
-        0.5, "--cut-margin", help="How far a slot may run across a cut (s)."
-    ),
-    then_voice: bool = typer.Option(
-        False,
-        "--voice",
-        help="Then voice, mix and deliver the track (locomad voice with its defaults, same "
-        "output folder and -f).",
-    ),
-    quiet: bool = typer.Option(
-        False,
-        "--quiet",
-        "-q",
-        help="Nothing on stderr but warnings and errors (the descriptions still go to stdout).",
-    ),
+    quiet: bool = Option(False, "--quiet", "-q", help="Nothing on stderr but warnings and errors."),
 ) -> None:
     """Write an audio-description track (SRT, WebVTT, JSON) for a film or several. Each
-    description is printed on stdout as it is made (one line: start --> end  text, after the
-    film's name with several films); progress on stderr. Under `accelerate launch` each
-    process describes its share of the films."""
+    description goes to stdout as it is made (start --> end  text; after the film's name with
+    several films), progress to stderr. With several films the model loads once, and the flags
+    naming one film's file (--subs, --ad-times, --reference, --features, --cast) give way to
+    each film's own beside it: FILM.srt/.vtt, FILM.ad-times.* (the reference too, with
+    --setting oracle), FILM.features.safetensors, FILM.cast.txt. Under `accelerate launch`
+    each process describes its share of the films. --resume keeps what an earlier run by the
+    same card and setting wrote."""
     params = dict(locals())
     from locomad_cli.describe.film import DescribeOptions
     from locomad_cli.describe.many import describe_films, several
@@ -553,64 +431,52 @@ def _print_description(row: dict, film: str | None = None) -> None:
 @app.command("voice")
 @one_line_errors
 def voice_cmd(
-    video: str = typer.Argument(..., help="The film the AD track was written for."),
-    ad: str = typer.Option(
-        None,
-        "--ad",
-        help="The AD track (FILM.ad.json from describe).",
-        show_default="beside the film",
-    ),
-    output_dir: str = typer.Option(
+    video: str = Argument(..., help="The film the AD track was written for."),
+    ad: str = Option(None, "--ad", help="The AD track.", show_default="FILM.ad.json beside it"),
+    output_dir: str = Option(
         None, "--output-dir", "-o", help="Output folder.", show_default="the AD track's folder"
     ),
-    tts: str = typer.Option("espeak-ng", "--tts", help="Speech engine: espeak-ng | piper."),
-    voice: str = typer.Option(
+    tts: str = Option("espeak-ng", "--tts", help="Speech engine: espeak-ng | piper."),
+    voice: str = Option(
         None,
         "--voice",
         help="espeak-ng voice (espeak-ng --voices) or piper voice file (.onnx).",
         show_default="the --language's espeak-ng voice",
     ),
-    rate: float = typer.Option(170.0, "--rate", help="Speaking rate in heard words per minute."),
-    max_rate: float = typer.Option(
-        200.0, "--max-rate", help="Fastest rate a description is sped up to."
-    ),
-    overflow: str = typer.Option(
+    rate: float = Option(170.0, "--rate", help="Speaking rate in heard words per minute."),
+    max_rate: float = Option(200.0, "--max-rate", help="Fastest rate a description is sped up to."),
+    overflow: str = Option(
         None,
         "--overflow",
-        help="A description that fits neither sped up nor by another candidate: extend | drop | "
-        "keep.",
+        help="A description that fits nowhere: extend | drop | keep.",
         show_default="extend with --extended, else drop with a warning",
     ),
-    extended: bool = typer.Option(
+    extended: bool = Option(
         False,
         "--extended",
         help="Extended AD: hold the picture for what does not fit (the video is re-encoded).",
     ),
-    subs: str = typer.Option(
+    subs: str = Option(
         None, "--subs", help="Dialogue to keep off.", show_default="the subtitles the track names"
     ),
-    duck_db: float = typer.Option(-12.0, "--duck", help="Programme gain under the AD (dB)."),
-    ramp: float = typer.Option(0.2, "--duck-ramp", help="Fade into and out of the dip (s)."),
-    loudness: float = typer.Option(
+    duck_db: float = Option(-12.0, "--duck", help="Programme gain under the AD (dB)."),
+    ramp: float = Option(0.2, "--duck-ramp", help="Fade into and out of the dip (s)."),
+    loudness: float = Option(
         -23.0, "--loudness", help="Integrated loudness of the mix (LUFS; -23 is EBU R128)."
     ),
-    ad_level: float = typer.Option(
-        0.0, "--ad-level", help="AD loudness relative to the programme (LU)."
-    ),
-    language: str = typer.Option(
-        "en", "--language", help="Language of the descriptions (track tags)."
-    ),
-    container: str = typer.Option("mkv", "--container", help="The described film: mkv | mp4."),
-    formats: str = typer.Option(
+    ad_level: float = Option(0.0, "--ad-level", help="AD loudness relative to the programme (LU)."),
+    language: str = Option("en", "--language", help="Language of the descriptions (track tags)."),
+    container: str = Option("mkv", "--container", help="The described film: mkv | mp4."),
+    formats: str = Option(
         "srt,vtt,json",
         "--format",
         "-f",
-        help="Voiced text tracks: srt, vtt, json, dapt (comma list) or all. The JSON is always "
-        "written.",
+        help="Voiced text tracks: srt, vtt, json, dapt (comma list) or all; json always.",
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or file list."),
+    quiet: bool = Option(False, "--quiet", "-q", help="No progress bar or file list."),
 ) -> None:
-    """Voice an AD track: fit each description to its slot (measured), speak it, duck the film
+    """Voice an AD track (describe's FILM.ad.json): fit each description to its slot (measured;
+    one that fits neither sped up nor by another candidate overflows), speak it, duck the film
     under it, and write FILM.ad.wav, FILM.ad-mix.wav, FILM.described.mkv and FILM.metrics.json.
     The summary line goes to stdout."""
     params = dict(locals())
@@ -630,41 +496,5 @@ app.add_typer(demo_app, name="demo")
 
 
 def main() -> None:
-    """Console-script entry point: exit 0 done, 2 bad input or environment (one line), 70 an
-    internal error (one line; the traceback with --debug or LOCOMAD_DEBUG=1), 130 Ctrl-C.
-    Libraries' Python warnings (deprecations, pickle protocols) are not for users: hidden
-    unless debugging; locomad's own warnings are log lines and always shown."""
-    if not _debugging():
-        warnings.simplefilter("ignore")
-    try:
-        app()
-    except LocomadError as e:  # raised outside a command's own handling
-        typer.echo(f"locomad: error: {e}", err=True)
-        sys.exit(EXIT_USER)
-    except KeyboardInterrupt:
-        typer.echo("locomad: interrupted", err=True)
-        sys.exit(130)
-    except OSError as e:
-        line = os_error_line(e)  # a full disk or a permission problem: the machine's, not ours
-        if line is None:
-            _internal_error(e)
-        typer.echo(f"locomad: error: {line}", err=True)
-        sys.exit(EXIT_USER)
-    except Exception as e:
-        _internal_error(e)
-
-
-def _debugging() -> bool:
-    return os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
-
-
-def _internal_error(e: BaseException) -> None:
-    if _debugging():
-        traceback.print_exception(e)
-    what = " ".join(f"{e.__class__.__name__}: {e}".split())[:300]
-    typer.echo(
-        f"locomad: internal error (a bug in locomad, not in your input): {what}; run again "
-        f"with --debug or {DEBUG_ENV}=1 for the traceback, and please report it",
-        err=True,
-    )
-    sys.exit(EXIT_INTERNAL)
+    """Console-script entry point: `locomad` with its exit codes (cli_common.run)."""
+    run(app)

@@ -4,6 +4,7 @@ small model from nothing, measure and probe it), a Typer group that cli.py adds 
 from __future__ import annotations
 
 import typer
+from typer import Argument, Option
 
 from locomad_cli.cli_common import (
     HELP_OPTION,
@@ -29,22 +30,18 @@ def _demo(_help: bool = HELP_OPTION) -> None:
 @demo_app.command("make-data")
 @one_line_errors
 def demo_make_data_cmd(
-    out_dir: str = typer.Argument(..., help="Folder for train/, val/ and test/ films."),
-    seed: int = typer.Option(0, "--seed", help="World seed: same seed, same films."),
-    films: int = typer.Option(60, "--films", help="Films in all."),
-    val: int = typer.Option(6, "--val", help="Validation films."),
-    test: int = typer.Option(6, "--test", help="Held-out films (the last ones)."),
-    cast: int = typer.Option(3, "--cast", help="Characters per film (1-4)."),
-    fps: float = typer.Option(10.0, "--fps", help="Frame rate of the MP4s."),
-    dialogue_intro: float = typer.Option(
-        1.0,
-        "--dialogue-intro",
-        help="Chance a newcomer is named by dialogue instead of the AD.",
+    out_dir: str = Argument(..., help="Folder for train/, val/ and test/ films."),
+    seed: int = Option(0, "--seed", help="World seed: same seed, same films."),
+    films: int = Option(60, "--films", help="Films in all."),
+    val: int = Option(6, "--val", help="Validation films."),
+    test: int = Option(6, "--test", help="Held-out films (the last ones)."),
+    cast: int = Option(3, "--cast", help="Characters per film (1-4)."),
+    fps: float = Option(10.0, "--fps", help="Frame rate of the MP4s."),
+    dialogue_intro: float = Option(
+        1.0, "--dialogue-intro", help="Chance a newcomer is named by dialogue instead of the AD."
     ),
-    features: bool = typer.Option(
-        True, "--features/--no-features", help="Extract frame features too."
-    ),
-    model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
+    features: bool = Option(True, "--features/--no-features", help="Extract frame features too."),
+    model: str = Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
     threads: str = THREADS_OPTION,
 ) -> None:
     """Render demo films (MP4 + subtitles + reference AD) in the folder-of-films layout."""
@@ -62,17 +59,14 @@ def demo_make_data_cmd(
 @demo_app.command("train-clip")
 @one_line_errors
 def demo_train_clip_cmd(
-    data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
-    out: str = typer.Option(
-        "weights/demo/clip.safetensors",
-        "--out",
-        "-o",
-        help="The trained CLIP weights.",
+    data: str = Argument(..., help="Demo data folder (from make-data)."),
+    out: str = Option(
+        "weights/demo/clip.safetensors", "--out", "-o", help="The trained CLIP weights."
     ),
-    model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP is trained."),
-    steps: int = typer.Option(600, "--steps", help="Optimizer steps."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    model: str = Option("demo", "--model", "-m", help="Card whose CLIP is trained."),
+    steps: int = Option(600, "--steps", help="Optimizer steps."),
+    batch_size: int = Option(64, "--batch-size", help="Images per batch."),
+    seed: int = Option(0, "--seed", help="Random seed."),
     threads: str = THREADS_OPTION,
 ) -> None:
     """Train the demo card's small CLIP contrastively on demo frames (open_clip's loss)."""
@@ -94,9 +88,9 @@ def demo_train_clip_cmd(
 @demo_app.command("tokenizers")
 @one_line_errors
 def demo_tokenizers_cmd(
-    data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
-    out: str = typer.Option("weights/demo", "--out", "-o", help="Folder for the tokenizers."),
-    vocab_size: int = typer.Option(1000, "--vocab-size", help="BPE vocabulary size."),
+    data: str = Argument(..., help="Demo data folder (from make-data)."),
+    out: str = Option("weights/demo", "--out", "-o", help="Folder for the tokenizers."),
+    vocab_size: int = Option(1000, "--vocab-size", help="BPE vocabulary size."),
 ) -> None:
     """Train the demo's PME and LLM tokenizers (byte-level BPE) on the training films' text."""
     from locomad_cli.demo.tokenizers import make_tokenizers
@@ -108,8 +102,8 @@ def demo_tokenizers_cmd(
 @demo_app.command("features")
 @one_line_errors
 def demo_features_cmd(
-    data: str = typer.Argument(..., help="Demo data folder (from make-data)."),
-    model: str = typer.Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
+    data: str = Argument(..., help="Demo data folder (from make-data)."),
+    model: str = Option("demo", "--model", "-m", help="Card whose CLIP makes features."),
     threads: str = THREADS_OPTION,
 ) -> None:
     """Extract frame features for every demo film (skips films already done)."""
@@ -123,32 +117,32 @@ def demo_features_cmd(
 @demo_app.command("train")
 @one_line_errors
 def demo_train_cmd(
-    work: str = typer.Argument(..., help="Folder for the demo data and the training runs."),
-    weights: str = typer.Option("weights/demo", "--weights", help="Where the model goes."),
-    seed: int = typer.Option(0, "--seed", help="World and training seed."),
-    films: int = typer.Option(60, "--films", help="Films whose last 12 validate and test."),
-    extra_train: int = typer.Option(0, "--extra-films", help="More training films after those."),
-    clip_steps: int = typer.Option(2000, "--clip-steps", help="CLIP steps."),
-    clip_hard_negatives: bool = typer.Option(
+    work: str = Argument(..., help="Folder for the demo data and the training runs."),
+    weights: str = Option("weights/demo", "--weights", help="Where the model goes."),
+    seed: int = Option(0, "--seed", help="World and training seed."),
+    films: int = Option(60, "--films", help="Films whose last 12 validate and test."),
+    extra_train: int = Option(0, "--extra-films", help="More training films after those."),
+    clip_steps: int = Option(2000, "--clip-steps", help="CLIP steps."),
+    clip_hard_negatives: bool = Option(
         False,
         "--clip-hard-negatives/--no-clip-hard-negatives",
         help="Train the CLIP against captions with one prop, garment or room swapped "
         "(docs/demo.md).",
     ),
-    s1_epochs: int = typer.Option(20, "--s1-epochs", help="Stage-1 epochs."),
-    s2_epochs: int = typer.Option(30, "--s2-epochs", help="Stage-2 epochs."),
-    s2_visual_contrast: float = typer.Option(
+    s1_epochs: int = Option(20, "--s1-epochs", help="Stage-1 epochs."),
+    s2_epochs: int = Option(30, "--s2-epochs", help="Stage-2 epochs."),
+    s2_visual_contrast: float = Option(
         0.0,
         "--visual-contrast",
         help="Stage 2's visual-contrast weight (`locomad train --visual-contrast`).",
     ),
-    rename_names: bool = typer.Option(
+    rename_names: bool = Option(
         False,
         "--rename-names/--keep-names",
         help="Rename training clips' characters at random from the world's name pool "
         "(`locomad train --rename-names`).",
     ),
-    measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure on held-out films."),
+    measure: bool = Option(True, "--measure/--no-measure", help="Measure on held-out films."),
     threads: str = THREADS_OPTION,
 ) -> None:
     """Train the demo model from nothing: data, tokenizers, CLIP, stage 1, stage 2, measure."""
@@ -190,16 +184,16 @@ def _demo_model(model: str, weights: str | None):
 @demo_app.command("measure")
 @one_line_errors
 def demo_measure_cmd(
-    data: str = typer.Argument(..., help="Demo data folder with features (from make-data)."),
-    model: str = typer.Option("demo", "--model", "-m", help=MODEL_HELP),
-    weights: str = typer.Option(None, "--weights", help="Model folder.", show_default="the card's"),
-    split: str = typer.Option("test", "--split", help="Films to score."),
-    settings: str = typer.Option(
+    data: str = Argument(..., help="Demo data folder with features (from make-data)."),
+    model: str = Option("demo", "--model", "-m", help=MODEL_HELP),
+    weights: str = Option(None, "--weights", help="Model folder.", show_default="the card's"),
+    split: str = Option("test", "--split", help="Films to score."),
+    settings: str = Option(
         "oracle,recurrent,recurrent-last-k,local",
         "--settings",
         help="Comma list of oracle, oracle-last-k, recurrent, recurrent-last-k, local, stage1.",
     ),
-    heard_names: bool = typer.Option(
+    heard_names: bool = Option(
         False,
         "--heard-names",
         help="Name a character only once the prompt holds the name (llm.names = the world's "
@@ -228,13 +222,11 @@ def demo_measure_cmd(
 @demo_app.command("probe")
 @one_line_errors
 def demo_probe_cmd(
-    data: str = typer.Argument(..., help="Demo data folder with features (from make-data)."),
-    model: str = typer.Option("demo", "--model", "-m", help=MODEL_HELP),
-    weights: str = typer.Option(None, "--weights", help="Model folder.", show_default="the card's"),
-    split: str = typer.Option("test", "--split", help="Held-out films."),
-    train_films: int = typer.Option(
-        48, "--train-films", help="Training films the probes are fit on."
-    ),
+    data: str = Argument(..., help="Demo data folder with features (from make-data)."),
+    model: str = Option("demo", "--model", "-m", help=MODEL_HELP),
+    weights: str = Option(None, "--weights", help="Model folder.", show_default="the card's"),
+    split: str = Option("test", "--split", help="Held-out films."),
+    train_films: int = Option(48, "--train-films", help="Training films the probes are fit on."),
     threads: str = THREADS_OPTION,
 ) -> None:
     """Where the model loses what its frames show: linear probes and a small sequence reader

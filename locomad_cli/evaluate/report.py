@@ -266,6 +266,17 @@ def missing_line(report: dict[str, Any]) -> str | None:
     )
 
 
+def unmatched_line(report: dict[str, Any]) -> str | None:
+    """One line counting the predictions and references left without a partner (None if
+    none)."""
+    preds, refs = report["unmatched_predictions"], report["unmatched_references"]
+    if not preds and not refs:
+        return None
+    return (
+        f"unmatched: {len(preds)} predictions, {len(refs)} references (listed in the JSON report)"
+    )
+
+
 def _reason(e: BaseException) -> str:
     return " ".join(str(e).split())[:300] or e.__class__.__name__
 
