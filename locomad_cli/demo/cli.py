@@ -15,11 +15,7 @@ from locomad_cli.cli_common import (
     threads_arg,
 )
 
-demo_app = typer.Typer(
-    help="The embedded demo: a rendered film world, its data and its small model.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-)
+demo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 
 @demo_app.callback()
@@ -48,8 +44,8 @@ def demo_make_data_cmd(
     params = dict(locals())
     from locomad_cli.demo.data import DemoDataConfig, make_data
 
-    cfg = from_params(DemoDataConfig, params)
     n_threads = threads_arg(threads)
+    cfg = from_params(DemoDataConfig, params)
     out = make_data(out_dir, cfg, features=features, card=model, progress=True, threads=n_threads)
     typer.echo(
         ", ".join(f"{len(v)} {k}" for k, v in out.items()) + f" films in {out_dir}", err=True
