@@ -105,8 +105,6 @@ def main() -> None:
     ap.add_argument("--layouts", default="", help="decode-only reader layouts, e.g. 1:0,2:1,2:2")
     args = ap.parse_args()
 
-    import torch
-
     from locomad_cli.card import load_card
     from locomad_cli.features import parallel
     from locomad_cli.features.clip import load_clip
@@ -188,7 +186,14 @@ def main() -> None:
             rows["naive per-frame loop"] = [timed(lambda: naive(film, card.fps, encoder, args))]
         load_end = os.getloadavg()
 
-    print(f"\nmedians of {args.repeats} ({torch.__version__}, {os.cpu_count()} cores):")
+    _print_medians(rows, args.repeats, load_end)
+
+
+def _print_medians(rows: dict[str, list[tuple[int, float, float]]], repeats: int, load_end) -> None:
+    """Each case's median speed and CPU time, and its ratio to decoding alone."""
+    import torch
+
+    print(f"\nmedians of {repeats} ({torch.__version__}, {os.cpu_count()} cores):")
     med = {}
     for name, runs in rows.items():
         n = runs[0][0]

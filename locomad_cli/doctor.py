@@ -233,3 +233,21 @@ def run_checks(model: str = "opt-2.7b") -> list[Check]:
 def blocking(rows: list[Check]) -> list[Check]:
     """The failed checks without which the card cannot describe a film."""
     return [r for r in rows if not r.ok and r.needed_for == "describe"]
+
+
+def print_table(rows: list[Check], model: str) -> None:
+    """The checks as a table on stdout (rich: colours on a terminal, plain in a pipe)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from locomad_cli import __version__
+
+    table = Table(title=f"locomad {__version__} doctor, model card {model}")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("needed for")
+    table.add_column("details", overflow="fold")
+    for r in rows:
+        status = "[green]ok[/]" if r.ok else "[yellow]missing[/]"
+        table.add_row(r.name, status, r.needed_for, r.details)
+    Console(soft_wrap=False).print(table)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers.media import make_audio_only, make_video
@@ -183,3 +184,102 @@ def test_a_result_line_is_one_write(monkeypatch):
         "a.mp4  00:00:01.000 --> 00:00:02.500  Tom sits.\n",
         "voiced 3 descriptions\n",
     ]
+
+
+def _captured(monkeypatch, module: str, name: str, args: list[str], result=None) -> list:
+    """Run `locomad ARGS` with module.name replaced by a recorder of its arguments."""
+    import importlib
+
+    seen = []
+
+    def record(*a, **k):
+        seen.append((a, k))
+        return result
+
+    monkeypatch.setattr(importlib.import_module(module), name, record)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return seen
+
+
+def test_every_describe_flag_lands_in_its_option(monkeypatch, tmp_path):
+    """The options dataclass is filled from the command's parameters by name: each flag,
+    set to a value other than its default, arrives in its own field."""
+    from locomad_cli.describe.film import DescribeOptions
+
+    args = ["describe", "f.mp4", "--subs", "s.srt", "--subs-encoding", "cp1250",
+            "--ad-times", "t.srt", "-m", "demo", "--set", "a=1", "--set", "b=2",
+            "--weights", "w", "--setting", "oracle", "--reference", "r.srt", "-o", "out",
+            "-f", "srt", "--features", "x.safetensors", "--device", "cpu", "--threads", "3",
+            "--cast", "c.txt", "--batch-size", "4", "--resume", "--min-gap", "1.5",
+            "--margin", "0.2", "--max-len", "6", "--vad", "off", "--shots", "off",
+            "--cut-margin", "0.25", "-q"]  # fmt: skip
+    ((a, _),) = _captured(monkeypatch, "locomad_cli.describe.many", "describe_films", args, [])
+    assert a[0] == ["f.mp4"]
+    assert a[1] == DescribeOptions(
+        subs="s.srt", subs_encoding="cp1250", ad_times="t.srt", model="demo",
+        overrides=["a=1", "b=2"], weights="w", setting="oracle", reference="r.srt",
+        output_dir="out", formats="srt", features="x.safetensors", device="cpu", batch_size=4,
+        resume=True, min_gap=1.5, margin=0.2, max_len=6.0, vad="off", shots="off",
+        cut_margin=0.25, progress=False, threads=3, cast="c.txt",
+    )  # fmt: skip
+    assert a[4] is None  # no --voice
+
+
+def test_every_voice_flag_lands_in_its_option(monkeypatch):
+    from locomad_cli.voice.fit import VoiceOptions
+    from locomad_cli.voice.mix import MixOptions
+
+    args = ["voice", "d/f.mp4", "--tts", "piper", "--voice", "v.onnx", "--rate", "150",
+            "--max-rate", "210", "--overflow", "keep", "--extended", "--subs", "s.srt",
+            "-o", "out", "--duck", "-9", "--duck-ramp", "0.3", "--loudness", "-20",
+            "--ad-level", "1", "--language", "de", "--container", "mp4", "-f", "vtt",
+            "-q"]  # fmt: skip
+    result = ({"voice": {"summary": "voiced"}}, [])
+    ((a, _),) = _captured(monkeypatch, "locomad_cli.voice.fit", "voice", args, result)
+    assert a == ("d/f.mp4", VoiceOptions(
+        ad="d/f.ad.json", output_dir="out", tts="piper", voice="v.onnx", rate=150.0,
+        max_rate=210.0, overflow="keep", extended=True, subs="s.srt", formats="vtt",
+        mix=MixOptions(duck_db=-9.0, ramp=0.3, loudness=-20.0, ad_level=1.0, language="de",
+                       container="mp4"),
+        progress=False,
+    ))  # fmt: skip
+
+
+def test_every_train_flag_lands_in_its_config(monkeypatch):
+    from locomad_cli.train.loop import TrainConfig, TrainResult
+
+    args = ["train", "--stage", "2", "--data", "d", "-o", "o", "-m", "demo", "--set", "a=1",
+            "--init", "i", "--resume", "--val-data", "v", "--epochs", "3", "--max-steps", "9",
+            "--eval-every", "4", "--save-every", "2", "--keep-last", "1", "--batch-size", "5",
+            "--grad-accum", "2", "--lr", "0.001", "--warmup-steps", "7", "--weight-decay", "0.1",
+            "--max-grad-norm", "0.5", "--context-dropout", "0.25", "--visual-contrast", "0.5",
+            "--rename-names", "n.txt", "--seed", "1", "--mixed-precision", "no",
+            "--eval-batch-size", "3", "--val-max-clips", "6", "--num-workers", "0",
+            "--threads", "1", "--strict", "--cache-dir", "c", "--log-every", "5", "-q",
+            "--tensorboard"]  # fmt: skip
+    result = TrainResult(run_dir=Path("o"), step=9, best=None, history=[], is_main=False)
+    ((a, _),) = _captured(monkeypatch, "locomad_cli.train.loop", "train", args, result)
+    assert a == (TrainConfig(
+        stage=2, data="d", out="o", model="demo", overrides=["a=1"], init="i", resume=True,
+        val_data="v", epochs=3, max_steps=9, eval_every=4, save_every=2, keep_last=1,
+        batch_size=5, grad_accum=2, lr=0.001, warmup_steps=7, weight_decay=0.1,
+        max_grad_norm=0.5, context_dropout=0.25, visual_contrast=0.5, rename_names="n.txt",
+        seed=1, mixed_precision="no", eval_batch_size=3, val_max_clips=6, num_workers=0,
+        strict=True, cache_dir="c", log_every=5, progress=False, tensorboard=True,
+    ),)  # fmt: skip
+
+
+def test_every_demo_train_flag_lands_in_its_config(monkeypatch):
+    from locomad_cli.demo.pipeline import DemoTrainConfig
+
+    args = ["demo", "train", "w", "--weights", "x", "--seed", "2", "--films", "30",
+            "--extra-films", "4", "--clip-steps", "10", "--clip-hard-negatives", "--s1-epochs",
+            "2", "--s2-epochs", "3", "--visual-contrast", "0.5", "--rename-names",
+            "--no-measure", "--threads", "2"]  # fmt: skip
+    ((a, _),) = _captured(monkeypatch, "locomad_cli.demo.pipeline", "train_demo", args, {})
+    assert a == (DemoTrainConfig(
+        work="w", weights="x", seed=2, films=30, extra_train=4, clip_steps=10,
+        clip_hard_negatives=True, s1_epochs=2, s2_epochs=3, s2_visual_contrast=0.5,
+        rename_names=True, measure=False, progress=True, threads=2,
+    ),)  # fmt: skip

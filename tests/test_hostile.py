@@ -558,21 +558,20 @@ def _options():
     return list(walk(typer.main.get_command(app)))
 
 
-def test_help_defaults_agree_with_the_code():
-    """Every 'Default: X.' in a help text names the option's real default (numbers compared
-    as numbers, words as the start of the text); None and flags say it in words."""
-    checked = 0
-    for command, p in _options():
-        m = re.search(r"Default: (.+?)(?:\.\s|\.$)", p.help)
-        if m is None or p.default is None or isinstance(p.default, bool):
-            continue
-        said, where = m.group(1), f"{command} {p.opts[0]}"
-        if isinstance(p.default, (int, float)):
-            assert float(said.split()[0]) == float(p.default), where
-        elif isinstance(p.default, str):
-            assert said.startswith(p.default), f"{where}: help says {said!r}, code {p.default!r}"
-        checked += 1
-    assert checked >= 30
+def test_help_defaults_come_from_the_code():
+    """No help text writes a default by hand (Typer shows the code's own: `[default: X]`), so
+    the two cannot disagree; an option whose default is None says in words what it means."""
+    from typer.testing import CliRunner
+
+    from locomad_cli.cli import app
+
+    options = _options()
+    assert len(options) > 100
+    for command, p in options:
+        assert "Default:" not in p.help, f"{command} {p.opts[0]}"
+    text = " ".join(CliRunner().invoke(app, ["describe", "--help"]).stdout.split())
+    assert "--min-gap <float> Shortest gap between speech to describe (s). [default: 2.0]" in text
+    assert "Output folder. [default: (beside the video)]" in text
 
 
 def test_flags_show_as_flags():

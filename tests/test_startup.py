@@ -11,7 +11,7 @@ from helpers.media import make_video
 HEAVY = (
     "torch torchvision transformers open_clip timm decord accelerate pycocoevalcap bert_score "
     "silero_vad onnxruntime scenedetect h5py safetensors tokenizers huggingface_hub numpy yaml "
-    # pydantic: typer validates a group's unset --help flag with it (cli.HELP_OPTION); rich:
+    # pydantic: typer validates a group's unset --help flag with it (cli_common.HELP_OPTION); rich:
     # progress bars and tables only; importlib.metadata: only --version and doctor need it
     "pydantic rich importlib.metadata"
 ).split()

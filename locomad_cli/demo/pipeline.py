@@ -15,13 +15,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from locomad_cli.card import MODELS_DIR, load_card
 from locomad_cli.utils import LocomadError, atomic_open
+
+if TYPE_CHECKING:
+    from locomad_cli.demo.data import DemoDataConfig
 
 REPO = MODELS_DIR.parent
 
@@ -99,16 +104,8 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
     """Run every step; returns what was measured (also written to WORK/measure.json)."""
     import torch
 
-    from locomad_cli.demo.clip_train import train_clip
-    from locomad_cli.demo.data import (
-        NAMES_FILE,
-        DemoDataConfig,
-        extract_demo_features,
-        make_data,
-        write_names,
-    )
+    from locomad_cli.demo.data import extract_demo_features
     from locomad_cli.demo.tokenizers import make_tokenizers
-    from locomad_cli.train.loop import TrainConfig, train
 
     torch.set_num_threads(cfg.threads)
     work, weights = Path(cfg.work), Path(cfg.weights)
@@ -116,6 +113,37 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
     weights.mkdir(parents=True, exist_ok=True)
     card_file = _card_file(cfg, weights)
     say = print if cfg.progress else (lambda *a, **k: None)
+
+    dcfg = _films(cfg, work, data, say)
+    say("[2/6] tokenizers", flush=True)
+    make_tokenizers(data, weights)
+    clip = _clip(cfg, dcfg, work, data, weights, card_file, say)
+    say("[4/6] frame features", flush=True)
+    # Features and the cached CLIP text features name the CLIP by its card, not by its
+    # weights: after (re)training it, both are made again rather than trusted.
+    for cache in data.glob("locomad-text-*.safetensors"):
+        cache.unlink()
+    extract_demo_features(data, card_file, overwrite=True)
+    s1, s2 = _stages(cfg, work, data, card_file, say)
+    _install(s2.run_dir / "model", weights, data)
+    result: dict = {
+        "clip": clip,
+        "stage1_step": s1.step,
+        "stage2_step": s2.step,
+        "stage2_best_val_cider": s2.best,
+        "config": dataclasses.asdict(cfg),
+    }
+    if cfg.measure:
+        say("[6/6] measuring on held-out films", flush=True)
+        result["test"] = _measure(card_file, s1.run_dir / "model", data)
+    with atomic_open(work / "measure.json") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _films(cfg: DemoTrainConfig, work: Path, data: Path, say: Callable) -> DemoDataConfig:
+    """Step 1: the demo films, rendered once for the same data settings."""
+    from locomad_cli.demo.data import NAMES_FILE, DemoDataConfig, make_data, write_names
 
     dcfg = DemoDataConfig(
         seed=cfg.seed, films=cfg.films, val=cfg.val, test=cfg.test, extra_train=cfg.extra_train
@@ -133,8 +161,22 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
         make_data(data, dcfg, features=False)
         with atomic_open(work / "data.json") as f:
             json.dump(dataclasses.asdict(dcfg), f)
-    say("[2/6] tokenizers", flush=True)
-    make_tokenizers(data, weights)
+    return dcfg
+
+
+def _clip(
+    cfg: DemoTrainConfig,
+    dcfg: DemoDataConfig,
+    work: Path,
+    data: Path,
+    weights: Path,
+    card_file: str,
+    say: Callable,
+) -> dict:
+    """Step 3: the card's CLIP, trained once for the same settings, data and card; returns its
+    caption->frame recall before and after training."""
+    from locomad_cli.demo.clip_train import train_clip
+
     clip_key = {
         "steps": cfg.clip_steps,
         "batch": cfg.clip_batch,
@@ -168,12 +210,14 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
         f"trained {clip['val_r1_trained']:.2f}",
         flush=True,
     )
-    say("[4/6] frame features", flush=True)
-    # Features and the cached CLIP text features name the CLIP by its card, not by its
-    # weights: after (re)training it, both are made again rather than trusted.
-    for cache in data.glob("locomad-text-*.safetensors"):
-        cache.unlink()
-    extract_demo_features(data, card_file, overwrite=True)
+    return clip
+
+
+def _stages(cfg: DemoTrainConfig, work: Path, data: Path, card_file: str, say: Callable):
+    """Step 5: `locomad train --stage 1`, then `--stage 2` from it; both runs' results."""
+    from locomad_cli.demo.data import NAMES_FILE
+    from locomad_cli.train.loop import TrainConfig, train
+
     common = dict(
         data=f"folder:{data}",
         model=card_file,
@@ -218,36 +262,32 @@ def train_demo(cfg: DemoTrainConfig) -> dict:
             **common,
         )
     )
-    # The final model, not the best by validation CIDEr: on templated sentences CIDEr
-    # peaks early, while the visual path (room, look, prop) is still being learnt.
-    final = s2.run_dir / "model"
+    return s1, s2
+
+
+def _install(final: Path, weights: Path, data: Path) -> None:
+    """Step 6: the final stage-2 model into the weights folder, with what the training films
+    look like (so describe can warn about other footage). The final model, not the best by
+    validation CIDEr: on templated sentences CIDEr peaks early, while the visual path (room,
+    look, prop) is still being learnt."""
+    from locomad_cli.features import familiar
+    from locomad_cli.features.video import probe
+
     for item in final.iterdir():
         target = weights / item.name
         if target.is_dir():
             shutil.rmtree(target)
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
-    # what the films it knows look like, so describe can warn about other footage
-    from locomad_cli.features import familiar
-    from locomad_cli.features.video import probe
-
     train_films = sorted((data / "train").glob("*.mp4"))[:16]
     familiar.save(familiar.fit([(v, probe(v).duration) for v in train_films]), weights)
-    result: dict = {
-        "clip": clip,
-        "stage1_step": s1.step,
-        "stage2_step": s2.step,
-        "stage2_best_val_cider": s2.best,
-        "config": dataclasses.asdict(cfg),
-    }
-    if cfg.measure:
-        say("[6/6] measuring on held-out films", flush=True)
-        from locomad_cli.demo.measure import SETTINGS, measure
-        from locomad_cli.model.checkpoint import load_model
 
-        model = load_model(load_card(card_file))
-        result["test"] = measure(model, data, [s for s in SETTINGS if s != "stage1"])
-        # Table 4's "Stage1" row is the stage-1 PME alone (stage 2 may train the PME on)
-        result["test"] |= measure(load_model(s1.run_dir / "model"), data, ["stage1"])
-    with atomic_open(work / "measure.json") as f:
-        json.dump(result, f, indent=1)
-    return result
+
+def _measure(card_file: str, stage1_model: Path, data: Path) -> dict:
+    """Step 6: scores on the held-out films for every setting. Table 4's "Stage1" row is the
+    stage-1 PME alone (stage 2 may train the PME on)."""
+    from locomad_cli.demo.measure import SETTINGS, measure
+    from locomad_cli.model.checkpoint import load_model
+
+    model = load_model(load_card(card_file))
+    scores = measure(model, data, [s for s in SETTINGS if s != "stage1"])
+    return scores | measure(load_model(stage1_model), data, ["stage1"])

@@ -41,6 +41,74 @@ SPOTS = (68, 98)
 _BACKGROUNDS: dict[int, np.ndarray] = {}
 
 
+def _kitchen(d: ImageDraw.ImageDraw, floor_y: int) -> None:
+    d.rectangle([0, 0, WIDTH, floor_y], fill=(232, 222, 170))
+    for x in range(0, WIDTH, 16):
+        for y in range(0, floor_y, 16):
+            d.rectangle([x, y, x + 14, y + 14], outline=(205, 195, 140))
+    for x in range(0, WIDTH, 10):
+        for y in range(floor_y, HEIGHT, 10):
+            c = (190, 190, 190) if (x // 10 + y // 10) % 2 else (70, 70, 70)
+            d.rectangle([x, y, x + 9, y + 9], fill=c)
+
+
+def _garden(d: ImageDraw.ImageDraw, floor_y: int) -> None:
+    d.rectangle([0, 0, WIDTH, floor_y], fill=(150, 205, 250))
+    d.ellipse([8, 6, 28, 26], fill=(255, 240, 120))
+    d.rectangle([0, 78, WIDTH, floor_y], fill=(120, 180, 90))
+    d.rectangle([0, floor_y, WIDTH, HEIGHT], fill=(90, 150, 60))
+    d.rectangle([146, 40, 152, 100], fill=(110, 70, 30))
+    d.ellipse([132, 14, 160, 50], fill=(30, 110, 40))
+
+
+def _living_room(d: ImageDraw.ImageDraw, floor_y: int) -> None:
+    d.rectangle([0, 0, WIDTH, floor_y], fill=(60, 120, 125))
+    for x in range(0, WIDTH, 12):
+        d.rectangle([x, 0, x + 5, floor_y], fill=(70, 135, 140))
+    d.rectangle([64, 16, 100, 50], fill=(200, 230, 250), outline=(240, 240, 240), width=3)
+    d.rectangle([0, floor_y, WIDTH, HEIGHT], fill=(120, 80, 50))
+
+
+def _street(d: ImageDraw.ImageDraw, floor_y: int) -> None:
+    d.rectangle([0, 0, WIDTH, floor_y], fill=(150, 80, 60))
+    for y in range(0, floor_y, 8):
+        off = 0 if (y // 8) % 2 else 8
+        for x in range(-off, WIDTH, 16):
+            d.rectangle([x, y, x + 15, y + 7], outline=(110, 60, 45))
+    d.rectangle([0, floor_y, WIDTH, HEIGHT], fill=(80, 80, 85))
+    for x in range(0, WIDTH, 24):
+        d.rectangle([x, 111, x + 12, 113], fill=(240, 240, 240))
+    d.rectangle([150, 20, 153, 100], fill=(30, 30, 30))
+    d.ellipse([144, 12, 159, 24], fill=(255, 230, 120))
+
+
+def _office(d: ImageDraw.ImageDraw, floor_y: int) -> None:
+    d.rectangle([0, 0, WIDTH, floor_y], fill=(200, 210, 225))
+    d.rectangle([56, 10, 104, 54], fill=(250, 250, 250))
+    for y in range(12, 54, 5):
+        d.line([56, y, 104, y], fill=(160, 170, 190))
+    d.rectangle([0, floor_y, WIDTH, HEIGHT], fill=(90, 100, 120))
+
+
+def _beach(d: ImageDraw.ImageDraw, floor_y: int) -> None:
+    d.rectangle([0, 0, WIDTH, floor_y], fill=(120, 190, 240))
+    d.rectangle([0, 70, WIDTH, 86], fill=(30, 100, 180))
+    d.rectangle([0, 86, WIDTH, HEIGHT], fill=(235, 215, 150))
+    d.polygon([(130, 30), (160, 44), (100, 44)], fill=(230, 60, 60))
+    d.line([130, 44, 130, 100], fill=(80, 60, 40), width=2)
+
+
+_SCENERY = {
+    "kitchen": _kitchen,
+    "garden": _garden,
+    "living room": _living_room,
+    "street": _street,
+    "office": _office,
+    "beach": _beach,
+}
+"""Each location's wall or sky and floor, drawn above the floor line `floor_y`."""
+
+
 def _background(loc: int) -> np.ndarray:
     """The location's static picture: wall/sky, floor, seat and surface."""
     if loc in _BACKGROUNDS:
@@ -48,52 +116,7 @@ def _background(loc: int) -> np.ndarray:
     name = LOCATIONS[loc].name
     img = Image.new("RGB", (WIDTH, HEIGHT))
     d = ImageDraw.Draw(img)
-    floor_y = 100
-    if name == "kitchen":
-        d.rectangle([0, 0, WIDTH, floor_y], fill=(232, 222, 170))
-        for x in range(0, WIDTH, 16):
-            for y in range(0, floor_y, 16):
-                d.rectangle([x, y, x + 14, y + 14], outline=(205, 195, 140))
-        for x in range(0, WIDTH, 10):
-            for y in range(floor_y, HEIGHT, 10):
-                c = (190, 190, 190) if (x // 10 + y // 10) % 2 else (70, 70, 70)
-                d.rectangle([x, y, x + 9, y + 9], fill=c)
-    elif name == "garden":
-        d.rectangle([0, 0, WIDTH, floor_y], fill=(150, 205, 250))
-        d.ellipse([8, 6, 28, 26], fill=(255, 240, 120))
-        d.rectangle([0, 78, WIDTH, floor_y], fill=(120, 180, 90))
-        d.rectangle([0, floor_y, WIDTH, HEIGHT], fill=(90, 150, 60))
-        d.rectangle([146, 40, 152, 100], fill=(110, 70, 30))
-        d.ellipse([132, 14, 160, 50], fill=(30, 110, 40))
-    elif name == "living room":
-        d.rectangle([0, 0, WIDTH, floor_y], fill=(60, 120, 125))
-        for x in range(0, WIDTH, 12):
-            d.rectangle([x, 0, x + 5, floor_y], fill=(70, 135, 140))
-        d.rectangle([64, 16, 100, 50], fill=(200, 230, 250), outline=(240, 240, 240), width=3)
-        d.rectangle([0, floor_y, WIDTH, HEIGHT], fill=(120, 80, 50))
-    elif name == "street":
-        d.rectangle([0, 0, WIDTH, floor_y], fill=(150, 80, 60))
-        for y in range(0, floor_y, 8):
-            off = 0 if (y // 8) % 2 else 8
-            for x in range(-off, WIDTH, 16):
-                d.rectangle([x, y, x + 15, y + 7], outline=(110, 60, 45))
-        d.rectangle([0, floor_y, WIDTH, HEIGHT], fill=(80, 80, 85))
-        for x in range(0, WIDTH, 24):
-            d.rectangle([x, 111, x + 12, 113], fill=(240, 240, 240))
-        d.rectangle([150, 20, 153, 100], fill=(30, 30, 30))
-        d.ellipse([144, 12, 159, 24], fill=(255, 230, 120))
-    elif name == "office":
-        d.rectangle([0, 0, WIDTH, floor_y], fill=(200, 210, 225))
-        d.rectangle([56, 10, 104, 54], fill=(250, 250, 250))
-        for y in range(12, 54, 5):
-            d.line([56, y, 104, y], fill=(160, 170, 190))
-        d.rectangle([0, floor_y, WIDTH, HEIGHT], fill=(90, 100, 120))
-    elif name == "beach":
-        d.rectangle([0, 0, WIDTH, floor_y], fill=(120, 190, 240))
-        d.rectangle([0, 70, WIDTH, 86], fill=(30, 100, 180))
-        d.rectangle([0, 86, WIDTH, HEIGHT], fill=(235, 215, 150))
-        d.polygon([(130, 30), (160, 44), (100, 44)], fill=(230, 60, 60))
-        d.line([130, 44, 130, 100], fill=(80, 60, 40), width=2)
+    _SCENERY[name](d, floor_y=100)
     # seat (left) and surface (right): their shapes differ per place only in colour
     seat = {
         "kitchen": (150, 90, 40),

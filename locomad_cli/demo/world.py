@@ -337,11 +337,9 @@ class _Plot:
 
     def act(self, c: int) -> bool:
         """One action of a present character; False when nothing fits."""
-        name, ref = self._ref(c)
-        loc = self._loc()
-        rng = self.rng
         if c in self.fallen:
             self.fallen.discard(c)
+            name, ref = self._ref(c)
             text = f"{{}} gets back to {self.cast[c].pronoun} feet."
             self._add(
                 Action("getup", actor=c, location=self.location),
@@ -350,6 +348,18 @@ class _Plot:
                 [name],
             )
             return True
+        kind, others = self._pick_action(c)
+        a = Action(kind, actor=c, location=self.location)
+        if kind in ("give", "meet", "wave"):
+            self._act_with(a, others)
+        else:
+            name, ref = self._ref(c)
+            v = self._act_alone(a)
+            self._add(a, f"{name} {v}.", self._cap(f"{ref} {v}."), [name])
+        return True
+
+    def _pick_action(self, c: int) -> tuple[str, list[int]]:
+        """What a standing or sitting character does next, and who could be its partner."""
         if c in self.sitting:
             choices = ["stand", "stand", "wave"]
         else:
@@ -362,7 +372,7 @@ class _Plot:
             others = [o for o in self.present if o != c and o not in self.sitting]
             if others:
                 choices += ["meet"]
-        kind = str(rng.choice(choices))
+        kind = str(self.rng.choice(choices))
         others = [o for o in self.present if o != c and self._fresh(o)]
         if kind in ("give", "meet", "wave") and not others:
             kind = "jump" if c not in self.sitting else "stand"
@@ -370,72 +380,66 @@ class _Plot:
             others = [o for o in others if o not in self.sitting and o not in self.fallen]
             if not others:
                 kind = "putdown"
-        a = Action(kind, actor=c, location=self.location)
-        if kind == "sit":
+        return kind, others
+
+    def _act_alone(self, a: Action) -> str:
+        """Carry out an action of one character; the verb phrase that says it."""
+        c, loc, rng = a.actor, self._loc(), self.rng
+        if a.kind == "sit":
             self.sitting.add(c)
-            v = f"sits down on the {loc.seat}"
-            self._add(a, f"{name} {v}.", self._cap(f"{ref} {v}."), [name])
-        elif kind == "stand":
+            return f"sits down on the {loc.seat}"
+        if a.kind == "stand":
             self.sitting.discard(c)
-            v = rng.choice(["stands up", "gets up"])
-            self._add(a, f"{name} {v}.", self._cap(f"{ref} {v}."), [name])
-        elif kind == "fall":
+            return rng.choice(["stands up", "gets up"])
+        if a.kind == "fall":
             self.fallen.add(c)
-            v = rng.choice(["trips and falls", "falls to the ground"])
-            self._add(a, f"{name} {v}.", self._cap(f"{ref} {v}."), [name])
-        elif kind == "jump":
-            v = rng.choice(["jumps for joy", "jumps up and down"])
-            self._add(a, f"{name} {v}.", self._cap(f"{ref} {v}."), [name])
-        elif kind == "walk":
-            v = f"walks over to the {loc.surface}"
-            self._add(a, f"{name} {v}.", self._cap(f"{ref} {v}."), [name])
-        elif kind == "pickup":
-            p = next(p for p in self.here if self.holder.get(p) is None)
-            a.prop = p
-            self.holder[p] = c
-            v = f"picks up the {PROPS[p].name}"
-            self._add(a, f"{name} {v}.", self._cap(f"{ref} {v}."), [name])
-        elif kind == "putdown":
-            p = next(p for p, h in self.holder.items() if h == c)
-            a.prop = p
-            self.holder[p] = None
-            if p not in self._here:
-                self._here = self._here + [p]
-            v = f"puts the {PROPS[p].name} on the {loc.surface}"
-            self._add(a, f"{name} {v}.", self._cap(f"{ref} {v}."), [name])
-        elif kind in ("give", "meet", "wave"):
-            o = others[int(rng.integers(len(others)))]
-            a.other = o
-            oname, oref = self._ref(o)
-            if kind == "give":
-                p = next(p for p, h in self.holder.items() if h == c)
-                a.prop = p
-                self.holder[p] = o
-                pn = PROPS[p].name
-                self._add(
-                    a,
-                    f"{name} hands {oname} the {pn}.",
-                    self._cap(f"{ref} hands {oref} the {pn}."),
-                    [name, oname],
-                )
-                if rng.random() < 0.5:
-                    self._say(str(rng.choice([f"Thank you, {name}.", "Thanks.", "For me?"])), o)
-            elif kind == "meet":
-                v = rng.choice(["and {} embrace", "shakes hands with {}"])
-                self._add(
-                    a,
-                    f"{name} {v.format(oname)}.",
-                    self._cap(f"{ref} {v.format(oref)}."),
-                    [name, oname],
-                )
-            else:
-                self._add(
-                    a,
-                    f"{name} waves at {oname}.",
-                    self._cap(f"{ref} waves at {oref}."),
-                    [name, oname],
-                )
-        return True
+            return rng.choice(["trips and falls", "falls to the ground"])
+        if a.kind == "jump":
+            return rng.choice(["jumps for joy", "jumps up and down"])
+        if a.kind == "walk":
+            return f"walks over to the {loc.surface}"
+        if a.kind == "pickup":
+            a.prop = next(p for p in self.here if self.holder.get(p) is None)
+            self.holder[a.prop] = c
+            return f"picks up the {PROPS[a.prop].name}"
+        # putdown
+        a.prop = next(p for p, h in self.holder.items() if h == c)
+        self.holder[a.prop] = None
+        if a.prop not in self._here:
+            self._here = self._here + [a.prop]
+        return f"puts the {PROPS[a.prop].name} on the {loc.surface}"
+
+    def _act_with(self, a: Action, others: list[int]) -> None:
+        """give, meet or wave: with one of `others`, drawn at random."""
+        rng = self.rng
+        name, ref = self._ref(a.actor)
+        o = others[int(rng.integers(len(others)))]
+        a.other = o
+        oname, oref = self._ref(o)
+        if a.kind == "give":
+            a.prop = next(p for p, h in self.holder.items() if h == a.actor)
+            self.holder[a.prop] = o
+            pn = PROPS[a.prop].name
+            self._add(
+                a,
+                f"{name} hands {oname} the {pn}.",
+                self._cap(f"{ref} hands {oref} the {pn}."),
+                [name, oname],
+            )
+            if rng.random() < 0.5:
+                self._say(str(rng.choice([f"Thank you, {name}.", "Thanks.", "For me?"])), o)
+        elif a.kind == "meet":
+            v = rng.choice(["and {} embrace", "shakes hands with {}"])
+            self._add(
+                a,
+                f"{name} {v.format(oname)}.",
+                self._cap(f"{ref} {v.format(oref)}."),
+                [name, oname],
+            )
+        else:
+            self._add(
+                a, f"{name} waves at {oname}.", self._cap(f"{ref} waves at {oref}."), [name, oname]
+            )
 
     def ambient(self) -> None:
         loc = self._loc()

@@ -168,37 +168,40 @@ def evaluate(
     )
     with torch_threads(threads, False, device) if bert else contextlib.nullcontext():
         if "bertscore" in names:
-            try:
-                pair = bert_pair_score or bertscore_f1(
-                    bert_model, rescale=bert_rescale, device=device
-                )
-                scores["BertScore"] = (
-                    bertscore(p_text, r_text, pair) if pairs else Unavailable("no matched slot")
-                )
-            except Exception as e:
-                scores["BertScore"] = Unavailable(
-                    f"{_reason(e)}; pass --bert-model DIR (a local copy of the model)"
-                )
+            scores["BertScore"] = _bertscore_value(
+                p_text, r_text, bert_pair_score, bert_model, bert_rescale, device
+            )
         if "recall" in names:
-            key = f"R@{recall_k}/{recall_n}"
-            try:
-                sim = recall_similarity or pairwise_similarity(
-                    bertscore_f1(recall_model, rescale=True, lowercase=False, device=device)
-                )
-                hits = []
-                for *_, matches, _, _ in per_film:
-                    fp = [m.prediction.text for m in matches]
-                    fr = [m.reference.text for m in matches]
-                    hits += recall_hits(fp, fr, sim, recall_k, recall_n)
-                scores[key] = (
-                    100 * sum(hits) / len(hits)
-                    if hits
-                    else Unavailable(f"needs at least {recall_n} matched slots in a film")
-                )
-            except Exception as e:
-                scores[key] = Unavailable(
-                    f"{_reason(e)}; pass --recall-model DIR (a local copy of the model)"
-                )
+            scores[f"R@{recall_k}/{recall_n}"] = _recall_value(
+                [f[5] for f in per_film],
+                recall_similarity,
+                recall_model,
+                recall_k,
+                recall_n,
+                device,
+            )
+
+    settings = {
+        "bert_model": bert_model,
+        "bert_rescale": bert_rescale,
+        "recall_model": recall_model,
+        "recall_k": recall_k,
+        "recall_n": recall_n,
+    }
+    return _report(prediction, reference, min_iou, per_film, missing, scores, settings)
+
+
+def _report(
+    prediction: str | Path,
+    reference: str | Path,
+    min_iou: float,
+    per_film: list[tuple],
+    missing: list[str],
+    scores: dict[str, float | Unavailable],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON report: totals, scores (and why any is missing), films, unmatched cues, pairs."""
+    pairs = [(film, m) for film, *_, matches, _, _ in per_film for m in matches]
 
     def cue(c: Cue, film: str) -> dict[str, Any]:
         return {"film": film, "start": c.start, "end": c.end, "text": c.text}
@@ -229,30 +232,57 @@ def evaluate(
         "pairs": [
             {
                 "film": film,
-                "prediction": {
-                    "start": m.prediction.start,
-                    "end": m.prediction.end,
-                    "text": m.prediction.text,
-                },
-                "reference": {
-                    "start": m.reference.start,
-                    "end": m.reference.end,
-                    "text": m.reference.text,
-                },
+                "prediction": {k: getattr(m.prediction, k) for k in ("start", "end", "text")},
+                "reference": {k: getattr(m.reference, k) for k in ("start", "end", "text")},
                 "iou": m.iou,
             }
             for film, m in pairs
         ],
-        "settings": {
-            "bert_model": bert_model,
-            "bert_rescale": bert_rescale,
-            "recall_model": recall_model,
-            "recall_k": recall_k,
-            "recall_n": recall_n,
-        },
+        "settings": settings,
         "tool": "locomad",
         "version": __version__,
     }
+
+
+def _bertscore_value(
+    p_text: list[str],
+    r_text: list[str],
+    pair_score: PairScore | None,
+    model: str,
+    rescale: bool,
+    device: str,
+) -> float | Unavailable:
+    """BertScore F1 over the matched pairs, or why it cannot be had."""
+    try:
+        pair = pair_score or bertscore_f1(model, rescale=rescale, device=device)
+        return bertscore(p_text, r_text, pair) if p_text else Unavailable("no matched slot")
+    except Exception as e:
+        return Unavailable(f"{_reason(e)}; pass --bert-model DIR (a local copy of the model)")
+
+
+def _recall_value(
+    films: list[list[Match]],
+    similarity: Similarity | None,
+    model: str,
+    k: int,
+    n: int,
+    device: str,
+) -> float | Unavailable:
+    """R@k/N over every window of every film's matched pairs, or why it cannot be had."""
+    try:
+        sim = similarity or pairwise_similarity(
+            bertscore_f1(model, rescale=True, lowercase=False, device=device)
+        )
+        hits = []
+        for matches in films:
+            fp = [m.prediction.text for m in matches]
+            fr = [m.reference.text for m in matches]
+            hits += recall_hits(fp, fr, sim, k, n)
+        if not hits:
+            return Unavailable(f"needs at least {n} matched slots in a film")
+        return 100 * sum(hits) / len(hits)
+    except Exception as e:
+        return Unavailable(f"{_reason(e)}; pass --recall-model DIR (a local copy of the model)")
 
 
 def missing_line(report: dict[str, Any]) -> str | None:
@@ -263,6 +293,17 @@ def missing_line(report: dict[str, Any]) -> str | None:
     return (
         f"{len(missing)} requested metric(s) unavailable: {', '.join(missing)} (reasons in the "
         "table and the report); pass --allow-missing to accept the scores without them"
+    )
+
+
+def unmatched_line(report: dict[str, Any]) -> str | None:
+    """One line counting the predictions and references left without a partner (None if
+    none)."""
+    preds, refs = report["unmatched_predictions"], report["unmatched_references"]
+    if not preds and not refs:
+        return None
+    return (
+        f"unmatched: {len(preds)} predictions, {len(refs)} references (listed in the JSON report)"
     )
 
 

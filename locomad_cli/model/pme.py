@@ -303,60 +303,19 @@ class PME(nn.Module):
                 f"PME init: no '{_BLIP2_PREFIX}*' tensors, not a LAVIS BLIP-2 Q-Former checkpoint"
             )
         own = self.state_dict()
-        aliases = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight"}
-        aliases["lm_head.decoder.bias"] = "lm_head.bias"
-        # a layer's bias goes with its weight: a projection whose weight cannot load (the
-        # cross-attention's key/value) starts fresh as a whole
-        unfit = set()
-        for key, src in state.items():
-            name = _blip2_name(key)
-            if name in aliases or name is None:
-                continue
-            if name.endswith(".weight") and name in own and own[name].ndim > 1:
-                if src.shape != own[name].shape and name not in _ROW_TABLES:
-                    unfit.add(name[: -len("weight")])
+        unfit = _blip2_unfit_layers(state, own)
         report = InitReport()
         with torch.no_grad():
             for key in sorted(state):
-                src = state[key]
                 name = _blip2_name(key)
-                if name is None:
-                    report.ignored[key] = _blip2_ignore_reason(key)
-                elif name.endswith(".bias") and name[: -len("bias")] in unfit:
-                    report.ignored[key] = f"its weight does not fit {name[: -len('bias')]}weight"
+                why = _blip2_not_copied(key, name, own, unfit, report.loaded)
+                if why is None:
+                    _copy_blip2_tensor(report, key, state[key], name, own[name])
+                    continue
+                report.ignored[key] = why
+                if name is not None and name.endswith(".bias") and name[: -len("bias")] in unfit:
                     report.reinitialised[name] = "fresh init with its weight"
-                elif name in aliases:
-                    report.ignored[key] = f"tied to {aliases[name]} here (one tensor)"
-                elif name not in own:
-                    report.ignored[key] = f"this card's PME has no {name}"
-                elif name in report.loaded:
-                    report.ignored[key] = f"{name} already loaded from {report.loaded[name]}"
-                else:
-                    dst = own[name]
-                    if src.shape == dst.shape:
-                        dst.copy_(src.to(dst.dtype))
-                        report.loaded[name] = key
-                    elif name in _ROW_TABLES and src.shape[1:] == dst.shape[1:]:
-                        rows = min(src.shape[0], dst.shape[0])
-                        dst[:rows].copy_(src[:rows].to(dst.dtype))
-                        report.loaded[name] = f"{key} (rows 0-{rows - 1} of {dst.shape[0]})"
-                    else:
-                        report.ignored[key] = (
-                            f"shape {list(src.shape)} does not fit {name} {list(dst.shape)}"
-                        )
-                        report.reinitialised[name] = (
-                            f"fresh init: checkpoint {list(src.shape)}, card {list(dst.shape)}"
-                        )
-            tt = "embeddings.token_type_embeddings.weight"
-            if tt in own and tt not in report.loaded:
-                own[tt].zero_()
-                report.reinitialised[tt] = "zeroed: LAVIS's Q-Former has no token types"
-            for alias, target in aliases.items():
-                if alias in own and target in report.loaded:
-                    report.loaded[alias] = f"tied to {target}"
-            for name in own:
-                if name not in report.loaded and name not in report.reinitialised:
-                    report.reinitialised[name] = "not in the checkpoint: fresh init"
+            _account_for_the_rest(own, report)
         if not any(name.startswith("encoder.") for name in report.loaded):
             width = state.get(f"{_BLIP2_PREFIX}embeddings.LayerNorm.weight")
             raise LocomadError(
@@ -497,6 +456,77 @@ class InitReport:
         out += [f"re-initialised: {g}" for g in _group(self.reinitialised)]
         out += [f"ignored: {g}" for g in _group(self.ignored)]
         return out
+
+
+_BLIP2_ALIASES = {
+    "lm_head.decoder.weight": "embeddings.word_embeddings.weight",
+    "lm_head.decoder.bias": "lm_head.bias",
+}
+"""LAVIS keeps these as tensors of their own; here they are tied to another (one tensor)."""
+
+
+def _blip2_unfit_layers(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> set[str]:
+    """Layers (name up to `weight`) whose checkpoint weight cannot load. A layer's bias goes
+    with its weight: a projection whose weight cannot load (the cross-attention's key/value)
+    starts fresh as a whole."""
+    unfit = set()
+    for key, src in state.items():
+        name = _blip2_name(key)
+        if name in _BLIP2_ALIASES or name is None:
+            continue
+        if name.endswith(".weight") and name in own and own[name].ndim > 1:
+            if src.shape != own[name].shape and name not in _ROW_TABLES:
+                unfit.add(name[: -len("weight")])
+    return unfit
+
+
+def _blip2_not_copied(
+    key: str, name: str | None, own: dict, unfit: set[str], loaded: dict[str, str]
+) -> str | None:
+    """Why the checkpoint tensor `key` (our `name`) is not copied; None when it is."""
+    if name is None:
+        return _blip2_ignore_reason(key)
+    if name.endswith(".bias") and name[: -len("bias")] in unfit:
+        return f"its weight does not fit {name[: -len('bias')]}weight"
+    if name in _BLIP2_ALIASES:
+        return f"tied to {_BLIP2_ALIASES[name]} here (one tensor)"
+    if name not in own:
+        return f"this card's PME has no {name}"
+    if name in loaded:
+        return f"{name} already loaded from {loaded[name]}"
+    return None
+
+
+def _copy_blip2_tensor(
+    report: InitReport, key: str, src: torch.Tensor, name: str, dst: torch.Tensor
+) -> None:
+    """Copy where the shape is ours (a row table: its shared rows), else say why not."""
+    if src.shape == dst.shape:
+        dst.copy_(src.to(dst.dtype))
+        report.loaded[name] = key
+    elif name in _ROW_TABLES and src.shape[1:] == dst.shape[1:]:
+        rows = min(src.shape[0], dst.shape[0])
+        dst[:rows].copy_(src[:rows].to(dst.dtype))
+        report.loaded[name] = f"{key} (rows 0-{rows - 1} of {dst.shape[0]})"
+    else:
+        report.ignored[key] = f"shape {list(src.shape)} does not fit {name} {list(dst.shape)}"
+        report.reinitialised[name] = (
+            f"fresh init: checkpoint {list(src.shape)}, card {list(dst.shape)}"
+        )
+
+
+def _account_for_the_rest(own: dict[str, torch.Tensor], report: InitReport) -> None:
+    """Token types zeroed (LAVIS has none), tied tensors noted, the rest fresh init."""
+    tt = "embeddings.token_type_embeddings.weight"
+    if tt in own and tt not in report.loaded:
+        own[tt].zero_()
+        report.reinitialised[tt] = "zeroed: LAVIS's Q-Former has no token types"
+    for alias, target in _BLIP2_ALIASES.items():
+        if alias in own and target in report.loaded:
+            report.loaded[alias] = f"tied to {target}"
+    for name in own:
+        if name not in report.loaded and name not in report.reinitialised:
+            report.reinitialised[name] = "not in the checkpoint: fresh init"
 
 
 def _group(items: dict[str, str]) -> list[str]:

@@ -1,0 +1,156 @@
+"""What the commands of `locomad` (cli.py) and `locomad demo` (demo/cli.py) share: the options
+written the same way everywhere, options dataclasses filled from a command's parameters, the
+one-line exit for bad input, the warning lines, and the exit codes of a run (run()). Light on
+purpose: every help screen imports it."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import typer
+from typer import Option
+
+from locomad_cli.utils import DEBUG_ENV, EXIT_INTERNAL, EXIT_USER, LocomadError, os_error_line
+
+T = TypeVar("T")
+
+MODEL_HELP = "Model card: a shipped name (opt-2.7b, opt-1.3b, opt-350m, demo) or a YAML path."
+MODEL_OPTION = Option("opt-2.7b", "--model", "-m", help=MODEL_HELP)
+SET_OPTION = Option(
+    [], "--set", help="Override a card field, e.g. --set llm.num_beams=1 (repeatable)."
+)
+DEVICE_OPTION = Option("auto", "--device", help="auto | cpu | cuda.")
+THREADS_OPTION = Option(
+    None,
+    "--threads",
+    metavar="N",
+    help="torch CPU threads.",
+    show_default="$OMP_NUM_THREADS, else the cores the load average leaves free, one fewer "
+    "while a film is decoded",
+)
+"""One definition for every command that runs torch (locomad_cli/threads.py)."""
+
+
+def _show_help(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        typer.echo(ctx.get_help(), color=ctx.color)
+        raise typer.Exit()
+
+
+HELP_OPTION = Option(
+    False, "--help", is_eager=True, callback=_show_help, help="Show this message and exit."
+)
+"""A group's own --help. Typer's built-in one has no default, so on `locomad CMD --help` the
+group's unset flag goes through pydantic's validation, and importing pydantic was half the
+time of every help screen (benchmarks/startup.py)."""
+
+
+def fail(message: str) -> None:
+    """One clear line on stderr, exit code 2."""
+    typer.echo(f"locomad: error: {message}", err=True)
+    raise typer.Exit(EXIT_USER)
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A command whose LocomadError (bad input, missing weights, offline hub) ends in one line on
+    stderr and exit code 2, also where the command runs without main() (Typer's test runner)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LocomadError as e:
+            fail(str(e))
+
+    return run
+
+
+def threads_arg(value: str | None) -> int | None:
+    """--threads as a number (None: the policy picks); a bad value raises LocomadError."""
+    from locomad_cli.threads import parse_threads
+
+    return parse_threads(value)
+
+
+def from_params(target: Callable[..., T], params: Mapping[str, Any], **given: Any) -> T:
+    """Call `target` (an options dataclass, or a function) with the command's parameters that
+    have the names of its own, so each option is written once: in the command's signature.
+    `--quiet` fills `progress` (as `not quiet`); `given` supplies or replaces the rest (values
+    the command derives, such as --threads as a number)."""
+    names = inspect.signature(target).parameters
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items() if k in names}
+    if "progress" in names and "quiet" in params:
+        values["progress"] = not params["quiet"]
+    return target(**{**values, **given})
+
+
+class _WarningLine(logging.Handler):
+    """locomad's own warnings as `locomad: warning: ...` on the stderr of the moment (so that
+    test runners that swap sys.stderr see them too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"locomad: warning: {record.getMessage()}", err=True)
+
+
+def setup_logging() -> None:
+    """locomad's warnings as one line each on stderr, never twice."""
+    log = logging.getLogger("locomad_cli")
+    if not any(isinstance(h, _WarningLine) for h in log.handlers):
+        # records still propagate (test runners capture them at the root); with no handler
+        # at the root, logging's last-resort printer stays silent because this one exists
+        log.addHandler(_WarningLine(logging.WARNING))
+    root = logging.getLogger()
+    if not root.handlers:
+        # a library's module-level logging.warning() would otherwise configure the root with
+        # a printer of its own (logging.basicConfig), and every later warning of ours would
+        # appear twice ("WARNING:locomad_cli...."): a handler at the root prevents that
+        root.addHandler(logging.NullHandler())
+
+
+def run(app: typer.Typer) -> None:
+    """Run the `locomad` app with its exit codes: 0 done, 2 bad input or environment (one
+    line), 70 an internal error (one line; the traceback with --debug or LOCOMAD_DEBUG=1), 130
+    Ctrl-C. Libraries' Python warnings (deprecations, pickle protocols) are not for users:
+    hidden unless debugging; locomad's own warnings are log lines and always shown."""
+    if not debugging():
+        warnings.simplefilter("ignore")
+    try:
+        app()
+    except LocomadError as e:  # raised outside a command's own handling
+        typer.echo(f"locomad: error: {e}", err=True)
+        sys.exit(EXIT_USER)
+    except KeyboardInterrupt:
+        typer.echo("locomad: interrupted", err=True)
+        sys.exit(130)
+    except OSError as e:
+        line = os_error_line(e)  # a full disk or a permission problem: the machine's, not ours
+        if line is None:
+            _internal_error(e)
+        typer.echo(f"locomad: error: {line}", err=True)
+        sys.exit(EXIT_USER)
+    except Exception as e:
+        _internal_error(e)
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def _internal_error(e: BaseException) -> None:
+    if debugging():
+        traceback.print_exception(e)
+    what = " ".join(f"{e.__class__.__name__}: {e}".split())[:300]
+    typer.echo(
+        f"locomad: internal error (a bug in locomad, not in your input): {what}; run again "
+        f"with --debug or {DEBUG_ENV}=1 for the traceback, and please report it",
+        err=True,
+    )
+    sys.exit(EXIT_INTERNAL)
