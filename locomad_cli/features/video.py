@@ -55,7 +55,7 @@ def _stamp(path: Path) -> _Stamp:
 @dataclass(frozen=True)
 class VideoInfo:
     """A film's facts from one ffprobe run, checked to be a decodable video: its picture, its
-    audio streams, and (read on first use) the fingerprint the caches beside it are keyed on."""
+    audio streams, and the fingerprint the caches beside it are keyed on."""
 
     path: Path
     width: int
@@ -69,10 +69,8 @@ class VideoInfo:
     mtime: float
     audio: tuple[dict, ...] = ()
     """ffprobe's audio streams, in order (empty: a silent film)."""
-
-    @property
-    def fingerprint(self) -> dict[str, str]:
-        return source_fingerprint(self.path)
+    fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
+    """source_fingerprint of the file as probed: what the caches beside it are keyed on."""
 
 
 def _ffprobe_error(path: Path, stderr: bytes) -> str:
@@ -136,6 +134,7 @@ def _probe(path: Path, stamp: _Stamp) -> VideoInfo:
         size=stamp.size,
         mtime=stamp.mtime,
         audio=tuple(s for s in streams if s.get("codec_type") == "audio"),
+        fingerprint=dict(_fingerprint(path, stamp)),
     )
 
 
