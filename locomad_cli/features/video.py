@@ -1,8 +1,9 @@
-"""Video input: a film's facts from one ffprobe run, then frames decoded at exact times with decord.
+"""Video input: a film's facts from one ffprobe run, then frames decoded at exact times.
 
-Output frame i shows what is on screen at t_i = i / fps seconds after the first frame: the
-decoded frame whose presentation interval contains t_i. Picking "every n-th frame" instead drifts
-on 23.976 fps and is wrong on variable-rate video; timestamps are right for both.
+Frames come from decord. Output frame i shows what is on screen at t_i = i / fps seconds after
+the first frame: the decoded frame whose presentation interval contains t_i. Picking "every n-th
+frame" instead drifts on 23.976 fps and is wrong on variable-rate video; timestamps are right for
+both.
 
 A film has T = floor(duration * fps) output frames: frame i stands for the whole interval
 [i / fps, (i + 1) / fps), so only intervals that lie inside the film count.
