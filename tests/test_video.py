@@ -143,6 +143,38 @@ def test_sample_indices_and_frame_count():
 
 
 @pytest.mark.slow
+def test_a_film_is_probed_and_hashed_once_while_unchanged(tmp_path, monkeypatch):
+    """Every stage of a command asks for the film's facts: ffprobe runs and the first MiB is
+    read once while the file is unchanged, and again once it has changed."""
+    import hashlib
+
+    import ffmpeg
+
+    calls = {"ffprobe": 0, "sha256": 0}
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(ffmpeg, "probe", counted("ffprobe", ffmpeg.probe))
+    monkeypatch.setattr(hashlib, "sha256", counted("sha256", hashlib.sha256))
+    film = tmp_path / "film.mp4"
+    film.write_bytes(make_video(tmp_path / "a.mp4", 1.0, "64x48", audio=True).read_bytes())
+    first = probe(film)
+    assert probe(film) is first and probe(str(film)) is first
+    assert [s["codec_type"] for s in first.audio] == ["audio"]
+    assert first.fingerprint == source_fingerprint(film) == probe(film).fingerprint
+    assert calls == {"ffprobe": 1, "sha256": 1}
+    film.write_bytes(make_video(tmp_path / "b.mp4", 1.0, "64x48").read_bytes())  # silent
+    again = probe(film)
+    assert again.audio == () and again.fingerprint != first.fingerprint
+    assert calls == {"ffprobe": 2, "sha256": 2}
+
+
+@pytest.mark.slow
 def test_fingerprint(media):
     import hashlib
 

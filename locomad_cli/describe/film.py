@@ -20,8 +20,6 @@ import json
 import logging
 import math
 import os
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
+from locomad_cli.progress import progress_bar
 from locomad_cli.slots.plan import Slot, plan_film, slots_from_times
 from locomad_cli.threads import torch_threads
 from locomad_cli.tracks.readers import Cue, read_cues, read_text, read_timed, slot_dialogue
@@ -541,7 +540,7 @@ def describe(
             with (
                 write_errors(progress_path),
                 open(progress_path, "ab" if done else "wb", buffering=0) as pf,
-                _progress(opts, len(slots)) as bar,
+                progress_bar("describing", len(slots), opts.progress, "slots") as bar,
             ):
                 if not done:
                     _append(pf, {"identity": identity})
@@ -742,56 +741,3 @@ def _run_batched(model, film: Film, cache: TextFeatureCache, opts: DescribeOptio
             chunk, records, _generate(model, records, opts.setting, film.names), strict=True
         ):
             yield _row(slot, record, gen)
-
-
-def _same_terminal() -> bool:
-    """Whether stdout and stderr are one terminal (then results printed on stdout must pass
-    through the progress bar's console, or the bar would overwrite them)."""
-    try:
-        return sys.stdout.isatty() and os.path.samestat(os.fstat(1), os.fstat(2))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-@contextlib.contextmanager
-def _progress(opts: DescribeOptions, total: int):
-    """A rich progress bar (slots, slots/s, ETA) on stderr, only when stderr is a terminal.
-    Descriptions are results, printed on stdout by the caller: when stdout is the same
-    terminal, rich shows those lines above the bar; when it is a pipe or a file they go
-    there untouched."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if not opts.progress or not console.is_terminal:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = [
-        TextColumn("describing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(
-        *columns, console=console, transient=False, redirect_stdout=_same_terminal()
-    ) as progress:
-        task = progress.add_task("slots", total=total, rate="")
-        t0, n0 = time.monotonic(), None
-
-        def update(n: int) -> None:
-            nonlocal n0
-            if n0 is None:
-                n0 = n
-            rate = (n - n0) / max(time.monotonic() - t0, 1e-9)
-            progress.update(task, completed=n, rate=f"{rate:.2f} slots/s")
-
-        yield update

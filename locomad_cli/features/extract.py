@@ -20,26 +20,21 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from locomad_cli.card import ModelCard
 from locomad_cli.features import parallel
+from locomad_cli.features.cache import FilmCache, open_partial
 from locomad_cli.features.clip import ClipEncoder, input_side, load_clip, weights_id
-from locomad_cli.features.video import (
-    FramePlan,
-    VideoInfo,
-    plan_frames,
-    probe,
-    source_fingerprint,
-)
+from locomad_cli.features.video import FramePlan, VideoInfo, plan_frames, probe
 from locomad_cli.films import rank_and_world, share
+from locomad_cli.progress import progress_bar
 from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
     LocomadError,
-    atomic_open,
     atomic_path,
     check_writable_dir,
     resolve_device,
@@ -51,18 +46,15 @@ if TYPE_CHECKING:  # imported where used: films are read and checked before torc
     import torch
 
 FORMAT = "locomad-features-1"
-SUFFIX = ".features.safetensors"
 CHUNK_FRAMES = 250
 """Output frames per resumable chunk: 50 s of film at 5 FPS, ~70 MB of decoded 224p frames."""
-MATCH_KEYS = (
-    "source_size",
-    "source_sha256_1mib",
-    "clip_model",
-    "clip_pretrained",
-    "clip_weights",
-    "fps",
+CACHE = FilmCache(
+    "features",
+    ".safetensors",
+    ("source_size", "source_sha256_1mib", "clip_model", "clip_pretrained", "clip_weights", "fps"),
 )
-"""Metadata that must agree for an existing output (or partial state) to count as this film's."""
+output_path = CACHE.path
+partial_dir = CACHE.partial_dir
 
 
 @dataclass
@@ -74,15 +66,6 @@ class FilmResult:
     """'done' (extracted now), 'resumed' (continued a partial run) or 'skipped' (already done)."""
     seconds: float = 0.0
     computed_frames: int = 0
-
-
-def output_path(video: str | Path, out_dir: str | Path | None = None) -> Path:
-    video = Path(video)
-    return Path(out_dir or video.parent) / f"{video.stem}{SUFFIX}"
-
-
-def partial_dir(output: Path) -> Path:
-    return output.with_name(output.name[: -len(SUFFIX)] + ".features.partial")
 
 
 def load_features(path: str | Path) -> tuple[torch.Tensor, dict]:
@@ -146,10 +129,6 @@ def _read_metadata(path: Path) -> dict[str, str] | None:
         return None
 
 
-def _matches(meta: dict[str, str] | None, want: dict[str, str]) -> bool:
-    return meta is not None and all(meta.get(k) == want[k] for k in MATCH_KEYS)
-
-
 def _identity(card: ModelCard, fps: float, fingerprint: dict[str, str]) -> dict[str, str]:
     return {
         **fingerprint,
@@ -178,32 +157,13 @@ def _chunk_rows(path: Path) -> int | None:
         return None
 
 
-def _prepare_partial(part: Path, state: dict[str, str], n_chunks: int) -> set[int]:
-    """Chunks already finished by an earlier run of the same film and settings; a partial
-    folder from anything else is cleared."""
-    state_file = part / "state.json"
-    if state_file.is_file():
-        try:
-            old = json.loads(state_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old == state:
-            frames, size = int(state["frames"]), int(state["chunk_frames"])
-            return {
-                c
-                for c in range(n_chunks)
-                if _chunk_rows(_chunk_file(part, c)) == min(size, frames - c * size)
-            }
-    if part.exists():
-        shutil.rmtree(part)
-    part.mkdir(parents=True)
-    try:
-        with atomic_open(state_file) as f:
-            json.dump(state, f, indent=1)
-    except OSError:  # a full disk: no empty partial folder left behind
-        shutil.rmtree(part, ignore_errors=True)
-        raise
-    return set()
+def _finished_chunks(part: Path, frames: int, chunk_frames: int) -> set[int]:
+    """Chunks an earlier run of the same film and settings finished, whole."""
+    return {
+        c
+        for c in range(math.ceil(frames / chunk_frames))
+        if _chunk_rows(_chunk_file(part, c)) == min(chunk_frames, frames - c * chunk_frames)
+    }
 
 
 def _encode_chunk(encoder: ClipEncoder, frames, batch_size: int) -> torch.Tensor:
@@ -240,8 +200,7 @@ def extract_film(
     start = time.perf_counter()
     info, fps = plan.info, plan.fps
     n_chunks = math.ceil(plan.frames / chunk_frames)
-    fingerprint = source_fingerprint(info.path)
-    identity = _identity(card, fps, fingerprint)
+    identity = _identity(card, fps, info.fingerprint)
     state = {
         **identity,
         "frames": str(plan.frames),
@@ -251,7 +210,7 @@ def extract_film(
         "dtype": str(encoder.dtype),
     }
     part = partial_dir(output)
-    done = _prepare_partial(part, state, n_chunks)
+    done = _finished_chunks(part, plan.frames, chunk_frames) if open_partial(part, state) else set()
     computed = 0
     progress_done = sum(min(chunk_frames, plan.frames - c * chunk_frames) for c in done)
     if on_progress is not None:
@@ -323,7 +282,7 @@ def write_h5(h5_path: str | Path, outputs: list[Path]) -> int:
 
     h5_path = Path(h5_path)
     lock_path = h5_path.with_name(h5_path.name + ".lock")
-    films = [(p.name[: -len(SUFFIX)], p) for p in outputs]
+    films = [(p.name[: -len(CACHE.suffix)], p) for p in outputs]
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with atomic_path(h5_path) as tmp:
@@ -343,60 +302,6 @@ def write_h5(h5_path: str | Path, outputs: list[Path]) -> int:
                     ds.attrs["clip_model"] = meta.get("clip_model", "")
                     ds.attrs["clip_pretrained"] = meta.get("clip_pretrained", "")
     return len(films)
-
-
-class _Progress:
-    """A rich progress bar per film (frames, frames/s, ETA) on stderr; silent when off."""
-
-    def __init__(self, enabled: bool):
-        from rich.console import Console
-
-        self.bar = None
-        console = Console(stderr=True)
-        # Bars only on a terminal: in logs and pipes they would be noise around the summary.
-        if enabled and console.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                ProgressColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-            from rich.text import Text
-
-            class FpsColumn(ProgressColumn):
-                def render(self, task):  # type: ignore[no-untyped-def]
-                    speed = task.finished_speed or task.speed
-                    if not speed and task.elapsed:
-                        speed = task.completed / task.elapsed
-                    return Text(f"{speed:6.1f} frames/s" if speed else "     ? frames/s")
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                FpsColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            )
-
-    @contextlib.contextmanager
-    def film(self, name: str) -> Iterator[Callable[[int, int], None]]:
-        if self.bar is None:
-            yield lambda done, total: None
-            return
-        task = self.bar.add_task(name, total=None)
-        yield lambda done, total: self.bar.update(task, completed=done, total=total)
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def extract_features(
@@ -495,8 +400,8 @@ def _extract_all(
         info, out = infos[i], outputs[i]
         if out.exists() and not overwrite:
             meta = _read_metadata(out)
-            want = _identity(card, fps, source_fingerprint(info.path))
-            if not _matches(meta, want):
+            want = _identity(card, fps, info.fingerprint)
+            if not CACHE.matches(meta, want):
                 raise LocomadError(
                     f"{out} exists but was made from another file, model or FPS; "
                     "pass --overwrite to replace it"
@@ -526,11 +431,12 @@ def _extract_all(
         for i in todo[1:]:  # one open reader at a time: each holds a file and its frame index
             plans[i].reader = None
         # torch's pool on every core would fight the decode thread: 30x slower, measured
-        with torch_threads(threads, decoding=True, device=dev), _Progress(progress) as bars:
+        with torch_threads(threads, decoding=True, device=dev):
             for i in todo:
                 info, out, plan = infos[i], outputs[i], plans[i]
                 hint = "free some space and run the same command again (finished chunks are kept)"
-                with bars.film(info.path.stem) as update, write_errors(out, hint):
+                bar = progress_bar(info.path.stem, show=progress, unit="frames")
+                with bar as update, write_errors(out, hint):
                     hook = None if on_chunk is None else functools.partial(on_chunk, info.path)
                     results.append(
                         extract_film(

@@ -1,15 +1,23 @@
-"""Video input: check a file with ffprobe, then decode frames at exact times with decord.
+"""Video input: a film's facts from one ffprobe run, then frames decoded at exact times.
 
-Output frame i shows what is on screen at t_i = i / fps seconds after the first frame: the
-decoded frame whose presentation interval contains t_i. Picking "every n-th frame" instead drifts
-on 23.976 fps and is wrong on variable-rate video; timestamps are right for both.
+Frames come from decord. Output frame i shows what is on screen at t_i = i / fps seconds after
+the first frame: the decoded frame whose presentation interval contains t_i. Picking "every n-th
+frame" instead drifts on 23.976 fps and is wrong on variable-rate video; timestamps are right for
+both.
 
 A film has T = floor(duration * fps) output frames: frame i stands for the whole interval
 [i / fps, (i + 1) / fps), so only intervals that lie inside the film count.
+
+`probe` and `source_fingerprint` remember their answer for a file while it is unchanged (same
+path, inode, size and modification and change times): the stages of one command (describe:
+features, speech, shots, the track's film source) each ask for the film's facts, and share one
+ffprobe run and one read of its first MiB.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import os
 import re
@@ -17,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,9 +36,27 @@ EPS = 1e-3
 only about 0.5 ms two hours into a film; no real frame lasts under 8 ms."""
 
 
-@dataclass
+class _Stamp(NamedTuple):
+    """What tells that a file is unchanged since it was last read (not its access time,
+    which reading it changes)."""
+
+    size: int
+    mtime: float
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+
+def _stamp(path: Path) -> _Stamp:
+    st = path.stat()
+    return _Stamp(st.st_size, st.st_mtime, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+@dataclass(frozen=True)
 class VideoInfo:
-    """What ffprobe says about a file, checked to be a decodable video."""
+    """A film's facts from one ffprobe run, checked to be a decodable video: its picture, its
+    audio streams, and the fingerprint the caches beside it are keyed on."""
 
     path: Path
     width: int
@@ -42,6 +68,10 @@ class VideoInfo:
     codec: str
     size: int
     mtime: float
+    audio: tuple[dict, ...] = ()
+    """ffprobe's audio streams, in order (empty: a silent film)."""
+    fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
+    """source_fingerprint of the file as probed: what the caches beside it are keyed on."""
 
 
 def _ffprobe_error(path: Path, stderr: bytes) -> str:
@@ -52,16 +82,22 @@ def _ffprobe_error(path: Path, stderr: bytes) -> str:
 
 def probe(path: str | Path) -> VideoInfo:
     """Check that `path` is a non-empty file with a video stream and a positive duration."""
-    import ffmpeg
-
     path = Path(path)
     if not path.exists():
         raise LocomadError(f"{path}: no such file")
     if not path.is_file():
         raise LocomadError(f"{path}: not a file")
-    stat = path.stat()
-    if stat.st_size == 0:
+    stamp = _stamp(path)
+    if stamp.size == 0:
         raise LocomadError(f"{path}: empty file (0 bytes)")
+    return _probe(path, stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(path: Path, stamp: _Stamp) -> VideoInfo:
+    """One ffprobe run for the file as `stamp` saw it (errors are not remembered)."""
+    import ffmpeg
+
     try:
         info = ffmpeg.probe(str(path))
     except FileNotFoundError:
@@ -69,13 +105,14 @@ def probe(path: str | Path) -> VideoInfo:
     except ffmpeg.Error as e:
         reason = _ffprobe_error(path, e.stderr or b"")
         raise LocomadError(f"{path}: not a readable video ({reason})") from None
+    streams = info.get("streams", [])
     videos = [
         s
-        for s in info.get("streams", [])
+        for s in streams
         if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
     ]
     if not videos:
-        kinds = sorted({s.get("codec_type", "?") for s in info.get("streams", [])})
+        kinds = sorted({s.get("codec_type", "?") for s in streams})
         what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
         raise LocomadError(f"{path}: no video stream ({what})")
     v = videos[0]
@@ -95,8 +132,10 @@ def probe(path: str | Path) -> VideoInfo:
         display_height=height,
         duration=duration,
         codec=str(v.get("codec_name", "?")),
-        size=stat.st_size,
-        mtime=stat.st_mtime,
+        size=stamp.size,
+        mtime=stamp.mtime,
+        audio=tuple(s for s in streams if s.get("codec_type") == "audio"),
+        fingerprint=dict(_fingerprint(path, stamp)),
     )
 
 
@@ -276,15 +315,17 @@ def read_frames(reader, plan: FramePlan, idx: np.ndarray) -> np.ndarray:
 
 def source_fingerprint(path: str | Path) -> dict[str, str]:
     """Size, mtime and SHA-256 of the first MiB: cheap, and enough to notice a changed film."""
-    import hashlib
-
     path = Path(path)
-    st = path.stat()
+    return dict(_fingerprint(path, _stamp(path)))
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(path: Path, stamp: _Stamp) -> dict[str, str]:
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read(1 << 20)).hexdigest()
     return {
-        "source_size": str(st.st_size),
-        "source_mtime": f"{st.st_mtime:.6f}",
+        "source_size": str(stamp.size),
+        "source_mtime": f"{stamp.mtime:.6f}",
         "source_sha256_1mib": digest,
         "source_name": os.path.basename(path),
     }

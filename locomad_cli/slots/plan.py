@@ -348,7 +348,8 @@ def listen(
     """(audio.Speech or None, vad status) for `--vad auto|on|off`. A film without audio, or
     whose audio cannot be decoded, falls back to the subtitles with one warning line (`auto`);
     `on` refuses instead, and so does `auto` when there are no subtitles to fall back on."""
-    from locomad_cli.slots.speech import AudioError, audio_streams, detect_speech
+    from locomad_cli.features.video import probe
+    from locomad_cli.slots.speech import AudioError, detect_speech
 
     if vad not in VAD_CHOICES:
         raise LocomadError(f"unknown --vad '{vad}' (choose {', '.join(VAD_CHOICES)})")
@@ -365,7 +366,7 @@ def listen(
                 "may fall on dialogue"
             )
         return None, "no audio"
-    if not audio_streams(video):
+    if not probe(video).audio:
         if vad == "on":
             raise LocomadError(f"--vad on: {video} has no audio stream")
         if subtitles:

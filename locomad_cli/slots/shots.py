@@ -27,15 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from locomad_cli.features.cache import FilmCache
 from locomad_cli.features.video import source_fingerprint
 from locomad_cli.utils import LocomadError, atomic_open
 
 FORMAT = "locomad-shots-1"
-SUFFIX = ".shots.json"
 MIN_SHOT = 0.6
 """Seconds: PySceneDetect's shortest shot (its default, 15 frames, would miss a cut 1 s into
 the film at 10 FPS)."""
-MATCH_KEYS = ("source_size", "source_sha256_1mib", "detector")
+CACHE = FilmCache("shots", ".json", ("source_size", "source_sha256_1mib", "detector"))
+output_path = CACHE.path
 
 
 @dataclass
@@ -49,11 +50,6 @@ class Shots:
     """'done' (computed now) or 'cached'."""
 
 
-def output_path(video: str | Path, out_dir: str | Path | None = None) -> Path:
-    video = Path(video)
-    return Path(out_dir or video.parent) / f"{video.stem}{SUFFIX}"
-
-
 def detector_name(min_shot: float = MIN_SHOT) -> str:
     try:
         version = metadata.version("scenedetect")
@@ -62,7 +58,8 @@ def detector_name(min_shot: float = MIN_SHOT) -> str:
     return f"pyscenedetect {version} adaptive min_scene_len={min_shot:g}s"
 
 
-def _read_cache(path: Path) -> dict | None:
+def _read_cache(path: Path) -> tuple[dict, list[float]] | None:
+    """(the file's fields, its cuts) of a shots cache, None when unreadable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -74,7 +71,7 @@ def _read_cache(path: Path) -> dict | None:
         isinstance(c, (int, float)) and math.isfinite(c) for c in cuts
     ):
         return None
-    return data
+    return data, [float(c) for c in cuts]
 
 
 def detect_cuts(
@@ -90,13 +87,12 @@ def detect_cuts(
     if not video.is_file():
         raise LocomadError(f"{video}: no such file")
     want = {**source_fingerprint(video), "detector": detector_name(min_shot)}
-    target = output_path(video, out_dir)
-    for candidate in dict.fromkeys([output_path(video), target]):
-        data = _read_cache(candidate) if candidate.is_file() else None
-        if data is not None and all(str(data.get(k)) == want[k] for k in MATCH_KEYS):
-            return Shots([float(c) for c in data["cuts"]], want["detector"], candidate, "cached")
+    found = CACHE.find(video, out_dir, want, _read_cache)
+    if found is not None:
+        return Shots(found[2], want["detector"], found[0], "cached")
     if on_start is not None:
         on_start()
+    target = output_path(video, out_dir)
     cuts = _scenedetect(video, min_shot)
     with atomic_open(target) as f:
         json.dump({"format": FORMAT, **want, "cuts": cuts}, f, indent=1)

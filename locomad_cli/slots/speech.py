@@ -20,7 +20,6 @@ run continues from the last finished block.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import queue
@@ -36,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from locomad_cli.features.video import source_fingerprint
-from locomad_cli.utils import LocomadError, atomic_open, atomic_path
+from locomad_cli.features.cache import FilmCache, open_partial
+from locomad_cli.features.video import VideoInfo, probe
+from locomad_cli.utils import LocomadError, atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMAT = "locomad-speech-1"
-SUFFIX = ".speech.safetensors"
 SAMPLE_RATE = 16000
 WINDOW = 512
 """Samples per silero-vad window at 16 kHz (32 ms)."""
@@ -52,8 +51,13 @@ WARMUP_WINDOWS = 32
 """Windows (1.02 s) of the audio before a row run through the network first, then dropped."""
 BLOCK_ROWS = 20
 """Rows per resumable block (614.4 s, about 10 minutes; 39 MB of float32 audio)."""
-MATCH_KEYS = ("source_size", "source_sha256_1mib", "vad_model", "layout", "audio_stream")
-"""Metadata that must agree for a cached or partial result to count as this film's."""
+CACHE = FilmCache(
+    "speech",
+    ".safetensors",
+    ("source_size", "source_sha256_1mib", "vad_model", "layout", "audio_stream"),
+)
+output_path = CACHE.path
+partial_dir = CACHE.partial_dir
 
 
 class AudioError(LocomadError):
@@ -87,29 +91,6 @@ class Speech:
     """Which VAD made them ('silero-vad 6.2.3 (onnx)')."""
 
 
-def audio_streams(path: str | Path) -> list[dict]:
-    """ffprobe's audio streams of a file (empty for a silent film)."""
-    import ffmpeg
-
-    try:
-        info = ffmpeg.probe(str(path))
-    except FileNotFoundError:
-        raise LocomadError("ffprobe not found: install ffmpeg (apt-get install ffmpeg)") from None
-    except ffmpeg.Error as e:
-        lines = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise LocomadError(f"{path}: not a readable file ({lines[-1] if lines else '?'})") from None
-    return [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
-
-
-def output_path(video: str | Path, out_dir: str | Path | None = None) -> Path:
-    video = Path(video)
-    return Path(out_dir or video.parent) / f"{video.stem}{SUFFIX}"
-
-
-def partial_dir(output: Path) -> Path:
-    return output.with_name(output.name[: -len(SUFFIX)] + ".speech.partial")
-
-
 def vad_model_name() -> str:
     try:
         version = metadata.version("silero-vad")
@@ -122,10 +103,9 @@ def _layout() -> str:
     return f"sr{SAMPLE_RATE}/w{WINDOW}/row{ROW_WINDOWS}/warmup{WARMUP_WINDOWS}"
 
 
-def _identity(video: Path) -> dict[str, str]:
-    fp = source_fingerprint(video)
+def _identity(film: VideoInfo) -> dict[str, str]:
     return {
-        **fp,
+        **film.fingerprint,
         "vad_model": vad_model_name(),
         "layout": _layout(),
         "audio_stream": "0:a:0",
@@ -274,40 +254,26 @@ def _block_file(part: Path, k: int) -> Path:
     return part / f"block-{k:05d}.safetensors"
 
 
-def _prepare_partial(part: Path, identity: dict[str, str]) -> list[np.ndarray]:
-    """Probabilities of the blocks an earlier run of the same film finished, in order; a
-    partial folder of anything else is cleared."""
+def _finished_blocks(part: Path) -> list[np.ndarray]:
+    """Probabilities of the blocks an earlier run of the same film finished, in order."""
     from safetensors.numpy import load_file
 
-    state = part / "state.json"
     done: list[np.ndarray] = []
-    if state.is_file():
+    while _block_file(part, len(done)).is_file():
         try:
-            old = json.loads(state.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old == identity:
-            while _block_file(part, len(done)).is_file():
-                try:
-                    done.append(load_file(str(_block_file(part, len(done))))["probs"])
-                except Exception:
-                    break  # a torn last block is computed again
-            return done
-    if part.exists():
-        shutil.rmtree(part)
-    part.mkdir(parents=True)
-    with atomic_open(state) as f:
-        json.dump(identity, f, indent=1)
+            done.append(load_file(str(_block_file(part, len(done))))["probs"])
+        except Exception:
+            break  # a torn last block is computed again
     return done
 
 
-def load_speech_file(path: Path) -> tuple[np.ndarray, dict[str, str]] | None:
-    """(probabilities, metadata) of a speech cache file, None when unreadable."""
+def load_speech_file(path: Path) -> tuple[dict[str, str], np.ndarray] | None:
+    """(metadata, probabilities) of a speech cache file, None when unreadable."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="np") as f:
-            return f.get_tensor("probs").astype(np.float32), dict(f.metadata() or {})
+            return dict(f.metadata() or {}), f.get_tensor("probs").astype(np.float32)
     except Exception:
         return None
 
@@ -349,29 +315,28 @@ def detect_speech(
     decode it; nothing is left behind then."""
     from safetensors.numpy import save_file
 
-    video = Path(video)
-    if not video.is_file():
-        raise LocomadError(f"{video}: no such file")
-    if not audio_streams(video):
+    film = probe(video)
+    video = film.path
+    if not film.audio:
         raise LocomadError(f"{video}: the film has no audio stream")
-    identity = _identity(video)
-    target = output_path(video, out_dir)
-    for candidate in dict.fromkeys([output_path(video), target]):
-        cached = load_speech_file(candidate) if candidate.is_file() else None
-        if cached is not None and all(cached[1].get(k) == identity[k] for k in MATCH_KEYS):
-            probs, meta = cached
-            return Speech(
-                intervals_from_probs(probs, int(meta["samples"]), params),
-                candidate,
-                "cached",
-                int(meta["samples"]) / SAMPLE_RATE,
-                meta["vad_model"],
-            )
+    identity = _identity(film)
+    found = CACHE.find(video, out_dir, identity, load_speech_file)
+    if found is not None:
+        path, meta, probs = found
+        return Speech(
+            intervals_from_probs(probs, int(meta["samples"]), params),
+            path,
+            "cached",
+            int(meta["samples"]) / SAMPLE_RATE,
+            meta["vad_model"],
+        )
     if on_start is not None:
         on_start()
+    target = output_path(video, out_dir)
     part = partial_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    done = _prepare_partial(part, {**identity, "block_rows": str(block_rows)})
+    state = {**identity, "block_rows": str(block_rows)}
+    done = _finished_blocks(part) if open_partial(part, state) else []
     resumed = bool(done)
     samples = len(done) * block_rows * ROW_WINDOWS * WINDOW
     model = _load_vad()

@@ -22,7 +22,6 @@ import math
 import re
 import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from locomad_cli.data import load_split
 from locomad_cli.data.dataset import ClipDataset, report_problems
 from locomad_cli.data.records import collate
 from locomad_cli.data.rename import Renamer, read_names
+from locomad_cli.progress import progress_bar
 from locomad_cli.train.state import FORMAT as TRAIN_STATE_FORMAT
 from locomad_cli.train.state import (
     load_optimizer_state,
@@ -52,7 +52,6 @@ if TYPE_CHECKING:  # imported where used: `locomad --help` should not wait for t
     from accelerate import Accelerator
     from accelerate.optimizer import AcceleratedOptimizer
     from accelerate.scheduler import AcceleratedScheduler
-    from rich.progress import Progress
 
 # The authors' settings (REFERENCE-NOTES.md): 10 epochs at batch 64 for stage 1, 5 epochs at
 # batch 32 per GPU for stage 2; AdamW (0.9, 0.999), wd 0.05; warm-up 500 steps from 1e-8 to
@@ -687,35 +686,6 @@ def _loader(run: _Run, train_ds: ClipDataset) -> torch.utils.data.DataLoader:
     )
 
 
-def _progress_bar(
-    cfg: TrainConfig, total: int, start: int, main: bool
-) -> tuple[Progress, Callable[[int, dict[str, float], float], None]]:
-    """The stderr progress line (main process, unless --quiet), and `show(step, logs, lr)`
-    to move it on."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn(f"stage {cfg.stage}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} it/s"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not (main and cfg.progress),
-    )
-    task = progress.add_task("train", total=total, completed=start, loss="-", lr="-", speed="-")
-    started = time.monotonic()
-
-    def show(step: int, logs: dict[str, float], lr: float) -> None:
-        speed = (step - start) / max(time.monotonic() - started, 1e-9)
-        progress.update(
-            task, completed=step, loss=f"{logs['loss']:.4f}", lr=f"{lr:.2e}", speed=f"{speed:.2f}"
-        )
-
-    return progress, show
-
-
 def _train_step(run: _Run, batches: Iterator[Any]) -> tuple[dict[str, float], float]:
     """One optimizer step over `grad_accum` micro-batches, each seeded by (seed, step,
     micro-batch) so that dropout and negatives do not depend on the process count or a
@@ -909,13 +879,14 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         accelerator.init_trackers("tensorboard")
 
     loader = _loader(run, train_ds)
-    progress, show = _progress_bar(cfg, plan.total, run.step, main)
+    bar = progress_bar(f"stage {cfg.stage}", plan.total, main and cfg.progress, "it")
     batches = iter(loader)
     try:
-        with progress:
+        with bar as show:
+            show(run.step)
             while run.step < plan.total:
                 logs, lr = _train_step(run, batches)
-                show(run.step, logs, lr)
+                show(run.step, note=f"loss {logs['loss']:.4f}  lr {lr:.2e}")
                 if main and _due(run.step, cfg.log_every, plan.total):
                     epoch = run.step / plan.steps_per_epoch
                     _log(run, {"step": run.step, "epoch": epoch, "lr": lr, **logs})

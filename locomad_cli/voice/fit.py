@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from locomad_cli import __version__
+from locomad_cli.progress import progress_bar
 from locomad_cli.tracks.writers import get_writer, parse_formats
 from locomad_cli.utils import LocomadError, atomic_path, check_writable_dir
 from locomad_cli.voice.mix import (
     MixOptions,
     Pause,
     PlacedCue,
-    audio_streams,
     duck_envelope,
     duck_spans,
     extended_cut,
@@ -349,7 +349,7 @@ def voice(
     check_writable_dir(out_dir)
     dialogue = dialogue_of(track, opts, ad_path)
     film = video.stem
-    streams = audio_streams(video)
+    streams = info.audio
     if not streams:
         log.warning(
             "%s has no audio: the AD track is the descriptions alone (no programme to mix)",
@@ -436,7 +436,7 @@ def _fit_all(
     placed: list[Voiced] = []
     cursor = 0.0
     slots = sorted(track["slots"], key=lambda s: (s["start"], s["end"]))
-    with _progress(opts, len(slots)) as step:
+    with progress_bar("voicing", len(slots), opts.progress) as step:
         for slot in slots:
             window = speakable_window(float(slot["start"]), float(slot["end"]), dialogue)
             if cursor > window[0]:
@@ -462,22 +462,8 @@ def _fit_all(
                 extended = fit.decision == "extended"
                 cursor = window[1] if extended else window[0] + fit.speech.duration
             placed.append(v)
-            step()
+            step(len(placed))
     return placed
-
-
-@contextlib.contextmanager
-def _progress(opts: VoiceOptions, total: int):
-    if not opts.progress:
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    columns = [TextColumn("voicing"), BarColumn(), MofNCompleteColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("cues", total=total)
-        yield lambda: progress.advance(task)
 
 
 def _hms(t: float) -> str:

@@ -22,7 +22,6 @@ AD, the pauses (film time, seconds held). Everything audible is done by ffmpeg's
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -123,14 +122,6 @@ def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
 
 
 FFMPEG = ["ffmpeg", "-hide_banner", "-nostdin", "-y"]
-
-
-def audio_streams(video: str | Path) -> list[dict]:
-    """The film's audio streams as ffprobe sees them (empty: a silent film)."""
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries"]
-    cmd += ["stream=index,codec_name,channels,sample_rate", "-of", "json", str(video)]
-    out = _run(cmd, f"ffprobe {video}")
-    return json.loads(out.stdout or "{}").get("streams", [])
 
 
 def loudness(cmd_inputs: list[str], graph: str | None = None) -> dict[str, float]:
