@@ -9,6 +9,8 @@ stderr. Nothing here holds logic that tests cannot reach directly.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import logging
 import os
@@ -648,9 +650,38 @@ def result_line(text: str) -> None:
     """One result line on stdout in one write, flushed. print() writes the text and the
     newline separately, and with PYTHONUNBUFFERED (set in many containers and CI images)
     those are two writes: under a launcher, two processes sharing stdout then glue one's line
-    onto the other's (seen in CI: a description lost inside another film's line)."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    onto the other's (seen in CI: a description lost inside another film's line).
+    A stdout that is closed (`| head -1`) or full never stops the run: the tracks are still
+    written, and one warning says the results are no longer printed."""
+    if _stdout_lost.get("why"):
+        return
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        _lose_stdout(e)
+
+
+_stdout_lost: dict[str, str] = {}
+"""Why stdout can no longer be written, once it cannot (this process's stdout is global)."""
+
+
+def _lose_stdout(e: BaseException, say: bool = True) -> None:
+    """Stdout failed: point it at /dev/null (Python's exit flush would fail again) and say so
+    once on stderr."""
+    why = getattr(e, "strerror", None) or str(e)
+    _stdout_lost["why"] = why
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if not say:
+        return
+    typer.echo(
+        f"locomad: warning: stdout cannot be written ({why}): results are no longer printed "
+        "there; files are still written",
+        err=True,
+    )
 
 
 def _print_description(row: dict, film: str | None = None) -> None:
@@ -1060,6 +1091,10 @@ def main() -> None:
     unless debugging; locomad's own warnings are log lines and always shown."""
     if not _debugging():
         warnings.simplefilter("ignore")
+    hint = _dash_file_hint(sys.argv[1:])
+    if hint:
+        typer.echo(f"locomad: error: {hint}", err=True)
+        sys.exit(EXIT_USER)
     try:
         app()
     except LocomadError as e:  # raised outside a command's own handling
@@ -1069,13 +1104,88 @@ def main() -> None:
         typer.echo("locomad: interrupted", err=True)
         sys.exit(130)
     except OSError as e:
-        line = os_error_line(e)  # a full disk or a permission problem: the machine's, not ours
+        line = os_error_line(e) or user_path_error_line(e)  # the machine's or a path's
         if line is None:
             _internal_error(e)
+        if isinstance(e, BrokenPipeError):
+            _lose_stdout(e, say=False)
         typer.echo(f"locomad: error: {line}", err=True)
+        sys.exit(EXIT_USER)
+    except UnicodeError as e:  # a text file in an encoding no reader expected
+        typer.echo(f"locomad: error: {unicode_error_line(e)}", err=True)
         sys.exit(EXIT_USER)
     except Exception as e:
         _internal_error(e)
+
+
+_PATH_ERRNOS = {
+    errno.ENAMETOOLONG: "the name is too long for the file system (shorten the film's name, "
+    "or rename a copy of it)",
+    errno.EISDIR: "a folder is in the way where a file should be (move it, or choose "
+    "another --output-dir)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "something is already in the way there",
+    errno.ENOENT: "no such file or folder",
+    errno.ELOOP: "too many symbolic links",
+    errno.ENOTEMPTY: "a folder is in the way and is not empty",
+    errno.EXDEV: "cannot move across file systems",
+    errno.ETXTBSY: "the file is busy",
+    errno.EBUSY: "the file or folder is busy",
+}
+"""OS errors about a path the user handed in (or an output named after it)."""
+
+
+def user_path_error_line(e: OSError) -> str | None:
+    """One line for an OSError about a user's path (too long a name, a folder where a file
+    goes, a broken pipe on stdout), None for anything else (a bug of ours)."""
+    from locomad_cli.utils import final_name
+
+    if isinstance(e, BrokenPipeError):
+        return "stdout was closed before every result was printed (a pipe ended early)"
+    why = _PATH_ERRNOS.get(e.errno or 0)
+    if why is None or not e.filename:
+        return None
+    where = final_name(str(e.filename))
+    if e.errno == errno.ENAMETOOLONG:
+        where = f"{str(where)[:60]}...{str(where)[-20:]}" if len(str(where)) > 90 else where
+    return f"cannot use {where}: {why} ({e.strerror or e})"
+
+
+def unicode_error_line(e: UnicodeError) -> str:
+    what = " ".join(str(e).split())[:160]
+    return (
+        f"a text file is not in a readable encoding ({what}): save it as UTF-8 (subtitles: "
+        "or name the encoding with --subs-encoding)"
+    )
+
+
+def _dash_file_hint(argv: list[str]) -> str | None:
+    """A file named like an option (`-dash.mp4`) given where a file goes: click would read it
+    as options ('No such option: -d'). The line says how to pass it. Checked only when such a
+    file exists, so the usual start-up pays one look at the arguments."""
+    suspects = [a for a in argv if a.startswith("-") and len(a) > 1 and os.path.exists(a)]
+    if not suspects or "--" in argv[: argv.index(suspects[0])]:
+        return None
+    import click
+
+    cmd = typer.main.get_command(app)
+    i = 0
+    while isinstance(cmd, click.Group) and i < len(argv) and argv[i] in cmd.commands:
+        cmd, i = cmd.commands[argv[i]], i + 1
+    options = [p for p in cmd.params if isinstance(p, click.Option)]
+    known = {o for p in options for o in (*p.opts, *p.secondary_opts)}
+    takes_value = {o for p in options if not p.is_flag and not p.count for o in p.opts}
+    prev = None
+    for a in argv[i:]:
+        if a == "--":
+            return None
+        if a in suspects and a not in known and prev not in takes_value:
+            return (
+                f"'{a}' is a file whose name starts with '-', which reads as an option: write "
+                f"./{a} (or put -- before it)"
+            )
+        prev = a
+    return None
 
 
 def _debugging() -> bool:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
+from locomad_cli.lock import lock_path, output_lock
 from locomad_cli.slots.plan import Slot, plan_film, slots_from_times
 from locomad_cli.threads import torch_threads
 from locomad_cli.tracks.readers import Cue, read_cues, read_text, read_timed, slot_dialogue
@@ -483,7 +484,11 @@ def describe(
     if opts.ad_times:  # given slots are checked before anything is written
         slots_from_times(opts.ad_times, duration)
 
-    with _no_trace_on_bad_input(out_dir), torch_threads(opts.threads, False, opts.device):
+    with (
+        _no_trace_on_bad_input(out_dir),
+        output_lock(lock_path(out_dir, video.stem)),  # one writer per film's outputs
+        torch_threads(opts.threads, False, opts.device),
+    ):
         slots, slot_plan = plan_slots(opts, subtitles, duration, video, out_dir)
         _warn_mismatches(opts, subtitles, slots, duration)
         film = Film(

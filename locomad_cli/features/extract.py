@@ -118,7 +118,35 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, dict]:
     for key in ("fps", "duration"):
         if key in meta and not (math.isfinite(meta[key]) and meta[key] > 0):
             raise LocomadError(f"{path}: metadata {key}={meta[key]} is not a positive number")
+    if features.is_floating_point():
+        check_finite_features(features, path)
     return features, meta
+
+
+def _redo_command(video: Path, out: Path, card: ModelCard) -> str:
+    """The command that makes `out` again (describe has no --overwrite: extract-features has)."""
+    import shlex
+
+    from locomad_cli.utils import tool_path
+
+    cmd = ["locomad", "extract-features", tool_path(video), "-o", str(out.parent)]
+    cmd += ["-m", card.source or card.name, "--overwrite"]
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def check_finite_features(features: torch.Tensor, path: Path) -> None:
+    """Refuse features holding NaN or infinity (a damaged or hand-made file): the model would
+    write "" or "%" for every slot without a word."""
+    import torch
+
+    finite = torch.isfinite(features)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        rows = int((~finite).any(dim=-1).sum()) if features.dim() > 1 else bad
+        raise LocomadError(
+            f"{path}: {bad} non-finite value(s) (NaN or infinity) in {rows} of "
+            f"{features.shape[0]} frame(s); extract the features again"
+        )
 
 
 def save_features(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
@@ -294,7 +322,9 @@ def extract_film(
         [load_file(str(_chunk_file(part, c)))["features"] for c in range(n_chunks)]
     )
     if features.shape[0] != plan.frames:
-        raise LocomadError(f"{info.path}: partial state is inconsistent; rerun with --overwrite")
+        raise LocomadError(
+            f"{info.path}: partial state is inconsistent; delete {part} and run again"
+        )
     meta = {
         "format": FORMAT,
         **identity,
@@ -498,8 +528,8 @@ def _extract_all(
             want = _identity(card, fps, source_fingerprint(info.path))
             if not _matches(meta, want):
                 raise LocomadError(
-                    f"{out} exists but was made from another file, model or FPS; "
-                    "pass --overwrite to replace it"
+                    f"{out} exists but was made from another file, model or FPS; replace it "
+                    f"with: {_redo_command(info.path, out, card)} (or delete it)"
                 )
             results.append(FilmResult(info.path, out, int(meta["frames"]), "skipped"))
         else:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, tool_path
 
 EPS = 1e-3
 """Seconds of slack when comparing timestamps: decord reports them as float32, which resolves
@@ -42,6 +42,20 @@ class VideoInfo:
     codec: str
     size: int
     mtime: float
+    rotation: int = 0
+    """Degrees the player turns the stored picture (a phone's `rotate` tag or display matrix):
+    the display size above is the upright one, and frames are decoded upright at it."""
+
+
+def _rotation(stream: dict) -> int:
+    """The stream's rotation in degrees (0, 90, 180, 270) from ffprobe's display-matrix side
+    data or the older `rotate` tag."""
+    for side in stream.get("side_data_list") or []:
+        r = _float(side.get("rotation"))
+        if r is not None:
+            return round(r) % 360
+    r = _float((stream.get("tags") or {}).get("rotate"))
+    return round(r) % 360 if r is not None else 0
 
 
 def _ffprobe_error(path: Path, stderr: bytes) -> str:
@@ -63,7 +77,7 @@ def probe(path: str | Path) -> VideoInfo:
     if stat.st_size == 0:
         raise LocomadError(f"{path}: empty file (0 bytes)")
     try:
-        info = ffmpeg.probe(str(path))
+        info = ffmpeg.probe(tool_path(path))
     except FileNotFoundError:
         raise LocomadError("ffprobe not found: install ffmpeg (apt-get install ffmpeg)") from None
     except ffmpeg.Error as e:
@@ -87,16 +101,20 @@ def probe(path: str | Path) -> VideoInfo:
         raise LocomadError(f"{path}: zero-length video")
     sar = _ratio(v.get("sample_aspect_ratio"))
     display_width = max(1, round(width * sar)) if sar else width
+    display_height, rotation = height, _rotation(v)
+    if rotation % 180 == 90:  # the decoder turns it upright: decode at the upright size
+        display_width, display_height = display_height, display_width
     return VideoInfo(
         path=path,
         width=width,
         height=height,
         display_width=display_width,
-        display_height=height,
+        display_height=display_height,
         duration=duration,
         codec=str(v.get("codec_name", "?")),
         size=stat.st_size,
         mtime=stat.st_mtime,
+        rotation=rotation,
     )
 
 
