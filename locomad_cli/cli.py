@@ -10,7 +10,6 @@ stderr. Nothing here holds logic that tests cannot reach directly.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
 import os
@@ -27,6 +26,7 @@ from locomad_cli.utils import (
     EXIT_USER,
     LocomadError,
     os_error_line,
+    path_error_line,
 )
 
 app = typer.Typer(
@@ -1104,7 +1104,7 @@ def main() -> None:
         typer.echo("locomad: interrupted", err=True)
         sys.exit(130)
     except OSError as e:
-        line = os_error_line(e) or user_path_error_line(e)  # the machine's or a path's
+        line = os_error_line(e) or path_error_line(e)  # the machine's or a path's
         if line is None:
             _internal_error(e)
         if isinstance(e, BrokenPipeError):
@@ -1116,39 +1116,6 @@ def main() -> None:
         sys.exit(EXIT_USER)
     except Exception as e:
         _internal_error(e)
-
-
-_PATH_ERRNOS = {
-    errno.ENAMETOOLONG: "the name is too long for the file system (shorten the film's name, "
-    "or rename a copy of it)",
-    errno.EISDIR: "a folder is in the way where a file should be (move it, or choose "
-    "another --output-dir)",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.EEXIST: "something is already in the way there",
-    errno.ENOENT: "no such file or folder",
-    errno.ELOOP: "too many symbolic links",
-    errno.ENOTEMPTY: "a folder is in the way and is not empty",
-    errno.EXDEV: "cannot move across file systems",
-    errno.ETXTBSY: "the file is busy",
-    errno.EBUSY: "the file or folder is busy",
-}
-"""OS errors about a path the user handed in (or an output named after it)."""
-
-
-def user_path_error_line(e: OSError) -> str | None:
-    """One line for an OSError about a user's path (too long a name, a folder where a file
-    goes, a broken pipe on stdout), None for anything else (a bug of ours)."""
-    from locomad_cli.utils import final_name
-
-    if isinstance(e, BrokenPipeError):
-        return "stdout was closed before every result was printed (a pipe ended early)"
-    why = _PATH_ERRNOS.get(e.errno or 0)
-    if why is None or not e.filename:
-        return None
-    where = final_name(str(e.filename))
-    if e.errno == errno.ENAMETOOLONG:
-        where = f"{str(where)[:60]}...{str(where)[-20:]}" if len(str(where)) > 90 else where
-    return f"cannot use {where}: {why} ({e.strerror or e})"
 
 
 def unicode_error_line(e: UnicodeError) -> str:

@@ -155,6 +155,37 @@ def os_error_line(e: OSError, path: str | Path | None = None) -> str | None:
     return f"cannot write {where}: {why} ({detail})" if where else f"{why} ({e})"
 
 
+_PATH_ERRNOS = {
+    errno.ENAMETOOLONG: "the name is too long for the file system (shorten the film's name, "
+    "or rename a copy of it)",
+    errno.EISDIR: "a folder is in the way where a file should be (move it, or choose "
+    "another --output-dir)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "something is already in the way there",
+    errno.ENOENT: "no such file or folder",
+    errno.ELOOP: "too many symbolic links",
+    errno.ENOTEMPTY: "a folder is in the way and is not empty",
+    errno.EXDEV: "cannot move across file systems",
+    errno.ETXTBSY: "the file is busy",
+    errno.EBUSY: "the file or folder is busy",
+}
+"""OS errors about a path the user handed in (or an output named after it)."""
+
+
+def path_error_line(e: OSError) -> str | None:
+    """One line for an OSError about a user's path (too long a name, a folder where a file
+    goes, a broken pipe on stdout), None for anything else (a bug of ours)."""
+    if isinstance(e, BrokenPipeError):
+        return "stdout was closed before every result was printed (a pipe ended early)"
+    why = _PATH_ERRNOS.get(e.errno or 0)
+    if why is None or not e.filename:
+        return None
+    where = final_name(str(e.filename))
+    if e.errno == errno.ENAMETOOLONG:
+        where = f"{str(where)[:60]}...{str(where)[-20:]}" if len(str(where)) > 90 else where
+    return f"cannot use {where}: {why} ({e.strerror or e})"
+
+
 def tool_write_error(stderr: str, out: str | Path) -> OSError | None:
     """The write error an external tool's `stderr` reports for its output `out`, if any (as
     the OSError Python would have raised): ffmpeg may exit 0 after a full disk cut its file."""

@@ -380,3 +380,263 @@ def test_two_describes_on_one_film_at_once(world, reference, tmp_path):
             assert code == 2 and len(lines) == 1, err
             assert f"being written by locomad process {other}" in lines[0]
     same_tracks(out, reference[0])
+
+
+# --- 4. a phone's rotation metadata ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rotation_metadata_is_decoded_upright(tmp_path, card):
+    """A landscape stream tagged rotate=90 (as phones write it) is a portrait film: its frames
+    are those of a copy physically turned (ffmpeg's transpose, losslessly re-encoded), at the
+    upright size; its features equal that copy's."""
+    import torch
+
+    from locomad_cli.features.extract import extract_features, load_features
+    from locomad_cli.features.video import probe
+
+    land = make_video(tmp_path / "land.mp4", duration=3.0, size="128x72")
+    ff = ["ffmpeg", "-v", "error", "-y", "-i", str(land)]
+    tagged = tmp_path / "tagged.mp4"
+    subprocess.run([*ff, "-c", "copy", "-metadata:s:v:0", "rotate=90", tagged], check=True)
+    turned = tmp_path / "turned.mp4"
+    subprocess.run([*ff, "-vf", "transpose=2", "-c:v", "libx264", "-qp", "0", "-preset",
+                    "ultrafast", "-pix_fmt", "yuv420p", turned], check=True)  # fmt: skip
+    info = probe(tagged)
+    assert (info.width, info.height, info.rotation) == (128, 72, 90)
+    assert (
+        (info.display_width, info.display_height)
+        == (72, 128)
+        == (
+            probe(turned).display_width,
+            probe(turned).display_height,
+        )
+    )
+    extract_features([tagged, turned], card, out_dir=tmp_path / "f", device="cpu")
+    a, meta = load_features(tmp_path / "f" / "tagged.features.safetensors")
+    b, _ = load_features(tmp_path / "f" / "turned.features.safetensors")
+    assert meta["decode_size"].split("x")[0] < meta["decode_size"].split("x")[1]  # portrait
+    cos = torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+    assert a.shape == b.shape and float(cos.min()) > 0.999, cos
+
+
+# --- 5. input checks at the door ---------------------------------------------------------------
+
+
+def test_non_finite_features_are_refused_with_the_count(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from locomad_cli.features.extract import load_features
+    from locomad_cli.utils import LocomadError
+
+    x = torch.zeros(40, 32)
+    x[3, :5] = float("nan")
+    x[7, 0] = float("inf")
+    path = tmp_path / "f.features.safetensors"
+    save_file({"features": x.half()}, str(path), metadata={"fps": "5", "duration": "8"})
+    with pytest.raises(LocomadError, match=r"f.features.safetensors: 6 non-finite value\(s\) "
+                       r"\(NaN or infinity\) in 2 of 40 frame"):  # fmt: skip
+        load_features(path)
+
+
+def test_non_finite_weights_are_refused_with_the_count(tmp_path, card):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from locomad_cli.model.checkpoint import load_model, save_model
+    from locomad_cli.model.locomad import LoCoMAD
+    from locomad_cli.utils import LocomadError
+
+    folder = save_model(LoCoMAD.from_card(card, pretrained=False), tmp_path / "w")
+    state = load_file(folder / "model.safetensors")
+    name = sorted(k for k, v in state.items() if v.is_floating_point() and v.numel() > 4)[0]
+    state[name].view(-1)[:4] = torch.tensor([float("nan"), float("inf"), 1.0, float("nan")])
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "locomad-weights-1"})
+    with pytest.raises(LocomadError, match=rf"3 non-finite value\(s\).*1 tensor\(s\), e.g. {name}"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(
+    "override, bound",
+    [
+        ("llm.num_beams=100000", "llm.num_beams must be at most 64, got 100000"),
+        ("llm.max_new_tokens=1000000", "llm.max_new_tokens must be at most 1024"),
+        ("pme.max_frames=99999999", "pme.max_frames must be at most 10000"),
+        ("fps=1000", "fps must be at most 60, got 1000.0"),
+    ],
+)
+def test_card_values_that_drive_memory_or_time_are_bounded(override, bound):
+    from locomad_cli.card import load_card
+    from locomad_cli.utils import LocomadError
+
+    with pytest.raises(LocomadError, match=bound.replace(".", r"\.")):
+        load_card("demo", [override])
+
+
+def test_convert_weights_flattens_a_nested_state_dict(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from locomad_cli.model.checkpoint import convert_weights
+    from locomad_cli.utils import LocomadError
+
+    nested = {
+        "epoch": 3,
+        "encoder": {"proj.weight": torch.ones(2, 2), "blocks": [{"w": torch.zeros(3)}]},
+        "head.bias": torch.full((2,), 5.0),
+    }
+    torch.save(nested, tmp_path / "n.pth")
+    out = convert_weights(tmp_path / "n.pth", tmp_path / "n.safetensors")
+    got = load_file(out)
+    assert sorted(got) == ["encoder.blocks.0.w", "encoder.proj.weight", "head.bias"]
+    assert torch.equal(got["head.bias"], torch.full((2,), 5.0))
+    clash = {"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}}
+    torch.save(clash, tmp_path / "c.pth")
+    with pytest.raises(LocomadError, match="would both be named a.b"):
+        convert_weights(tmp_path / "c.pth", tmp_path / "c.safetensors")
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+# --- 6. the user's paths, text files, hints ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_user_paths_the_os_refuses_are_one_line(world, tmp_path):
+    import shutil
+
+    long_film = tmp_path / ("a" * 240 + ".mp4")
+    shutil.copy(world["film"], long_film)
+    feats = tmp_path / "long.features.safetensors"  # same film: the features fit it
+    shutil.copy(world["features"], feats)
+    args = describe_args(world, tmp_path / "out")
+    args[1], args[5] = long_film, feats
+    one_error(run_cli(args), "name is too long")
+    taken = tmp_path / "taken"
+    (taken / "film.ad.srt").mkdir(parents=True)  # a folder where a track goes
+    line = one_error(run_cli(describe_args(world, taken)), "film.ad.srt", "folder")
+    assert "3 of 3 descriptions are kept" in line and "with --resume" in line
+    assert ours(taken) == [] and not (taken / "film.ad.json").exists()
+    (taken / "film.ad.srt").rmdir()
+    res = run_cli(describe_args(world, taken, "--resume"))  # as the line says
+    assert res.returncode == 0 and (taken / "film.ad.srt").is_file(), res.stderr
+
+
+def test_card_encodings(tmp_path):
+    from locomad_cli.card import load_card
+    from locomad_cli.utils import LocomadError
+
+    text = (ROOT / "models" / "demo.yaml").read_text(encoding="utf-8")
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_bytes(text.encode("utf-16"))  # with its BOM, as Windows editors save it
+    assert load_card(utf16).name == "demo"
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(text.replace("demo world", "démo world").encode("latin-1"))
+    with pytest.raises(LocomadError, match=r"latin.yaml: not a UTF-8 text file .*save the"):
+        load_card(latin)
+
+
+@pytest.mark.parametrize("item", ["=1", ".num_beams=1", "llm.=1", " =x"])
+def test_set_with_an_empty_key_names_the_problem(item):
+    from locomad_cli.card import load_card
+    from locomad_cli.utils import LocomadError
+
+    with pytest.raises(LocomadError, match="has an empty key name"):
+        load_card("demo", [item])
+
+
+def test_a_copied_card_with_absolute_paths_is_the_same_architecture(tmp_path):
+    import yaml
+
+    from locomad_cli.card import card_from_dict
+    from locomad_cli.model.checkpoint import architecture
+
+    data = yaml.safe_load((ROOT / "models" / "demo.yaml").read_text())
+    shipped = card_from_dict(data)
+    data["pme"]["tokenizer"] = str(ROOT / data["pme"]["tokenizer"])
+    data["llm"]["tokenizer"] = str(ROOT / data["llm"]["tokenizer"])
+    data["clip"]["pretrained"] = str(ROOT / data["clip"]["pretrained"])
+    data["llm"]["name"] = "my-copy-of-demo-opt"  # a label only: the config makes it
+    assert architecture(card_from_dict(data)) == architecture(shipped)
+    data["pme"]["num_layers"] = 3
+    assert architecture(card_from_dict(data)) != architecture(shipped)
+
+
+def test_hints_name_real_options_and_safe_commands(tmp_path):
+    from locomad_cli.tracks.readers import read_cues
+    from locomad_cli.utils import LocomadError
+
+    ass = "[Script Info]\nScriptType: v4.00+\n\n[Events]\nDialogue: 0,0:00:01.00,0:00:02.00,,Hi\n"
+    disguised = tmp_path / "dialogue.srt"
+    disguised.write_text(ass)
+    with pytest.raises(LocomadError) as e:
+        read_cues(disguised)
+    assert "ffmpeg -n -i dialogue.srt dialogue.converted.srt" in str(e.value)
+
+
+@pytest.mark.slow
+def test_stale_features_hint_is_a_real_command(world, tmp_path):
+    """describe has no --overwrite: the hint is the extract-features command that has one,
+    and running it as written makes describe go on."""
+    import shlex
+    import shutil
+
+    film = make_video(tmp_path / "film.mp4", duration=8.0, size="64x48")  # a new cut
+    shutil.copy(world["features"], tmp_path / "film.features.safetensors")  # the old one's
+    args = ["describe", film, "-m", world["card"], "--ad-times", world["times"],
+            "--device", "cpu", "--shots", "off", "--vad", "off", "-q"]  # fmt: skip
+    line = one_error(run_cli(args), "made from another file", "--overwrite")
+    command = line.split("replace it with: ")[1].split(" (or delete it)")[0]
+    argv = shlex.split(command)
+    assert argv[:2] == ["locomad", "extract-features"]
+    res = run_cli([*argv[1:], "--device", "cpu", "-q"])
+    assert res.returncode == 0, res.stderr
+    assert run_cli(args).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_film_named_like_an_option(world, tmp_path):
+    import shutil
+
+    shutil.copy(world["film"], tmp_path / "-dash.mp4")
+    base = ["-m", world["card"], "--ad-times", world["times"], "--features", world["features"],
+            "--device", "cpu", "--shots", "off", "--vad", "off", "-q", "-o", "out"]  # fmt: skip
+    one_error(run_cli(["describe", "-dash.mp4", *base], cwd=tmp_path), "./-dash.mp4", "--")
+    res = run_cli(["describe", *base, "--", "-dash.mp4"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "-dash.ad.srt").is_file()
+
+
+def test_a_refused_train_leaves_no_run_folder(tmp_path):
+    from locomad_cli.card import tiny_card
+    from locomad_cli.train.loop import TrainConfig, train
+    from locomad_cli.utils import LocomadError
+
+    empty = tmp_path / "films"
+    empty.mkdir()
+    card = tmp_path / "tiny.yaml"
+    card.write_text(tiny_card().to_yaml())
+    run = tmp_path / "run"
+    cfg = TrainConfig(stage=1, data=f"folder:{empty}", out=str(run), model=str(card),
+                      val_data="none", num_workers=0, progress=False)  # fmt: skip
+    with pytest.raises(LocomadError):
+        train(cfg)
+    assert not run.exists()
+    run.mkdir()  # a folder the user made is theirs: kept
+    with pytest.raises(LocomadError):
+        train(cfg)
+    assert run.is_dir()
+
+
+@pytest.mark.slow
+def test_an_excerpt_of_the_demo_film_is_familiar(tmp_path):
+    from locomad_cli.features import familiar
+
+    stats = familiar.load(ROOT / "weights" / "demo")
+    for start in (0, 45, 90):
+        clip = tmp_path / f"clip{start}.mp4"
+        cmd = ["ffmpeg", "-v", "error", "-y", "-ss", str(start), "-t", "20"]
+        subprocess.run([*cmd, "-i", ROOT / "demo" / "demo.mp4", "-c", "copy", clip], check=True)
+        assert familiar.unfamiliar(clip, 20.0, stats, "demo") is None, start
+    other = make_video(tmp_path / "pattern.mp4", duration=20.0, size="160x120")
+    assert familiar.unfamiliar(other, 20.0, stats, "demo") is not None

@@ -38,6 +38,7 @@ from locomad_cli.utils import (
     LocomadError,
     atomic_open,
     check_writable_dir,
+    path_error_line,
     resolve_device,
     write_errors,
 )
@@ -567,6 +568,11 @@ def describe(
                 raise LocomadError(
                     f"{e}; {len(track['slots'])} of {len(slots)} descriptions are kept in "
                     f"{progress_path}: free some space and run the same command with --resume"
+                ) from None
+            elif isinstance(e, OSError) and path_error_line(e):  # a folder where a track goes
+                raise LocomadError(
+                    f"{path_error_line(e)}; {len(track['slots'])} of {len(slots)} descriptions "
+                    f"are kept in {progress_path}: then run the same command with --resume"
                 ) from None
             raise
         progress_path.unlink()
