@@ -158,8 +158,8 @@ def os_error_line(e: OSError, path: str | Path | None = None) -> str | None:
 _PATH_ERRNOS = {
     errno.ENAMETOOLONG: "the name is too long for the file system (shorten the film's name, "
     "or rename a copy of it)",
-    errno.EISDIR: "a folder is in the way where a file should be (move it, or choose "
-    "another --output-dir)",
+    errno.EISDIR: "a folder is in the way where a file should be (move it, or write the "
+    "output elsewhere)",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EEXIST: "something is already in the way there",
     errno.ENOENT: "no such file or folder",

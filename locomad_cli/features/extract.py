@@ -123,14 +123,16 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, dict]:
     return features, meta
 
 
-def _redo_command(video: Path, out: Path, card: ModelCard) -> str:
+def _redo_command(video: Path, out: Path, card: ModelCard, fps: float) -> str:
     """The command that makes `out` again (describe has no --overwrite: extract-features has)."""
     import shlex
 
     from locomad_cli.utils import tool_path
 
     cmd = ["locomad", "extract-features", tool_path(video), "-o", str(out.parent)]
-    cmd += ["-m", card.source or card.name, "--overwrite"]
+    cmd += ["-m", card.source or card.name]
+    cmd += [] if fps == card.fps else ["--fps", f"{fps:g}"]
+    cmd.append("--overwrite")
     return " ".join(shlex.quote(c) for c in cmd)
 
 
@@ -529,7 +531,7 @@ def _extract_all(
             if not _matches(meta, want):
                 raise LocomadError(
                     f"{out} exists but was made from another file, model or FPS; replace it "
-                    f"with: {_redo_command(info.path, out, card)} (or delete it)"
+                    f"with: {_redo_command(info.path, out, card, fps)} (or delete it)"
                 )
             results.append(FilmResult(info.path, out, int(meta["frames"]), "skipped"))
         else:
