@@ -640,3 +640,21 @@ def test_an_excerpt_of_the_demo_film_is_familiar(tmp_path):
         assert familiar.unfamiliar(clip, 20.0, stats, "demo") is None, start
     other = make_video(tmp_path / "pattern.mp4", duration=20.0, size="160x120")
     assert familiar.unfamiliar(other, 20.0, stats, "demo") is not None
+
+
+def test_features_being_written_by_another_run_are_left_to_it(tmp_path, card):
+    """extract-features (or describe extracting) on a film whose features another process is
+    writing: one line naming it, nothing of the other's touched."""
+    from locomad_cli.features.extract import extract_features
+    from locomad_cli.lock import Busy, lock_path, output_lock
+
+    film = make_video(tmp_path / "clip.mp4", duration=2.0, size="64x48")
+    (tmp_path / "clip.features.partial").mkdir()
+    (tmp_path / "clip.features.partial" / "state.json").write_text("{}")  # the other's
+    with output_lock(lock_path(tmp_path, "clip.features")):
+        with pytest.raises(Busy, match=rf"the features {tmp_path}/clip.features.safetensors are "
+                           r"being written by locomad process \d+"):  # fmt: skip
+            extract_features([film], card, device="cpu")
+    assert (tmp_path / "clip.features.partial" / "state.json").read_text() == "{}"
+    extract_features([film], card, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.features.safetensors", "clip.mp4"]

@@ -36,6 +36,7 @@ from locomad_cli.features.video import (
     source_fingerprint,
 )
 from locomad_cli.films import rank_and_world, share
+from locomad_cli.lock import lock_path, output_lock
 from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
     LocomadError,
@@ -562,7 +563,12 @@ def _extract_all(
             for i in todo:
                 info, out, plan = infos[i], outputs[i], plans[i]
                 hint = "free some space and run the same command again (finished chunks are kept)"
-                with bars.film(info.path.stem) as update, write_errors(out, hint):
+                lock = lock_path(out.parent, f"{out.name[: -len(SUFFIX)]}.features")
+                with (
+                    output_lock(lock, what=f"the features {out}"),  # one writer per film
+                    bars.film(info.path.stem) as update,
+                    write_errors(out, hint),
+                ):
                     hook = None if on_chunk is None else functools.partial(on_chunk, info.path)
                     results.append(
                         extract_film(
