@@ -49,9 +49,11 @@ def one_error(res, *words: str) -> str:
 
 def dead_pid() -> int:
     """The id of a process that has ended (for temporaries 'left by a killed run')."""
-    p = subprocess.Popen(["true"])
-    p.wait()
-    return p.pid
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
 
 
 @contextlib.contextmanager
@@ -139,6 +141,7 @@ def short_film(tmp_path_factory):
     return film, write_track(make_track(film, None, slots), folder / "short.ad.json")
 
 
+@pytest.mark.slow
 def test_a_cache_entry_without_audio_is_made_again(tmp_path):
     """An entry under its final name that is not a whole WAV (an older locomad on a full disk,
     a power cut) is synthesized again instead of failing every later run."""
@@ -195,6 +198,37 @@ def test_voice_on_a_disk_that_fills_up(short_film, tmp_path):
         probe = ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0"]
         streams = subprocess.run([*probe, out / "short.described.mkv"], capture_output=True)
         assert streams.stdout.split() == [b"video", b"audio", b"audio", b"subtitle"]
+
+
+@pytest.mark.slow
+def test_voice_killed_mid_run_then_rerun(short_film, tmp_path):
+    """kill -9 while its temporaries exist (a work folder, a cue being written), then the same
+    command: nothing of the killed run is left, and the outputs are an undisturbed run's."""
+    import signal
+    import time
+
+    film, ad = short_film
+    ref = tmp_path / "ref"
+    assert run_cli(["voice", film, "--ad", ad, "-o", ref, "-q"]).returncode == 0
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = [*CLI, "voice", str(film), "--ad", str(ad), "-o", str(out), "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    seen = []  # the work folder: it lives from the first cue placed to the last output
+    while proc.poll() is None and not seen:
+        seen = list(out.glob(f".short.voice.*{TEMP_SUFFIX}")) if out.exists() else []
+        time.sleep(0.005)
+    if not seen:
+        pytest.skip("the run ended before a temporary could be seen")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ours(out)  # the killed run left them
+    res = run_cli(["voice", film, "--ad", ad, "-o", out, "-q"])
+    assert res.returncode == 0, res.stderr
+    assert ours(out) == [] and not (out / "short.locomad.lock").exists()
+    for name in sorted(p.name for p in ref.iterdir() if p.is_file()):
+        if not name.endswith(".mkv"):
+            assert (out / name).read_bytes() == (ref / name).read_bytes(), name
 
 
 @pytest.mark.slow
@@ -334,6 +368,7 @@ def test_describe_with_stdout_on_a_full_device(world, reference, tmp_path):
 # --- 3. one writer per film's outputs ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_lock_names_its_holder_and_lets_a_waiter_in(tmp_path):
     from locomad_cli.lock import Busy, lock_path, output_lock
 
@@ -642,6 +677,7 @@ def test_an_excerpt_of_the_demo_film_is_familiar(tmp_path):
     assert familiar.unfamiliar(other, 20.0, stats, "demo") is not None
 
 
+@pytest.mark.slow
 def test_features_being_written_by_another_run_are_left_to_it(tmp_path, card):
     """extract-features (or describe extracting) on a film whose features another process is
     writing: one line naming it, nothing of the other's touched."""
