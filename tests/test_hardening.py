@@ -694,3 +694,24 @@ def test_features_being_written_by_another_run_are_left_to_it(tmp_path, card):
     assert (tmp_path / "clip.features.partial" / "state.json").read_text() == "{}"
     extract_features([film], card, device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.features.safetensors", "clip.mp4"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_named_under_describe_and_extract_features(world, reference, tmp_path):
+    """The one line names the disk and what it has left; a rerun with space again writes what
+    an undisturbed run writes (describe: the same tracks; its progress was kept)."""
+    with small_disk(tmp_path / "disk", "400k") as disk:
+        filler = fill_to(disk, 0)
+        args = ["extract-features", world["film"], "-m", world["card"], "--device", "cpu", "-q"]
+        one_error(run_cli([*args, "-o", disk / "feats"]), "the disk is full", f"{disk} has")
+        assert ours(disk) == [] and not list((disk / "feats").glob("*.lock"))
+        out = disk / "out"
+        one_error(run_cli(describe_args(world, out)), "the disk is full", f"{disk} has")
+        assert not out.exists()  # the folder it made, empty: removed
+        filler = fill_to(disk, 1)  # the progress fits, the tracks not
+        line = one_error(run_cli(describe_args(world, out)), f"{disk} has", "--resume")
+        assert "3 of 3 descriptions are kept" in line and ours(disk) == []
+        filler.unlink()
+        res = run_cli(describe_args(world, out, "--resume"))
+        assert res.returncode == 0, res.stderr
+        same_tracks(out, reference[0])
