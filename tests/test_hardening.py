@@ -377,6 +377,7 @@ def test_the_lock_names_its_holder_and_lets_a_waiter_in(tmp_path):
     code = (
         "import sys,time\nfrom locomad_cli.lock import output_lock\n"
         "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(2)\n"
+        "    open(sys.argv[1] + '.done', 'w').close()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
@@ -386,8 +387,8 @@ def test_the_lock_names_its_holder_and_lets_a_waiter_in(tmp_path):
         with pytest.raises(Busy, match=f"being written by locomad process {holder.pid}"):
             with output_lock(path):
                 pass
-        with output_lock(path, wait=30):  # waits for the holder to finish
-            assert holder.poll() is not None
+        with output_lock(path, wait=30):  # waits for the holder to finish its block
+            assert Path(f"{path}.done").exists()
     finally:
         holder.wait()
     assert not path.exists()  # the holder removes its lock file

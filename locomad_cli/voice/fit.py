@@ -35,7 +35,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.lock import lock_path, output_lock
@@ -64,7 +64,10 @@ from locomad_cli.voice.mix import (
     write_envelope,
     write_stem,
 )
-from locomad_cli.voice.tts import NoSpeech, Speech, SpeechCache, make_engine
+from locomad_cli.voice.tts import NoSpeech, Speech, SpeechCache, TTSEngine, make_engine
+
+if TYPE_CHECKING:
+    from locomad_cli.features.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +385,16 @@ def _disk_errors(out_dir: Path, cache_dir: Path):
         ) from None
 
 
-def _voice_into(video, opts, track, ad_path, engine, out_dir, formats, info):
+def _voice_into(
+    video: Path,
+    opts: VoiceOptions,
+    track: dict[str, Any],
+    ad_path: Path,
+    engine: TTSEngine,
+    out_dir: Path,
+    formats: list[str],
+    info: VideoInfo,
+) -> tuple[dict[str, Any], list[Path]]:
     """voice() once the inputs are checked and the film's outputs are locked."""
     film = video.stem
     dialogue = dialogue_of(track, opts, ad_path)
