@@ -8,6 +8,7 @@ flags override single fields with dotted keys (`--set llm.num_beams=1`).
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 import types
@@ -198,6 +199,23 @@ _POSITIVE = {
 }
 """Card fields that must be > 0 (sizes, counts, rates, temperatures)."""
 _NON_NEGATIVE = {"dsm.proposal_len", "llm.min_new_tokens"}
+_AT_MOST = {
+    "fps": 60,
+    "pme.max_frames": 10_000,
+    "pme.num_queries": 1024,
+    "dsm.proposal_len": 1000,
+    "dsm.top_k": 1000,
+    "llm.num_beams": 64,
+    "llm.avoid_beams": 64,
+    "llm.max_new_tokens": 1024,
+    "llm.min_new_tokens": 1024,
+    "llm.max_context_tokens": 8192,
+    "llm.max_target_tokens": 1024,
+    "llm.avoid_repeats": 10_000,
+}
+"""Upper bounds of the values that drive memory or time (beams, tokens, frames): past them a
+typo (`--set llm.num_beams=100000`) would grow memory by gigabytes before anything is said.
+Far above any real use (the paper: 3 beams, 36 tokens, 5 fps)."""
 _CHOICES = {
     "llm.train": ("none", "new-tokens", "all"),
     "llm.dtype": ("auto", "fp32", "fp16", "bf16"),
@@ -272,6 +290,8 @@ def _check_field(key: str, value: Any, hint: Any, where: str) -> Any:
         raise LocomadError(f"{where}: {key} must be greater than 0, got {_shown(value)}")
     if key in _NON_NEGATIVE and isinstance(value, (int, float)) and value < 0:
         raise LocomadError(f"{where}: {key} must be 0 or more, got {_shown(value)}")
+    if key in _AT_MOST and isinstance(value, (int, float)) and value > _AT_MOST[key]:
+        raise LocomadError(f"{where}: {key} must be at most {_AT_MOST[key]}, got {_shown(value)}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise LocomadError(
             f"{where}: {key} must be one of {', '.join(_CHOICES[key])}, got {_shown(value)}"
@@ -354,12 +374,32 @@ def load_card(name_or_path: str | Path, overrides: list[str] | None = None) -> M
         known = ", ".join(available_cards()) or "none"
         raise LocomadError(f"model card '{name_or_path}' not found (shipped cards: {known})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(_card_text(path))
     except yaml.YAMLError as e:
         raise LocomadError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if overrides and not isinstance(data, dict):
+        card_from_dict(data, source=str(path))  # says what is wrong with the file first
     for item in overrides or []:
         apply_override(data, item)
     return card_from_dict(data, source=str(path.resolve()))
+
+
+def _card_text(path: Path) -> str:
+    """A card file's text: UTF-8 (with or without a BOM), or UTF-16 with its BOM (what some
+    Windows editors save); anything else is refused in one line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise LocomadError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return raw.decode("utf-16")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LocomadError(
+            f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); save the model card "
+            "as UTF-8"
+        ) from None
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -368,6 +408,11 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise LocomadError(f"override '{item}' is not of the form key=value")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
+    if not all(part.strip() for part in parts):
+        raise LocomadError(
+            f"override '{item}' has an empty key name before '=' (write section.key=value, "
+            "e.g. llm.num_beams=1)"
+        )
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from locomad_cli.cli_common import (
     fail,
     from_params,
     one_line_errors,
+    result_line,
     run,
     setup_logging,
     threads_arg,
@@ -407,15 +407,6 @@ def _end_of_films(outcomes: list) -> None:
         names = ", ".join(o.video.name for o in bad)
         rest = "; the others are written" if len(bad) < len(outcomes) else ""
         fail(f"{len(bad)} of {len(outcomes)} films{who} failed: {names}{rest}")
-
-
-def result_line(text: str) -> None:
-    """One result line on stdout in one write, flushed. print() writes the text and the
-    newline separately, and with PYTHONUNBUFFERED (set in many containers and CI images)
-    those are two writes: under a launcher, two processes sharing stdout then glue one's line
-    onto the other's (seen in CI: a description lost inside another film's line)."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def _print_description(row: dict, film: str | None = None) -> None:

@@ -5,6 +5,7 @@ purpose: every help screen imports it."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -18,7 +19,14 @@ from typing import Any, TypeVar
 import typer
 from typer import Option
 
-from locomad_cli.utils import DEBUG_ENV, EXIT_INTERNAL, EXIT_USER, LocomadError, os_error_line
+from locomad_cli.utils import (
+    DEBUG_ENV,
+    EXIT_INTERNAL,
+    EXIT_USER,
+    LocomadError,
+    os_error_line,
+    path_error_line,
+)
 
 T = TypeVar("T")
 
@@ -122,6 +130,10 @@ def run(app: typer.Typer) -> None:
     hidden unless debugging; locomad's own warnings are log lines and always shown."""
     if not debugging():
         warnings.simplefilter("ignore")
+    hint = _dash_file_hint(app, sys.argv[1:])
+    if hint:
+        typer.echo(f"locomad: error: {hint}", err=True)
+        sys.exit(EXIT_USER)
     try:
         app()
     except LocomadError as e:  # raised outside a command's own handling
@@ -131,13 +143,93 @@ def run(app: typer.Typer) -> None:
         typer.echo("locomad: interrupted", err=True)
         sys.exit(130)
     except OSError as e:
-        line = os_error_line(e)  # a full disk or a permission problem: the machine's, not ours
+        line = os_error_line(e) or path_error_line(e)  # the machine's or a path's
         if line is None:
             _internal_error(e)
+        if isinstance(e, BrokenPipeError):
+            _lose_stdout(e, say=False)
         typer.echo(f"locomad: error: {line}", err=True)
+        sys.exit(EXIT_USER)
+    except UnicodeError as e:  # a text file in an encoding no reader expected
+        typer.echo(f"locomad: error: {unicode_error_line(e)}", err=True)
         sys.exit(EXIT_USER)
     except Exception as e:
         _internal_error(e)
+
+
+def unicode_error_line(e: UnicodeError) -> str:
+    what = " ".join(str(e).split())[:160]
+    return (
+        f"a text file is not in a readable encoding ({what}): save it as UTF-8 (subtitles: "
+        "or name the encoding with --subs-encoding)"
+    )
+
+
+def _dash_file_hint(app: typer.Typer, argv: list[str]) -> str | None:
+    """A file named like an option (`-dash.mp4`) given where a file goes: click would read it
+    as options ('No such option: -d'). The line says how to pass it. Checked only when such a
+    file exists, so the usual start-up pays one look at the arguments."""
+    suspects = [a for a in argv if a.startswith("-") and len(a) > 1 and os.path.exists(a)]
+    if not suspects or "--" in argv[: argv.index(suspects[0])]:
+        return None
+    import click
+
+    cmd = typer.main.get_command(app)
+    i = 0
+    while isinstance(cmd, click.Group) and i < len(argv) and argv[i] in cmd.commands:
+        cmd, i = cmd.commands[argv[i]], i + 1
+    options = [p for p in cmd.params if isinstance(p, click.Option)]
+    known = {o for p in options for o in (*p.opts, *p.secondary_opts)}
+    takes_value = {o for p in options if not p.is_flag and not p.count for o in p.opts}
+    prev = None
+    for a in argv[i:]:
+        if a == "--":
+            return None
+        if a in suspects and a not in known and prev not in takes_value:
+            return (
+                f"'{a}' is a file whose name starts with '-', which reads as an option: write "
+                f"./{a} (or put -- before it)"
+            )
+        prev = a
+    return None
+
+
+def result_line(text: str) -> None:
+    """One result line on stdout in one write, flushed. print() writes the text and the
+    newline separately, and with PYTHONUNBUFFERED (set in many containers and CI images)
+    those are two writes: under a launcher, two processes sharing stdout then glue one's line
+    onto the other's (seen in CI: a description lost inside another film's line).
+    A stdout that is closed (`| head -1`) or full never stops the run: the tracks are still
+    written, and one warning says the results are no longer printed."""
+    if _stdout_lost.get("why"):
+        return
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        _lose_stdout(e)
+
+
+_stdout_lost: dict[str, str] = {}
+"""Why stdout can no longer be written, once it cannot (this process's stdout is global)."""
+
+
+def _lose_stdout(e: BaseException, say: bool = True) -> None:
+    """Stdout failed: point it at /dev/null (Python's exit flush would fail again) and say so
+    once on stderr."""
+    why = getattr(e, "strerror", None) or str(e)
+    _stdout_lost["why"] = why
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if not say:
+        return
+    typer.echo(
+        f"locomad: warning: stdout cannot be written ({why}): results are no longer printed "
+        "there; files are still written",
+        err=True,
+    )
 
 
 def debugging() -> bool:

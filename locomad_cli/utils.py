@@ -7,6 +7,7 @@ import errno
 import functools
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -60,14 +61,138 @@ WRITE_ERRNOS = {
 """OS errors that say something about the machine, not about locomad: reported in one line."""
 
 
+TOOL_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+"""Write errors that an external tool (ffmpeg) reports only in its stderr text, sometimes with
+exit code 0 (ffmpeg's Matroska muxer on a full disk): looked for by `tool_write_error`."""
+
+TEMP_SUFFIX = ".locomad.tmp"
+"""Every temporary file or folder locomad makes beside an output is named
+`.NAME.PID-RANDOM.locomad.tmp`: recognizably ours, with the process that owns it, so a rerun
+removes what a killed run left (`sweep_temps`) and never anything else."""
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def temp_prefix(name: str) -> str:
+    """mkstemp/mkdtemp prefix of a temporary beside the output `name` (see TEMP_SUFFIX)."""
+    return f".{name}.{os.getpid()}-"
+
+
+def final_name(path: str | Path) -> Path:
+    """The output a temporary of ours stands for (the path itself for any other name)."""
+    path = Path(path)
+    m = _TEMP_RE.match(path.name)
+    return path.with_name(m.group("name")) if m else path
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: alive
+    return True
+
+
+def sweep_temps(folder: str | Path, name: str | None = None) -> int:
+    """Remove the temporaries a killed locomad left in `folder` (only `name`'s with a name):
+    only entries with our naming whose process is gone. Returns how many were removed."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None or (name is not None and m.group("name") != name):
+            continue
+        if _alive(int(m.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+    return removed
+
+
+def _disk_of(path: Path) -> str:
+    """'MOUNT has N free' for the file system holding `path` (its nearest existing folder)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return ""
+    mount = p
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    free = st.f_bavail * st.f_frsize
+    size = f"{free} bytes"
+    for i, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if free >= 1024**i:
+            size = f"{free / 1024**i:.1f} {unit}"
+            break
+    return f"{mount} has {size} free"
+
+
 def os_error_line(e: OSError, path: str | Path | None = None) -> str | None:
     """One line for an OSError of the kinds in WRITE_ERRNOS (None for any other): which file
-    (`path`, the file meant, rather than the temporary one the error names), what happened."""
+    (`path`, the file meant, rather than the temporary one the error names), what happened,
+    and for a full disk which disk it is and what it has left."""
     why = WRITE_ERRNOS.get(e.errno or 0)
     if why is None:
         return None
-    where = path if path is not None else e.filename
-    return f"cannot write {where}: {why} ({e.strerror or e})" if where else f"{why} ({e})"
+    where = path if path is not None else (final_name(e.filename) if e.filename else None)
+    detail = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and where:
+        disk = _disk_of(Path(where))
+        detail += f"; {disk}" if disk else ""
+    return f"cannot write {where}: {why} ({detail})" if where else f"{why} ({e})"
+
+
+_PATH_ERRNOS = {
+    errno.ENAMETOOLONG: "the name is too long for the file system (shorten the film's name, "
+    "or rename a copy of it)",
+    errno.EISDIR: "a folder is in the way where a file should be (move it, or write the "
+    "output elsewhere)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "something is already in the way there",
+    errno.ENOENT: "no such file or folder",
+    errno.ELOOP: "too many symbolic links",
+    errno.ENOTEMPTY: "a folder is in the way and is not empty",
+    errno.EXDEV: "cannot move across file systems",
+    errno.ETXTBSY: "the file is busy",
+    errno.EBUSY: "the file or folder is busy",
+}
+"""OS errors about a path the user handed in (or an output named after it)."""
+
+
+def path_error_line(e: OSError) -> str | None:
+    """One line for an OSError about a user's path (too long a name, a folder where a file
+    goes, a broken pipe on stdout), None for anything else (a bug of ours)."""
+    if isinstance(e, BrokenPipeError):
+        return "stdout was closed before every result was printed (a pipe ended early)"
+    why = _PATH_ERRNOS.get(e.errno or 0)
+    if why is None or not e.filename:
+        return None
+    where = final_name(str(e.filename))
+    if e.errno == errno.ENAMETOOLONG:
+        where = f"{str(where)[:60]}...{str(where)[-20:]}" if len(str(where)) > 90 else where
+    return f"cannot use {where}: {why} ({e.strerror or e})"
+
+
+def tool_write_error(stderr: str, out: str | Path) -> OSError | None:
+    """The write error an external tool's `stderr` reports for its output `out`, if any (as
+    the OSError Python would have raised): ffmpeg may exit 0 after a full disk cut its file."""
+    for code in TOOL_WRITE_ERRNOS:
+        if os.strerror(code) in stderr:
+            return OSError(code, os.strerror(code), str(final_name(out)))
+    return None
 
 
 @contextlib.contextmanager
@@ -86,24 +211,29 @@ def write_errors(path: str | Path, hint: str = "") -> Iterator[None]:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on failure
-    remove it. Readers never see a half-written file."""
+    remove it. Readers never see a half-written file; temporaries a killed run left for the
+    same `path` are removed first (sweep_temps)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp makes the file private (0600); the result should have the permissions any
     # other file the user writes has (a WebVTT track is served by a web server, say)
     mode = 0o666 & ~_umask()
-    os.chmod(tmp_path, mode)
     try:
+        os.chmod(tmp_path, mode)
         yield tmp_path
         # again: some writers (safetensors' save_file) replace the file with a private one
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.errno and not e.filename:
+            # a write to an open file names no file (wave, json.dump): name the output
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 
@@ -123,7 +253,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     on failure it is removed. For model and tokenizer folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private (0700)
     try:
         yield tmp
@@ -146,6 +277,13 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         kwargs.setdefault("encoding", "utf-8")
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
         yield f
+
+
+def tool_path(path: str | Path) -> str:
+    """`path` as an argument to a command-line tool: a relative name starting with '-'
+    (a film called `-dash.mp4`) would be read as an option, so it gets a leading './'."""
+    text = str(path)
+    return f"./{text}" if text.startswith("-") else text
 
 
 def check_writable_dir(path: str | Path) -> Path:

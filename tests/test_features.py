@@ -210,7 +210,7 @@ def test_existing_output_from_other_settings_needs_overwrite(films, tmp_path):
     extract_features([films["c"]], card, out_dir=tmp_path)
     out = tmp_path / "c.features.safetensors"
     before = out.read_bytes()
-    with pytest.raises(LocomadError, match="pass --overwrite"):
+    with pytest.raises(LocomadError, match="locomad extract-features .* --fps 2 --overwrite"):
         extract_features([films["c"]], card, out_dir=tmp_path, fps=2.0)
     assert out.read_bytes() == before
     extract_features([films["c"]], card, out_dir=tmp_path, fps=2.0, overwrite=True)

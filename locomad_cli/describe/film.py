@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
+from locomad_cli.lock import lock_path, output_lock
 from locomad_cli.progress import progress_bar
 from locomad_cli.slots.plan import Slot, plan_film, slots_from_times
 from locomad_cli.threads import torch_threads
@@ -36,6 +37,7 @@ from locomad_cli.utils import (
     LocomadError,
     atomic_open,
     check_writable_dir,
+    path_error_line,
     resolve_device,
     write_errors,
 )
@@ -482,7 +484,11 @@ def describe(
     if opts.ad_times:  # given slots are checked before anything is written
         slots_from_times(opts.ad_times, duration)
 
-    with _no_trace_on_bad_input(out_dir), torch_threads(opts.threads, False, opts.device):
+    with (
+        _no_trace_on_bad_input(out_dir),
+        output_lock(lock_path(out_dir, video.stem)),  # one writer per film's outputs
+        torch_threads(opts.threads, False, opts.device),
+    ):
         slots, slot_plan = plan_slots(opts, subtitles, duration, video, out_dir)
         _warn_mismatches(opts, subtitles, slots, duration)
         film = Film(
@@ -561,6 +567,11 @@ def describe(
                 raise LocomadError(
                     f"{e}; {len(track['slots'])} of {len(slots)} descriptions are kept in "
                     f"{progress_path}: free some space and run the same command with --resume"
+                ) from None
+            elif isinstance(e, OSError) and path_error_line(e):  # a folder where a track goes
+                raise LocomadError(
+                    f"{path_error_line(e)}; {len(track['slots'])} of {len(slots)} descriptions "
+                    f"are kept in {progress_path}: then run the same command with --resume"
                 ) from None
             raise
         progress_path.unlink()

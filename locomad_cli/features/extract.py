@@ -31,6 +31,7 @@ from locomad_cli.features.cache import FilmCache, open_partial
 from locomad_cli.features.clip import ClipEncoder, input_side, load_clip, weights_id
 from locomad_cli.features.video import FramePlan, VideoInfo, plan_frames, probe
 from locomad_cli.films import rank_and_world, share
+from locomad_cli.lock import lock_path, output_lock
 from locomad_cli.progress import progress_bar
 from locomad_cli.threads import torch_threads
 from locomad_cli.utils import (
@@ -101,7 +102,37 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, dict]:
     for key in ("fps", "duration"):
         if key in meta and not (math.isfinite(meta[key]) and meta[key] > 0):
             raise LocomadError(f"{path}: metadata {key}={meta[key]} is not a positive number")
+    if features.is_floating_point():
+        check_finite_features(features, path)
     return features, meta
+
+
+def _redo_command(video: Path, out: Path, card: ModelCard, fps: float) -> str:
+    """The command that makes `out` again (describe has no --overwrite: extract-features has)."""
+    import shlex
+
+    from locomad_cli.utils import tool_path
+
+    cmd = ["locomad", "extract-features", tool_path(video), "-o", str(out.parent)]
+    cmd += ["-m", card.source or card.name]
+    cmd += [] if fps == card.fps else ["--fps", f"{fps:g}"]
+    cmd.append("--overwrite")
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def check_finite_features(features: torch.Tensor, path: Path) -> None:
+    """Refuse features holding NaN or infinity (a damaged or hand-made file): the model would
+    write "" or "%" for every slot without a word."""
+    import torch
+
+    finite = torch.isfinite(features)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        rows = int((~finite).any(dim=-1).sum()) if features.dim() > 1 else bad
+        raise LocomadError(
+            f"{path}: {bad} non-finite value(s) (NaN or infinity) in {rows} of "
+            f"{features.shape[0]} frame(s); extract the features again"
+        )
 
 
 def save_features(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
@@ -253,7 +284,9 @@ def extract_film(
         [load_file(str(_chunk_file(part, c)))["features"] for c in range(n_chunks)]
     )
     if features.shape[0] != plan.frames:
-        raise LocomadError(f"{info.path}: partial state is inconsistent; rerun with --overwrite")
+        raise LocomadError(
+            f"{info.path}: partial state is inconsistent; delete {part} and run again"
+        )
     meta = {
         "format": FORMAT,
         **identity,
@@ -403,8 +436,8 @@ def _extract_all(
             want = _identity(card, fps, info.fingerprint)
             if not CACHE.matches(meta, want):
                 raise LocomadError(
-                    f"{out} exists but was made from another file, model or FPS; "
-                    "pass --overwrite to replace it"
+                    f"{out} exists but was made from another file, model or FPS; replace it "
+                    f"with: {_redo_command(info.path, out, card, fps)} (or delete it)"
                 )
             results.append(FilmResult(info.path, out, int(meta["frames"]), "skipped"))
         else:
@@ -435,8 +468,13 @@ def _extract_all(
             for i in todo:
                 info, out, plan = infos[i], outputs[i], plans[i]
                 hint = "free some space and run the same command again (finished chunks are kept)"
+                lock = lock_path(out.parent, f"{out.name[: -len(CACHE.suffix)]}.features")
                 bar = progress_bar(info.path.stem, show=progress, unit="frames")
-                with bar as update, write_errors(out, hint):
+                with (
+                    output_lock(lock, what=f"the features {out}"),  # one writer per film
+                    bar as update,
+                    write_errors(out, hint),
+                ):
                     hook = None if on_chunk is None else functools.partial(on_chunk, info.path)
                     results.append(
                         extract_film(

@@ -28,6 +28,18 @@ STATS_FILE = "frame-stats.json"
 SAMPLES = 8
 """Frames sampled per film (one ffmpeg seek each: well under a second in all)."""
 MARGIN = 1.25
+SHORT = 60.0
+"""A film shorter than this (an excerpt) shows fewer of the world's places than the training
+films did, so its histogram lies farther from their mean though it is the same world:
+measured, 12-20 s excerpts of the demo film at 0.64-0.69 against a whole-film threshold of
+0.58, other pictures (test patterns, cellular automata, fractals) at 0.76-1.00."""
+SHORT_MARGIN = 1.3
+"""An excerpt's threshold, relative to the whole films' (0.58 → 0.75 for the demo model)."""
+UNUSED = 1e-3
+"""A histogram bin whose training mean is below this is a colour the world never shows."""
+UNUSED_MASS = 0.1
+"""A film with more of its pixels than this in unused colours is unfamiliar however close its
+histogram is otherwise (demo excerpts ≤ 0.02; test patterns and fractals 0.28-0.71)."""
 
 
 def colour_histogram(video: str | Path, duration: float, samples: int = SAMPLES) -> np.ndarray:
@@ -59,6 +71,10 @@ class FrameStats:
 
     def distance(self, histogram: np.ndarray) -> float:
         return float(0.5 * np.abs(np.asarray(self.histogram) - histogram).sum())
+
+    def unused(self, histogram: np.ndarray) -> float:
+        """The share of the film's pixels in colours the training films (almost) never show."""
+        return float(np.asarray(histogram)[np.asarray(self.histogram) < UNUSED].sum())
 
 
 def fit(videos: list[tuple[Path, float]]) -> FrameStats:
@@ -92,10 +108,11 @@ def unfamiliar(
     if stats is None or not video.is_file():
         return None
     try:
-        far = stats.distance(colour_histogram(video, duration))
+        histogram = colour_histogram(video, duration)
     except ValueError:
         return None  # undecodable frames are reported where frames are decoded
-    if far <= stats.threshold:
+    bound = stats.threshold * (SHORT_MARGIN if duration < SHORT else 1.0)
+    if stats.distance(histogram) <= bound and stats.unused(histogram) <= UNUSED_MASS:
         return None
     what = " (it only knows the rendered demo world)" if model_name == "demo" else ""
     return (

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, tool_path
 
 EPS = 1e-3
 """Seconds of slack when comparing timestamps: decord reports them as float32, which resolves
@@ -72,6 +72,20 @@ class VideoInfo:
     """ffprobe's audio streams, in order (empty: a silent film)."""
     fingerprint: dict[str, str] = field(default_factory=dict, repr=False)
     """source_fingerprint of the file as probed: what the caches beside it are keyed on."""
+    rotation: int = 0
+    """Degrees the player turns the stored picture (a phone's `rotate` tag or display matrix):
+    the display size above is the upright one, and frames are decoded upright at it."""
+
+
+def _rotation(stream: dict) -> int:
+    """The stream's rotation in degrees (0, 90, 180, 270) from ffprobe's display-matrix side
+    data or the older `rotate` tag."""
+    for side in stream.get("side_data_list") or []:
+        r = _float(side.get("rotation"))
+        if r is not None:
+            return round(r) % 360
+    r = _float((stream.get("tags") or {}).get("rotate"))
+    return round(r) % 360 if r is not None else 0
 
 
 def _ffprobe_error(path: Path, stderr: bytes) -> str:
@@ -99,7 +113,7 @@ def _probe(path: Path, stamp: _Stamp) -> VideoInfo:
     import ffmpeg
 
     try:
-        info = ffmpeg.probe(str(path))
+        info = ffmpeg.probe(tool_path(path))
     except FileNotFoundError:
         raise LocomadError("ffprobe not found: install ffmpeg (apt-get install ffmpeg)") from None
     except ffmpeg.Error as e:
@@ -124,18 +138,22 @@ def _probe(path: Path, stamp: _Stamp) -> VideoInfo:
         raise LocomadError(f"{path}: zero-length video")
     sar = _ratio(v.get("sample_aspect_ratio"))
     display_width = max(1, round(width * sar)) if sar else width
+    display_height, rotation = height, _rotation(v)
+    if rotation % 180 == 90:  # the decoder turns it upright: decode at the upright size
+        display_width, display_height = display_height, display_width
     return VideoInfo(
         path=path,
         width=width,
         height=height,
         display_width=display_width,
-        display_height=height,
+        display_height=display_height,
         duration=duration,
         codec=str(v.get("codec_name", "?")),
         size=stamp.size,
         mtime=stamp.mtime,
         audio=tuple(s for s in streams if s.get("codec_type") == "audio"),
         fingerprint=dict(_fingerprint(path, stamp)),
+        rotation=rotation,
     )
 
 

@@ -11,6 +11,8 @@ loaded from card.llm.name again, which keeps checkpoints small (OPT-2.7B is 5 GB
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import torch
@@ -21,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from locomad_cli.card import ModelCard, card_from_dict
 from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.utils import LocomadError, atomic_dir, atomic_path, hub_offline_hint
+
+log = logging.getLogger(__name__)
 
 FORMAT = "locomad-weights-1"
 WEIGHTS = "model.safetensors"
@@ -54,18 +58,38 @@ def architecture(card: ModelCard) -> dict:
     architecture are refused under another. Generation settings, top_k and training
     policies (dropout rates included) may differ."""
     pme = dict(vars(card.pme))
+    # where the PME's start and tokenizer come from are paths (a copied card may spell them
+    # absolute) and no shape: the tokenizers travel with the weights
     for key in ("max_frames", "label_smoothing", "temperature", "train_stage2", "stage2_dropout"):
         pme.pop(key)
+    for key in ("init", "tokenizer"):
+        pme.pop(key)
     d = card.dsm
-    config = card.llm.config  # None: a hub model's own config
+    name, config = card.llm.name, card.llm.config  # config None: the named model's own
+    if config is None:
+        local = Path(name).expanduser()
+        if (local / "config.json").is_file():  # a local copy: its config, not its path
+            try:
+                config, name = json.loads((local / "config.json").read_text("utf-8")), None
+            except (OSError, ValueError):
+                pass
+    else:
+        name = None  # random init from the config: the name is only a label
     if config is not None:
-        config = {k: v for k, v in config.items() if k not in _LLM_TRAINING_KEYS}
+        config = {
+            k: v
+            for k, v in config.items()
+            if k not in _LLM_TRAINING_KEYS and k not in ("_name_or_path", "transformers_version")
+        }
+    clip = card.clip.model
+    if clip.endswith(".json"):  # a config file: its name, wherever it lies
+        clip = Path(clip).name
     return {
-        "clip": {"model": card.clip.model, "dim": card.clip.dim},
+        "clip": {"model": clip, "dim": card.clip.dim},
         "pme": pme,
         "dsm": {"num_layers": d.num_layers, "num_heads": d.num_heads, "ffn": d.intermediate_size},
         "llm": {
-            "name": card.llm.name,
+            "name": name,
             "config": config,
             "copy": card.llm.copy,
         },
@@ -156,6 +180,7 @@ def load_model(source: str | Path | ModelCard, device: str = "cpu") -> LoCoMAD:
         state = load_file(folder / WEIGHTS)
     except (SafetensorError, OSError) as e:
         raise LocomadError(f"cannot read {folder / WEIGHTS}: {e}") from None
+    check_finite(state, folder / WEIGHTS)
     llm_inside = any(k.startswith("decoder.llm.") for k in state)
     config_dir = folder / "llm_config"
     model = LoCoMAD.from_card(
@@ -196,6 +221,46 @@ def _tied_names(state: dict[str, torch.Tensor]) -> set[str]:
     return {k for k, t in state.items() if count[(t.data_ptr(), tuple(t.shape))] > 1}
 
 
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run, a damaged file): they would
+    describe every film as "" or "%" without a word."""
+    bad = {
+        k: int((~torch.isfinite(t)).sum())
+        for k, t in state.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    }
+    if bad:
+        first = next(iter(bad))
+        raise LocomadError(
+            f"{path}: {sum(bad.values())} non-finite value(s) (NaN or infinity) in "
+            f"{len(bad)} tensor(s), e.g. {first}: these weights cannot describe anything"
+        )
+
+
+def _flatten(
+    obj: dict | list | tuple, prefix: str = ""
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Tensors of a nested state dict under dotted names (as torch's own state_dicts name
+    them), and the keys of anything that is neither a tensor nor a mapping."""
+    tensors: dict[str, torch.Tensor] = {}
+    other: list[str] = []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for k, v in items:
+        name = f"{prefix}{k}"
+        if isinstance(v, torch.Tensor):
+            inner, rest = {name: v}, []
+        elif isinstance(v, (dict, list, tuple)):
+            inner, rest = _flatten(v, f"{name}.")
+        else:
+            inner, rest = {}, [name]
+        clash = set(inner) & set(tensors)
+        if clash:
+            raise LocomadError(f"two tensors of the state dict would both be named {min(clash)}")
+        tensors.update(inner)
+        other += rest
+    return tensors, other
+
+
 def convert_weights(src: str | Path, dst: str | Path) -> Path:
     """Re-save a third-party PyTorch state dict (.pth/.bin) as safetensors. The pickle is
     read with `weights_only=True`: tensors and plain containers only, never code."""
@@ -215,9 +280,21 @@ def convert_weights(src: str | Path, dst: str | Path) -> Path:
             obj = obj[key]
     if not isinstance(obj, dict):
         raise LocomadError(f"{src} holds no state dict")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    # nested dicts (a model of several parts) are flattened to dotted names, never dropped
+    try:
+        tensors, other = _flatten(obj)
+    except LocomadError as e:
+        raise LocomadError(f"{src}: {e}") from None
     if not tensors:
         raise LocomadError(f"{src} holds no tensors")
+    if other:
+        log.warning(
+            "%s: %d entr%s that are not tensors left out (e.g. %s)",
+            src,
+            len(other),
+            "y" if len(other) == 1 else "ies",
+            other[0],
+        )
     # shared storage is not allowed in safetensors: give each tensor its own copy
     tensors = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
     with atomic_path(dst) as tmp:

@@ -292,6 +292,19 @@ _OTHER_FORMATS = (
 )
 
 
+def _convert_command(source: Path) -> str:
+    """An ffmpeg command converting `source` to SRT beside it, never onto itself (an ASS file
+    named x.srt would otherwise be told `ffmpeg -i x.srt x.srt`)."""
+    import shlex
+
+    target = source.with_suffix(".srt")
+    if target.name == source.name:
+        target = source.with_name(f"{source.stem}.converted.srt")
+    names = [source.name, target.name]
+    names = [f"./{n}" if n.startswith("-") else n for n in names]
+    return f"ffmpeg -n -i {shlex.quote(names[0])} {shlex.quote(names[1])}"
+
+
 def _other_format(text: str) -> str | None:
     head = text.lstrip("\ufeff \t\n").lower()
     return next((what for start, what in _OTHER_FORMATS if head.startswith(start)), None)
@@ -314,7 +327,7 @@ def _parse_blocks(text: str, source: str, vtt: bool) -> list[Cue]:
     if other is not None:
         raise LocomadError(
             f"{source}:1: {other} are not read here; convert them to SRT first "
-            f"(e.g. ffmpeg -i {Path(source).name} {Path(source).stem}.srt)"
+            f"(e.g. {_convert_command(Path(source))})"
             if other.endswith("subtitles")
             else f"{source}:1: no readable cue: {other}, not SRT or WebVTT"
         )

@@ -859,21 +859,28 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
     # a bad names file is refused here, before anything is written
     renamer = Renamer(read_names(cfg.rename_names)) if cfg.rename_names else None
     run_dir = Path(cfg.out)
+    created = not run_dir.exists()
     accelerator = _make_accelerator(cfg, run_dir)
     main, world = accelerator.is_main_process, accelerator.num_processes
-    _claim_run_dir(cfg, run_dir, main)
-    fsdp = accelerator.distributed_type.name == "FSDP"
-    settings = _run_settings(cfg, batch_size, world, fsdp)
-    step, ckpt, trainer = _resume_point(cfg, run_dir, settings, main)
+    try:
+        _claim_run_dir(cfg, run_dir, main)
+        fsdp = accelerator.distributed_type.name == "FSDP"
+        settings = _run_settings(cfg, batch_size, world, fsdp)
+        step, ckpt, trainer = _resume_point(cfg, run_dir, settings, main)
 
-    set_seed(cfg.seed)
-    # a resumed run's weights are its checkpoint's model folder (safetensors)
-    model, card = build_model(cfg, str(accelerator.device), ckpt / "model" if ckpt else None)
-    train_ds, val_ds = _load_data(cfg, card, accelerator)
-    plan = _plan(cfg, len(train_ds), batch_size, world)
-    run = _prepare(cfg, accelerator, model, card, plan, run_dir, step, renamer)
-    if ckpt is not None:
-        _restore(run, ckpt, trainer)
+        set_seed(cfg.seed)
+        # a resumed run's weights are its checkpoint's model folder (safetensors)
+        model, card = build_model(cfg, str(accelerator.device), ckpt / "model" if ckpt else None)
+        train_ds, val_ds = _load_data(cfg, card, accelerator)
+        plan = _plan(cfg, len(train_ds), batch_size, world)
+        run = _prepare(cfg, accelerator, model, card, plan, run_dir, step, renamer)
+        if ckpt is not None:
+            _restore(run, ckpt, trainer)
+    except LocomadError:
+        # refused input (no data, a bad card) leaves no run folder behind, only one it made
+        if created and main and run_dir.is_dir() and not _checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     _write_config(run)
     if cfg.tensorboard:
         accelerator.init_trackers("tensorboard")

@@ -35,12 +35,21 @@ import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
+from locomad_cli.lock import lock_path, output_lock
 from locomad_cli.progress import progress_bar
 from locomad_cli.tracks.writers import get_writer, parse_formats
-from locomad_cli.utils import LocomadError, atomic_path, check_writable_dir
+from locomad_cli.utils import (
+    TEMP_SUFFIX,
+    LocomadError,
+    atomic_path,
+    check_writable_dir,
+    os_error_line,
+    sweep_temps,
+    temp_prefix,
+)
 from locomad_cli.voice.mix import (
     MixOptions,
     Pause,
@@ -55,7 +64,10 @@ from locomad_cli.voice.mix import (
     write_envelope,
     write_stem,
 )
-from locomad_cli.voice.tts import NoSpeech, Speech, SpeechCache, make_engine
+from locomad_cli.voice.tts import NoSpeech, Speech, SpeechCache, TTSEngine, make_engine
+
+if TYPE_CHECKING:
+    from locomad_cli.features.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +359,45 @@ def voice(
     engine = make_engine(opts.tts, opts.voice or opts.mix.language)
     out_dir = Path(opts.output_dir) if opts.output_dir else ad_path.parent
     check_writable_dir(out_dir)
-    dialogue = dialogue_of(track, opts, ad_path)
     film = video.stem
+    cache_dir = out_dir / f"{film}.voice-cache"
+    with output_lock(lock_path(out_dir, film)), _disk_errors(out_dir, cache_dir):
+        sweep_temps(out_dir)  # the work folders a killed run left (ours only)
+        return _voice_into(video, opts, track, ad_path, engine, out_dir, formats, info)
+
+
+@contextlib.contextmanager
+def _disk_errors(out_dir: Path, cache_dir: Path):
+    """A full disk (or quota, or permissions) while voicing: one line that names the file and
+    the disk, and what is kept (the cues already in the voice cache, whole: the next run
+    reuses them and synthesizes only the rest)."""
+    try:
+        yield
+    except OSError as e:
+        # a write to an open work file names none: then the output folder is named
+        line = os_error_line(e, None if e.filename else out_dir)
+        if line is None:
+            raise
+        kept = len(list(cache_dir.glob("*.wav"))) if cache_dir.is_dir() else 0
+        raise LocomadError(
+            f"{line}; kept {kept} spoken cue(s) in {cache_dir} and no half-written output: "
+            "free some space and run the same command again"
+        ) from None
+
+
+def _voice_into(
+    video: Path,
+    opts: VoiceOptions,
+    track: dict[str, Any],
+    ad_path: Path,
+    engine: TTSEngine,
+    out_dir: Path,
+    formats: list[str],
+    info: VideoInfo,
+) -> tuple[dict[str, Any], list[Path]]:
+    """voice() once the inputs are checked and the film's outputs are locked."""
+    film = video.stem
+    dialogue = dialogue_of(track, opts, ad_path)
     streams = info.audio
     if not streams:
         log.warning(
@@ -362,7 +411,9 @@ def voice(
     stem_name = f"{film}.ad.wav"
 
     with contextlib.ExitStack() as stack:
-        work = Path(tempfile.mkdtemp(prefix=f".{film}.voice-", dir=out_dir))
+        work = Path(
+            tempfile.mkdtemp(prefix=temp_prefix(f"{film}.voice"), suffix=TEMP_SUFFIX, dir=out_dir)
+        )
         stack.callback(shutil.rmtree, work, True)
         cues = [
             PlacedCue(output_time(v.start, pauses), v.fit.speech.duration, v.fit.speech.path)

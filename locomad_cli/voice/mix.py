@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, tool_write_error
 
 SAMPLE_RATE = 48000
 ENV_RATE = 1000
@@ -110,11 +110,17 @@ def iso639(tag: str) -> str:
 # --- ffmpeg ---------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], what: str) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], what: str, out: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a tool; its failure is one line. A write error on `out` that the tool reports only
+    in its text (ffmpeg may exit 0 after a full disk cut the file) is raised as the OSError
+    it is, so that the caller keeps nothing of it and says which disk is full."""
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
         raise LocomadError(f"{cmd[0]} not found: install ffmpeg (apt-get install ffmpeg)") from None
+    err = tool_write_error(r.stderr, out) if out is not None else None
+    if err is not None:
+        raise err
     if r.returncode != 0:
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         raise LocomadError(f"{what} failed: {lines[-1] if lines else f'exit {r.returncode}'}")
@@ -291,7 +297,8 @@ def extended_cut(
         outs += ["-pix_fmt", "yuv420p", "-an", str(video_out)]
     if audio_out is not None:
         outs += ["-map", "[a]", "-c:a", "flac", "-vn", str(audio_out)]
-    _run([*FFMPEG, "-v", "error", *args, "-filter_complex", graph, *outs], "extended-AD cut")
+    cmd = [*FFMPEG, "-v", "error", *args, "-filter_complex", graph, *outs]
+    _run(cmd, "extended-AD cut", video_out or audio_out)
 
 
 # --- the mix --------------------------------------------------------------------------------
@@ -372,7 +379,7 @@ def _write(inputs: list[str], graph: str, out: Path | None, channels: int) -> No
         return
     cmd = [*FFMPEG, "-v", "error", *inputs, "-filter_complex", graph, "-map", "[o]"]
     cmd += ["-ar", str(SAMPLE_RATE), "-ac", str(channels), "-c:a", "pcm_s16le"]
-    _run([*cmd, "-f", "wav", str(out)], f"writing {out.name}")
+    _run([*cmd, "-f", "wav", str(out)], f"writing {out.name}", out)
 
 
 def write_envelope(env: np.ndarray, out: Path) -> None:
@@ -427,7 +434,7 @@ def mux(
     if mp4:
         cmd += ["-movflags", "+faststart"]
     cmd += ["-f", "mp4" if mp4 else "matroska", str(out)]
-    _run(cmd, f"writing {out.name}")
+    _run(cmd, f"writing {out.name}", out)
     warnings = []
     if not mp4:
         tool = shutil.which("mkvpropedit")
@@ -438,5 +445,5 @@ def mux(
             )
         else:
             edit = ["--edit", "track:s1", "--set", "flag-text-descriptions=1"]
-            _run([tool, "-q", str(out), *edit], "mkvpropedit")
+            _run([tool, "-q", str(out), *edit], "mkvpropedit", out)
     return warnings

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from locomad_cli.utils import LocomadError, atomic_path
+from locomad_cli.utils import TEMP_SUFFIX, LocomadError, atomic_path, sweep_temps, temp_prefix
 
 SAMPLE_RATE = 48000
 """Every cached cue is 48 kHz mono 16-bit: the rate of the AD stem."""
@@ -196,26 +196,41 @@ class SpeechCache:
     """Texts synthesized by this object (the rest came from the folder)."""
     reused: int = 0
     _spoken: dict[tuple[str, float, float | None], Speech] = field(default_factory=dict)
+    _swept: bool = False
 
     def path_for(self, text: str, rate: int) -> Path:
         key = f"{self.engine.identity()}\n{rate}\n{text}".encode()
         return self.folder / f"{hashlib.sha256(key).hexdigest()[:24]}.wav"
 
     def synth(self, text: str, rate: int) -> Speech:
-        """`text` at engine rate `rate`, from the cache when it is there."""
+        """`text` at engine rate `rate`, from the cache when it is there (and whole: an entry
+        that does not read as a complete WAV, left by an older locomad or a power cut, is
+        made again)."""
         rate = int(min(max(rate, self.engine.min_rate), self.engine.max_rate))
         path = self.path_for(text, rate)
-        if path.is_file():
+        duration = _cached_duration(path)
+        if duration is not None:
             self.reused += 1
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix="locomad-tts-") as tmp:
+            if not self._swept:  # what a killed run left (its temporaries only)
+                sweep_temps(self.folder)
+                sweep_temps(tempfile.gettempdir(), "tts")
+                self._swept = True
+            with tempfile.TemporaryDirectory(prefix=temp_prefix("tts"), suffix=TEMP_SUFFIX) as tmp:
                 raw = Path(tmp) / "raw.wav"
                 self.engine.synthesize(text, rate, raw)
-                with atomic_path(path) as out:
-                    _trim_resample(raw, out)
+                pcm = _trim_resample(raw)
+            # Python writes the cached file itself: a full disk raises here (ffmpeg may exit
+            # 0 with a cut file), and the temporary is removed; nothing lands under `path`
+            with atomic_path(path) as out, wave.open(str(out), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(SAMPLE_RATE)
+                w.writeframes(pcm)
+            duration = len(pcm) / 2 / SAMPLE_RATE
             self.synthesized += 1
-        speech = Speech(text, path, wav_duration(path), rate)
+        speech = Speech(text, path, duration, rate)
         if speech.duration <= 0:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -246,16 +261,31 @@ class SpeechCache:
         return s
 
 
-def _trim_resample(src: Path, dst: Path) -> None:
-    """Leading and trailing silence off, 48 kHz mono 16-bit (ffmpeg's silenceremove, run
-    forwards and on the reversed audio so that pauses between words stay)."""
+def _cached_duration(path: Path) -> float | None:
+    """Seconds of a cached cue, None when it is missing or not a whole 48 kHz mono WAV."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            n = w.getnframes()
+            ok = (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, SAMPLE_RATE)
+            if not ok or len(w.readframes(n)) != 2 * n:
+                return None
+            return n / float(SAMPLE_RATE)
+    except (OSError, EOFError, wave.Error):
+        return None
+
+
+def _trim_resample(src: Path) -> bytes:
+    """Leading and trailing silence off, 48 kHz mono 16-bit samples (ffmpeg's silenceremove,
+    run forwards and on the reversed audio so that pauses between words stay)."""
     trim = f"silenceremove=start_periods=1:start_threshold={SILENCE_DB}dB"
     af = f"{trim},areverse,{trim},areverse,aresample={SAMPLE_RATE}"
     cmd = ["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(src), "-af", af]
-    cmd += ["-ac", "1", "-c:a", "pcm_s16le", "-f", "wav", str(dst)]
+    cmd += ["-ac", "1", "-c:a", "pcm_s16le", "-f", "s16le", "pipe:1"]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, capture_output=True)
     except FileNotFoundError:
         raise LocomadError("ffmpeg not found: install it (apt-get install ffmpeg)") from None
     if r.returncode != 0:
-        raise LocomadError(f"ffmpeg could not read the synthesized speech: {r.stderr.strip()}")
+        msg = r.stderr.decode(errors="replace").strip()
+        raise LocomadError(f"ffmpeg could not read the synthesized speech: {msg}")
+    return r.stdout[: len(r.stdout) // 2 * 2]
