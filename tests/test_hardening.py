@@ -17,8 +17,8 @@ import wave
 from pathlib import Path
 
 import pytest
-from adfilm import make_track, write_track
-from media import make_video
+from helpers.adfilm import make_track, write_track
+from helpers.media import make_video
 
 from locomad_cli.utils import TEMP_SUFFIX, atomic_open, atomic_path, final_name, sweep_temps
 
