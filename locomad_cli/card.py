@@ -389,7 +389,10 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str = "") -> An
 
 
 def _check_card(card: ModelCard, where: str) -> None:
-    """Rules between fields, each of which the model relies on."""
+    """Rules between fields, each of which the model relies on (a vlm card uses none of
+    the LoCo-MAD model's sections)."""
+    if card.describer.kind == "vlm":
+        return
     pme, dsm, llm = card.pme, card.dsm, card.llm
     if pme.hidden_size % pme.num_heads:
         raise LocomadError(
