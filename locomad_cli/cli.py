@@ -134,6 +134,7 @@ def _root(
 @app.command()
 def doctor(
     model: str = MODEL_OPTION,
+    overrides: list[str] = SET_OPTION,
 ) -> None:
     """What this machine has for a model card: tools, CLIP/BERT/OPT weights in the local caches,
     trained LoCo-MAD weights, Java, CoreNLP, espeak-ng. Exit code 1 when the card cannot describe
@@ -141,7 +142,7 @@ def doctor(
     from locomad_cli.doctor import blocking, run_checks
 
     try:
-        rows = run_checks(model)
+        rows = run_checks(model, overrides)
     except LocomadError as e:
         fail(str(e))
     from rich.console import Console
