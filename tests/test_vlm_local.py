@@ -130,8 +130,8 @@ def test_offline_without_the_weights_is_one_line_naming_how_to_fetch(tmp_path, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     shutil.copy(DEMO / "demo.mp4", tmp_path / "demo.mp4")
     opts = DescribeOptions(model="qwen2.5-vl-7b", progress=False, output_dir=str(tmp_path / "o"))
-    with pytest.raises(LocomadError, match=r"Qwen/Qwen2.5-VL-7B-Instruct: weights not in the "
-                       r"local Hugging Face cache.*hf download Qwen/Qwen2.5-VL-7B-Instruct"):  # fmt: skip
+    want = r"Qwen/Qwen2.5-VL-7B-Instruct: weights not in the local Hugging Face cache.*"
+    with pytest.raises(LocomadError, match=want + r"hf download Qwen/Qwen2.5-VL-7B-Instruct"):
         describe(tmp_path / "demo.mp4", opts)
     assert not (tmp_path / "o").exists()
 
