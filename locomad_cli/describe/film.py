@@ -248,7 +248,8 @@ def plan_slots(
 
 NO_WEIGHTS = (
     "no trained LoCo-MAD weights for model card '{card}' ({where}): none are published for "
-    "the OPT cards, so train them first (README, 'Describing your own film') and pass "
+    "the OPT cards: describe without training with a vision-language model (--model endpoint "
+    "or qwen2.5-vl-3b; README, 'Describing your own film'), or train them and pass "
     "--weights RUN/model, or try the shipped demo (--model demo)"
 )
 
