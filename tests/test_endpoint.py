@@ -149,10 +149,11 @@ def test_retries_spent_mid_film_keep_progress_and_resume_asks_the_rest(film, ser
         describe(film / "demo.mp4", opts)
     progress = film / "out" / "demo.ad.progress.jsonl"
     assert len(progress.read_text().splitlines()) == 3  # identity + 2 slots
-    server.requests.clear()
-    track, _ = describe(film / "demo.mp4", _opts(film, server.url, resume=True))
-    assert [q["clock"] for q in server.requests] == ["00:00:19", "00:00:30"]
+    with FakeVLM() as other:  # the server came back at another address
+        track, _ = describe(film / "demo.mp4", _opts(film, other.url, resume=True))
+    assert [q["clock"] for q in other.requests] == ["00:00:19", "00:00:30"]
     assert [r["index"] for r in track["slots"]] == [0, 1, 2, 3]
+    assert track["describer"]["url"] == other.url
 
 
 def test_other_4xx_stops_at_once(film, server, monkeypatch):

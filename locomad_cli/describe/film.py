@@ -306,7 +306,8 @@ def _identity(video: Path, card: ModelCard, opts: DescribeOptions, slots: list[S
         "reference": Path(opts.reference).name if opts.reference else None,
         "subtitles": Path(opts.subs).name if opts.subs else None,
         "cast": Path(opts.cast).name if opts.cast else None,
-        "describer": about(card),
+        # who describes, but not where the server is: a resumed run may reach it elsewhere
+        "describer": {k: v for k, v in about(card).items() if k != "url"},
         "slots": [[s.start, s.end] for s in slots],
     }
 
