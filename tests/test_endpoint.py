@@ -181,6 +181,8 @@ def test_over_budget_is_asked_again_shorter(film, server):
     assert first["budget"] == 8 and first["asked"] == 2
     assert "has 72 words" in server.requests[1]["text"]
     assert "at most 8 words" in server.requests[1]["text"]
+    assert "The 3 frames are evenly spaced" in server.requests[1]["text"]
+    assert len(server.requests[1]["images"]) == 3
     assert first["text"] == "A woman walk in at 000001."
     assert "over_budget" not in first
     assert len(first["candidates"]) == 2

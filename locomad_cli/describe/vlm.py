@@ -79,16 +79,18 @@ def prompt(ask: Ask, frames: int) -> str:
     return "\n".join(lines)
 
 
-def again(ask: Ask, last: str, why: str) -> str:
-    """The user turn that asks again: shorter, or something not said before."""
+def again(first: str, last: str, why: str, budget: int) -> str:
+    """The user turn that asks again: the first one without its last line (the length it
+    asked for), then what was wrong with the last answer."""
+    head = first.rsplit("\n", 1)[0]
     if why == "long":
         return (
-            f'{prompt(ask, 0).rsplit(chr(10), 1)[0]}\nYour answer "{last}" has {word_count(last)} '
-            f"words. Say the most important part in at most {ask.budget} words."
+            f'{head}\nYour answer "{last}" has {word_count(last)} words. Say the most '
+            f"important part in at most {budget} words."
         )
     return (
-        f'{prompt(ask, 0).rsplit(chr(10), 1)[0]}\nYour answer "{last}" repeats an earlier '
-        f"description: say what is new, in at most {ask.budget} words."
+        f'{head}\nYour answer "{last}" repeats an earlier description: say what is new, in '
+        f"at most {budget} words."
     )
 
 
@@ -182,7 +184,7 @@ class VLMDescriber:
         candidates: list[tuple[str, float | None]] = []
         notes: dict[str, Any] = {"budget": ask.budget}
         banned = {text_key(t) for t in ask.avoid}
-        user = prompt(ask, len(frames))
+        first = user = prompt(ask, len(frames))
         for tries in range(1, self.card.describer.shorter_tries + 2):
             text, why = clean(self.backend.complete(frames, SYSTEM, user))
             notes["asked"] = tries
@@ -192,9 +194,9 @@ class VLMDescriber:
                 break
             candidates.append((text, None))
             if text_key(text) in banned:
-                user = again(ask, text, "repeat")
+                user = again(first, text, "repeat", ask.budget)
             elif word_count(text) > ask.budget:
-                user = again(ask, text, "long")
+                user = again(first, text, "long", ask.budget)
             else:
                 break
         selected = [c.as_json() for c in ask.context]
