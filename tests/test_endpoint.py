@@ -110,7 +110,12 @@ def test_without_subtitles_it_describes_the_planned_slots(film, server):
 
 
 def test_server_down_is_one_line_and_leaves_nothing(film):
-    opts = _opts(film, "http://127.0.0.1:9/v1", "endpoint.retries=1")
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    opts = _opts(film, f"http://127.0.0.1:{port}/v1", "endpoint.retries=1")
     with pytest.raises(LocomadError, match=r"cannot connect.*after 2 tries.*--resume"):
         describe(film / "demo.mp4", opts)
     assert not (film / "out" / "demo.ad.progress.jsonl").exists()

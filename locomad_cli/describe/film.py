@@ -1,8 +1,10 @@
 """`locomad describe`: a film (+ subtitles) in, an audio-description track out.
 
-The loop of the paper's recurrent setting: slots in film order; for slot i the context
-proposal holds the previous `proposal_len` *generated* descriptions with their subtitles, the
-DSM picks top-k of them, the LLM writes description i, and it joins the proposal. `oracle`
+The loop of the paper's recurrent setting: slots in film order; slot i is asked of the card's
+describer (describer.py: the trained LoCo-MAD model, or a vision-language model, vlm.py) with
+the context it picks from the descriptions so far. For LoCo-MAD the context proposal holds the
+previous `proposal_len` *generated* descriptions with their subtitles, the DSM picks top-k of
+them, the LLM writes description i, and it joins the proposal. `oracle`
 fills the proposal with reference descriptions instead (the paper's upper bound), `local`
 leaves it empty. Every description's CLIP text features are computed once and kept, so the
 cost of a slot does not grow with its index.
