@@ -4,7 +4,8 @@ It answers every request with a description made from the request itself (the sl
 as the prompt gives it), so that two runs over the same slots get the same answers, and it
 records every request decoded: its prompt text and its images. `plan` is a list of what to
 do with the next requests, in order, before answering normally: "500", "429", "malformed",
-"sleep:SECONDS", "long", "nothing", "refuse", "block" (wait until `release` is set).
+"sleep:SECONDS", "long", "nothing", "refuse", "block" (wait until `release` is set), "pair"
+(answer only once a second "pair" request is in flight too; 400 if none comes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class FakeVLM:
         self.answered: list[str] = []
         """The prompt's slot clock of every request answered normally, in order."""
         self.release = threading.Event()
+        self.pair = threading.Barrier(2, timeout=30)
+        self.in_flight = self.most_in_flight = 0
         self.blocked = threading.Event()
         self.lock = threading.Lock()
         server = self
@@ -82,10 +85,27 @@ class FakeVLM:
             pass
 
     def _handle(self, h, body: dict[str, Any]) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            self._answer(h, body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer(self, h, body: dict[str, Any]) -> None:
         request = decode(body, h.headers.get("authorization"))
         with self.lock:
             self.requests.append(request)
             step = self.plan.pop(0) if self.plan else "ok"
+        if step == "pair":
+            try:
+                self.pair.wait()
+            except threading.BrokenBarrierError:
+                self._send(h, 400, {"error": {"message": "no second request in flight"}})
+                return
+            step = "ok"
         if step == "block":
             self.blocked.set()
             self.release.wait(60)

@@ -223,6 +223,15 @@ def test_a_repeat_of_the_last_three_is_asked_again_then_left_empty(film, server)
     assert "repeats an earlier description" in server.requests[2]["text"]
 
 
+def test_local_setting_asks_several_slots_at_once_and_writes_them_in_order(film, server):
+    server.plan = ["pair", "pair"]  # the first two are answered only when both are in flight
+    opts = _opts(film, server.url, "endpoint.concurrency=2", setting="local")
+    track, _ = describe(film / "demo.mp4", opts)
+    assert server.most_in_flight == 2  # endpoint.concurrency
+    assert [r["index"] for r in track["slots"]] == [0, 1, 2, 3]
+    assert all(r["text"] and not r["selected"] for r in track["slots"])  # local: no context
+
+
 def test_card_without_a_server_is_one_line(film):
     opts = DescribeOptions(model="endpoint", ad_times=str(film / "slots.srt"), progress=False)
     with pytest.raises(LocomadError, match="needs endpoint.url and endpoint.model"):

@@ -788,7 +788,8 @@ def describe_slots(
     for i in range(0, len(todo), step):
         asks = []
         for slot in todo[i : i + step]:
-            context = describer.context(film, _earlier(film, history, slot, setting), slot)
+            earlier = _earlier(film, history, slot, setting)
+            context = [] if setting == "local" else describer.context(film, earlier, slot)
             avoid = [r["text"] for r in history if r["text"]][-n:] if n > 0 else []
             asks.append(film.ask(slot, context, avoid, wpm))
         for ask, answer in zip(asks, describer.ask(film, asks), strict=True):
