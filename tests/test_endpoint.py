@@ -232,6 +232,20 @@ def test_local_setting_asks_several_slots_at_once_and_writes_them_in_order(film,
     assert all(r["text"] and not r["selected"] for r in track["slots"])  # local: no context
 
 
+def test_cast_names_only_once_heard(film, server):
+    (film / "cast.txt").write_text("Leo\nAmy\n", encoding="utf-8")
+    server.answer = lambda request, step: f"Leo waves at {request['clock'].replace(':', '')}."
+    track, _ = describe(film / "demo.mp4", _opts(film, server.url, cast=str(film / "cast.txt")))
+    first, second = server.requests[0]["text"], server.requests[-3]["text"]
+    assert "No character's name has been said yet: use no name." in first
+    assert "names Leo, whom the film has not named yet" in server.requests[1]["text"]
+    assert "Names said so far: Leo." in second  # "I'm Leo." at 7.6 s, before slot 2
+    rows = track["slots"]
+    assert rows[0]["text"] == "" and rows[0]["empty"] == "names Leo before the film has said it"
+    assert rows[0]["asked"] == 3 and len(server.requests) == 6
+    assert rows[1]["text"] == "Leo waves at 000009."
+
+
 def test_card_without_a_server_is_one_line(film):
     opts = DescribeOptions(model="endpoint", ad_times=str(film / "slots.srt"), progress=False)
     with pytest.raises(LocomadError, match="needs endpoint.url and endpoint.model"):

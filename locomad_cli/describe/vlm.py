@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from locomad_cli.describe.context import film_so_far, select_clip, select_recent
-from locomad_cli.describe.describer import Answer, Ask, text_key, word_count
+from locomad_cli.describe.describer import Answer, Ask, text_key, uses_name, word_count
 from locomad_cli.utils import LocomadError
 
 if TYPE_CHECKING:
@@ -83,6 +83,11 @@ def again(first: str, last: str, why: str, budget: int) -> str:
     """The user turn that asks again: the first one without its last line (the length it
     asked for), then what was wrong with the last answer."""
     head = first.rsplit("\n", 1)[0]
+    if why.startswith("name:"):
+        return (
+            f'{head}\nYour answer "{last}" names {why[5:]}, whom the film has not named yet: '
+            f"say who by their look instead, in at most {budget} words."
+        )
     if why == "long":
         return (
             f'{head}\nYour answer "{last}" has {word_count(last)} words. Say the most '
@@ -178,8 +183,9 @@ class VLMDescriber:
             return list(pool.map(self.one, asks, images))
 
     def one(self, ask: Ask, images: np.ndarray) -> Answer:
-        """Ask, and ask again while the answer is over the budget or a repeat (at most
-        describer.shorter_tries more times); every usable answer is a candidate."""
+        """Ask, and ask again while the answer is a repeat, names someone unheard or is
+        over the budget (at most describer.shorter_tries more times); every usable answer is
+        a candidate."""
         frames = list(images)
         candidates: list[tuple[str, float | None]] = []
         notes: dict[str, Any] = {"budget": ask.budget}
@@ -193,8 +199,11 @@ class VLMDescriber:
                     notes["empty"] = why
                 break
             candidates.append((text, None))
+            name = uses_name(text, ask.unheard)
             if text_key(text) in banned:
                 user = again(first, text, "repeat", ask.budget)
+            elif name is not None:
+                user = again(first, text, f"name:{name}", ask.budget)
             elif word_count(text) > ask.budget:
                 user = again(first, text, "long", ask.budget)
             else:
