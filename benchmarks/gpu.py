@@ -15,13 +15,17 @@ Frames (the real features path, `extract_film` with the card's encoder):
   * `extract_film` itself (decode thread overlapping the encoder, chunk files, final write)
     and from it the projected time of a 2-hour film's 36,000 frames (target <= 90 s).
 
-Slots (the real describe loop, `describe._run_recurrent`, one slot at a time):
+Slots (the real describe loop, `describe_slots`, one slot at a time):
   * LoCoMAD of models/opt-2.7b.yaml at random init: OPT built from OPTConfig with OPT-2.7B's
     sizes directly on the GPU in bf16, the full-size PME (BERT-base Q-Former) and DSM, 3 beams,
     KV cache, 36 new tokens (min_new_tokens = max_new_tokens: a random model's end-of-sequence
     is arbitrary, and 36 is the longest a description may run); each slot's context is the
     previous generated descriptions, their CLIP text features (ViT-L/14 text tower, fp32 as
     describe loads it) and the DSM's top-k; median and p90 after a warm-up (target <= 150 ms).
+
+The local vision-language describer (benchmarks/vlm.py, `--part vlm`): card qwen2.5-vl-3b's
+model at Qwen2.5-VL-3B's sizes, random init, bf16, 8 frames of 448 px and 60 new tokens per
+slot through describe's loop; median and p90 per slot (no target).
 
 No model hub is needed: every network is built from its config. The LLM tokenizer is a
 synthetic word-level one of OPT's 50,265 entries (`w4` ... `w50264`), so the vocabulary, the
@@ -57,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extract import ffmpeg_decode, make_film, timed  # noqa: E402
+from vlm import bench_vlm, table_rows  # noqa: E402
 
 from locomad_cli.card import ModelCard, load_card, tiny_card  # noqa: E402
 from locomad_cli.features.clip import ClipEncoder, load_clip  # noqa: E402
@@ -306,7 +311,8 @@ def _recording(model, device: str) -> Iterator[list[dict[str, Any]]]:
 def bench_slots(card: ModelCard, device: str, slots: int, warmup: int, tiny: bool) -> dict:
     """Per-slot latency of describe's recurrent loop: one slot at a time, each description
     joining the next slots' context proposal (their CLIP text features computed once)."""
-    from locomad_cli.describe.film import DescribeOptions, TextFeatureCache, _run_recurrent
+    from locomad_cli.describe.describer import LocoMadDescriber
+    from locomad_cli.describe.film import TextFeatureCache, describe_slots
 
     start = time.perf_counter()
     model = build_model(card, device, tiny)
@@ -315,7 +321,8 @@ def bench_slots(card: ModelCard, device: str, slots: int, warmup: int, tiny: boo
     text = load_clip(card, device, torch.float32, load_weights=False)  # describe's text encoder
     film = slots_film(warmup + slots, card.clip.dim, card.fps)
     cache = TextFeatureCache(text.encode_text)
-    rows = _run_recurrent(model, film, cache, DescribeOptions(setting="recurrent"), [])
+    describer = LocoMadDescriber(model, cache, "recurrent", 1)
+    rows = describe_slots(describer, film, model.card, "recurrent", [])
     per_slot: list[dict[str, Any]] = []
     last = ""
     with _recording(model, device) as calls:
@@ -450,6 +457,8 @@ def table(res: dict[str, Any]) -> str:
             f"| prompt tokens per slot, mean | {statistics.mean(s['prompt_tokens']):.0f} | | |",
             f"| context items selected, mean | {statistics.mean(s['selected']):.1f} | | |",
         ]
+    if "vlm" in res:
+        lines += table_rows(res["vlm"])
     if res.get("peak_gpu_memory_gib") is not None:
         lines.append(f"| peak GPU memory | {res['peak_gpu_memory_gib']:.1f} GiB | | |")
     return "\n".join(lines)
@@ -461,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--device", help="default: cuda when there is one (required without --tiny)")
     ap.add_argument("--dtype", default="auto", help="CLIP dtype: auto = bf16 on GPUs that have it")
-    ap.add_argument("--part", choices=("all", "frames", "slots"), default="all")
+    ap.add_argument("--part", choices=("all", "frames", "slots", "vlm"), default="all")
     ap.add_argument("--film", help="a video of your own instead of the generated testsrc2 film")
     ap.add_argument("--seconds", type=float, help="generated film length (240; tiny 6)")
     ap.add_argument("--size", help="generated film size (1280x720; tiny 320x180)")
@@ -511,6 +520,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res["slots"] = bench_slots(
                 card, device, pick(args.slots, 50, 3), pick(args.warmup, 10, 1), tiny
             )
+        if args.part in ("all", "vlm"):
+            slots, warmup = pick(args.slots, 20, 2), pick(args.warmup, 2, 1)
+            res["vlm"] = bench_vlm(device, slots, warmup, tiny, Path(tmp))
     if device.startswith("cuda"):
         res["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     res["verdicts"] = {}

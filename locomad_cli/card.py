@@ -135,6 +135,68 @@ class LLMCard:
 
 
 @dataclass
+class DescriberCard:
+    """Which describer writes the descriptions, and what every describer is given."""
+
+    kind: str = "locomad"
+    """locomad (the trained model of this card) | vlm (a vision-language model, no training:
+    `vlm` and `endpoint` below)."""
+    frames: int = 8
+    """Frames decoded from the film per slot, evenly spaced (vlm)."""
+    frame_size: int = 448
+    """Short side, in pixels, of the frames a vlm is shown."""
+    words_per_minute: float = 160.0
+    """Speaking rate the budget is counted at: a slot of s seconds holds s * wpm / 60 words."""
+    shorter_tries: int = 2
+    """Times a vlm answer over the budget is asked again, shorter (0-2)."""
+
+
+@dataclass
+class ContextCard:
+    """How a vlm's context is chosen from the film so far (the DSM's job, without training)."""
+
+    select: str = "recent"
+    """recent (the last k items) | clip (the k items whose CLIP text features are nearest the
+    slot's mean frame feature, and the most recent one)."""
+    k: int = 5
+    max_tokens: int = 200
+    """The context's cap in tokens (words and punctuation), as the paper's 200."""
+
+
+@dataclass
+class VLMCard:
+    """A vision-language model: local (transformers) or behind an OpenAI-compatible server."""
+
+    backend: str = "local"
+    """local (AutoModelForImageTextToText) | endpoint (the `endpoint` section)."""
+    name: str | None = None
+    """Local backend: Hugging Face id or folder."""
+    dtype: str = "bf16"
+    """Weights dtype on GPU (fp32 on CPU): fp32 | fp16 | bf16."""
+    max_new_tokens: int = 60
+    gpu_memory_gb: float | None = None
+    """What the weights need on a GPU (stated on the card, from its size)."""
+
+
+@dataclass
+class EndpointCard:
+    """An OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama, llama.cpp...); its
+    key, if any, comes from the environment variable LOCOMAD_API_KEY."""
+
+    url: str | None = None
+    """Base URL up to /v1, e.g. http://127.0.0.1:8000/v1."""
+    model: str | None = None
+    """The model name the server knows (its /v1/models)."""
+    timeout: float = 120.0
+    """Seconds per request."""
+    retries: int = 4
+    """Tries after the first on connection errors, 429 and 5xx, backing off 1, 2, 4... s."""
+    backoff: float = 1.0
+    concurrency: int = 4
+    """Requests at once where order allows (--setting local or oracle)."""
+
+
+@dataclass
 class ModelCard:
     name: str
     clip: ClipCard = field(default_factory=ClipCard)
@@ -142,6 +204,10 @@ class ModelCard:
     pme: PMECard = field(default_factory=PMECard)
     dsm: DSMCard = field(default_factory=DSMCard)
     llm: LLMCard = field(default_factory=LLMCard)
+    describer: DescriberCard = field(default_factory=DescriberCard)
+    context: ContextCard = field(default_factory=ContextCard)
+    vlm: VLMCard = field(default_factory=VLMCard)
+    endpoint: EndpointCard = field(default_factory=EndpointCard)
     weights: str | None = None
     """Trained checkpoint: a local dir (relative to the repo for shipped cards) or an HF id."""
     description: str = ""
@@ -169,7 +235,16 @@ class ModelCard:
         return base / p
 
 
-_SECTIONS = {"clip": ClipCard, "pme": PMECard, "dsm": DSMCard, "llm": LLMCard}
+_SECTIONS = {
+    "clip": ClipCard,
+    "pme": PMECard,
+    "dsm": DSMCard,
+    "llm": LLMCard,
+    "describer": DescriberCard,
+    "context": ContextCard,
+    "vlm": VLMCard,
+    "endpoint": EndpointCard,
+}
 
 
 _POSITIVE = {
@@ -196,9 +271,23 @@ _POSITIVE = {
         f"llm.{k}"
         for k in ("max_context_tokens", "max_new_tokens", "num_beams", "max_target_tokens")
     ),
+    "describer.frames",
+    "describer.frame_size",
+    "describer.words_per_minute",
+    "context.k",
+    "context.max_tokens",
+    "vlm.max_new_tokens",
+    "endpoint.timeout",
+    "endpoint.concurrency",
 }
 """Card fields that must be > 0 (sizes, counts, rates, temperatures)."""
-_NON_NEGATIVE = {"dsm.proposal_len", "llm.min_new_tokens"}
+_NON_NEGATIVE = {
+    "dsm.proposal_len",
+    "llm.min_new_tokens",
+    "describer.shorter_tries",
+    "endpoint.retries",
+    "endpoint.backoff",
+}
 _AT_MOST = {
     "fps": 60,
     "pme.max_frames": 10_000,
@@ -221,6 +310,10 @@ _CHOICES = {
     "llm.dtype": ("auto", "fp32", "fp16", "bf16"),
     "pme.train_stage2": ("frozen", "all"),
     "llm.visual_norm": ("batch", "none"),
+    "describer.kind": ("locomad", "vlm"),
+    "context.select": ("recent", "clip"),
+    "vlm.backend": ("local", "endpoint"),
+    "vlm.dtype": ("fp32", "fp16", "bf16"),
 }
 
 
@@ -317,7 +410,10 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str = "") -> An
 
 
 def _check_card(card: ModelCard, where: str) -> None:
-    """Rules between fields, each of which the model relies on."""
+    """Rules between fields, each of which the model relies on (a vlm card uses none of
+    the LoCo-MAD model's sections)."""
+    if card.describer.kind == "vlm":
+        return
     pme, dsm, llm = card.pme, card.dsm, card.llm
     if pme.hidden_size % pme.num_heads:
         raise LocomadError(

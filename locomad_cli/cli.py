@@ -68,13 +68,13 @@ def _root(
 
 @app.command()
 @one_line_errors
-def doctor(model: str = MODEL_OPTION) -> None:
+def doctor(model: str = MODEL_OPTION, overrides: list[str] = SET_OPTION) -> None:
     """What this machine has for a model card: tools, CLIP/BERT/OPT weights in the local caches,
     trained LoCo-MAD weights, Java, CoreNLP, espeak-ng. Exit code 1 when the card cannot describe
     a film here (a row needed for `describe` is missing), 0 otherwise."""
     from locomad_cli.doctor import blocking, print_table, run_checks
 
-    rows = run_checks(model)
+    rows = run_checks(model, overrides)
     print_table(rows, model)
     if missing := ", ".join(r.name for r in blocking(rows)):
         what = f"model card '{model}' cannot describe a film on this machine: missing {missing}"

@@ -164,10 +164,44 @@ def _corenlp_check() -> Check:
     )
 
 
-def run_checks(model: str = "opt-2.7b") -> list[Check]:
+def _vlm_checks(card: ModelCard) -> list[Check]:
+    """A vision-language card: its server (answering, and listing the model at /v1/models),
+    or its local weights (in the hub's cache, or the hub reachable); CLIP only for
+    context.select: clip."""
+    rows = [_clip_check(card)] if card.context.select == "clip" else []
+    if card.vlm.backend == "endpoint":
+        from locomad_cli.describe.endpoint import server_models
+        from locomad_cli.describe.vlm import check_vlm
+
+        label = f"server ({card.endpoint.url or 'endpoint.url not set'})"
+        try:
+            check_vlm(card)
+            served = server_models(card)
+        except LocomadError as e:
+            return [*rows, Check(label, False, str(e), "describe")]
+        if card.endpoint.model not in served:
+            listed = ", ".join(served[:8]) or "none"
+            details = f"'{card.endpoint.model}' is not among the models it lists ({listed})"
+            return [*rows, Check(label, False, details, "describe")]
+        return [*rows, Check(label, True, f"serves {card.endpoint.model}", "describe")]
+    from locomad_cli.describe.local_vlm import missing_weights
+
+    label = f"vision-language model ({card.vlm.name})"
+    missing = missing_weights(card)
+    gpu = (
+        f"; needs about {card.vlm.gpu_memory_gb:g} GB of GPU memory"
+        if card.vlm.gpu_memory_gb
+        else ""
+    )
+    if missing:
+        return [*rows, Check(label, False, missing, "describe")]
+    return [*rows, Check(label, True, f"a folder, in the hub cache or on the hub{gpu}", "describe")]
+
+
+def run_checks(model: str = "opt-2.7b", overrides: list[str] | None = None) -> list[Check]:
     """Every check for this machine and card; never raises for a missing tool or file, only
     for a card that cannot be read."""
-    card = load_card(model)
+    card = load_card(model, overrides)
     rows: list[Check] = []
     for tool in ("ffmpeg", "ffprobe"):
         path = shutil.which(tool)
@@ -198,11 +232,12 @@ def run_checks(model: str = "opt-2.7b") -> list[Check]:
             "huggingface.co reachable" if hub else "unreachable: local caches only",
         )
     )
-    rows.append(_clip_check(card))
-    rows.append(_weights_check(card))
-    rows.append(_llm_check(card))
-    rows.append(_hf_model(f"PME init ({card.pme.init or 'none'})", card.pme.init, "train"))
-    if card.pme.tokenizer != "tiny":
+    if card.describer.kind == "vlm":
+        rows += _vlm_checks(card)
+    else:
+        rows += [_clip_check(card), _weights_check(card), _llm_check(card)]
+        rows.append(_hf_model(f"PME init ({card.pme.init or 'none'})", card.pme.init, "train"))
+    if card.describer.kind == "locomad" and card.pme.tokenizer != "tiny":
         rows.append(
             _hf_model(
                 f"PME tokenizer ({card.pme.tokenizer})", card.pme.tokenizer, "train", weights=False

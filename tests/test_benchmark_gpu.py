@@ -117,3 +117,26 @@ def test_without_a_gpu_the_full_run_refuses(bench, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.main([])
     assert "--tiny" in capsys.readouterr().err
+
+
+def test_tiny_run_times_the_local_vlm_loop(tiny_run):
+    res, _, printed = tiny_run
+    v = res["vlm"]
+    assert v["model"] == "tiny Qwen2.5-VL" and v["slots"] == len(v["per_slot_ms"]) == 2
+    assert all(_positive(t) for t in v["per_slot_ms"]) and _positive(v["load_s"])
+    assert v["params"] > 151936 * 32  # Qwen's full vocabulary, tiny layers
+    assert "vlm describe per slot, median of 2" in printed
+
+
+def test_full_vlm_is_qwen2_5_vl_3b_sizes(bench):
+    """The GPU run's VLM, on the meta device: Qwen2.5-VL-3B's parameter count."""
+    import vlm
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config=vlm.QWEN25_VL_3B_TEXT, vision_config=vlm.QWEN25_VL_3B_VISION
+    )
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    n = sum(p.numel() for p in model.parameters())
+    assert 3.7e9 < n < 3.8e9

@@ -1,8 +1,10 @@
 """`locomad describe`: a film (+ subtitles) in, an audio-description track out.
 
-The loop of the paper's recurrent setting: slots in film order; for slot i the context
-proposal holds the previous `proposal_len` *generated* descriptions with their subtitles, the
-DSM picks top-k of them, the LLM writes description i, and it joins the proposal. `oracle`
+The loop of the paper's recurrent setting: slots in film order; slot i is asked of the card's
+describer (describer.py: the trained LoCo-MAD model, or a vision-language model, vlm.py) with
+the context it picks from the descriptions so far. For LoCo-MAD the context proposal holds the
+previous `proposal_len` *generated* descriptions with their subtitles, the DSM picks top-k of
+them, the LLM writes description i, and it joins the proposal. `oracle`
 fills the proposal with reference descriptions instead (the paper's upper bound), `local`
 leaves it empty. Every description's CLIP text features are computed once and kept, so the
 cost of a slot does not grow with its index.
@@ -20,13 +22,23 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
+from locomad_cli.describe.describer import (
+    Answer,
+    Ask,
+    Describer,
+    LocoMadDescriber,
+    about,
+    budget_words,
+    choose,
+    uses_name,
+)
 from locomad_cli.lock import lock_path, output_lock
 from locomad_cli.progress import progress_bar
 from locomad_cli.slots.plan import Slot, plan_film, slots_from_times
@@ -45,7 +57,7 @@ from locomad_cli.utils import (
 if TYPE_CHECKING:
     import torch
 
-    from locomad_cli.data.records import ClipRecord, ContextItem
+    from locomad_cli.data.records import ClipRecord
 
 # torch (and the records that need it) are imported where they are used: every check of the
 # user's input runs first, so a bad file is refused in a fraction of a second, not after the
@@ -239,7 +251,8 @@ def plan_slots(
 
 NO_WEIGHTS = (
     "no trained LoCo-MAD weights for model card '{card}' ({where}): none are published for "
-    "the OPT cards, so train them first (README, 'Describing your own film') and pass "
+    "the OPT cards: describe without training with a vision-language model (--model endpoint "
+    "or qwen2.5-vl-3b; README, 'Describing your own film'), or train them and pass "
     "--weights RUN/model, or try the shipped demo (--model demo)"
 )
 
@@ -249,6 +262,11 @@ def check_weights_exist(opts: DescribeOptions, card: ModelCard) -> None:
     likely first error of a new user, so it says what to do."""
     from locomad_cli.utils import hub_reachable
 
+    if card.describer.kind == "vlm":
+        from locomad_cli.describe.vlm import check_vlm
+
+        check_vlm(card)
+        return
     if opts.weights:
         given = Path(opts.weights).expanduser()
         if not given.exists() and not _hub_id(opts.weights):  # a hub id: its loader says more
@@ -291,6 +309,8 @@ def _identity(video: Path, card: ModelCard, opts: DescribeOptions, slots: list[S
         "reference": Path(opts.reference).name if opts.reference else None,
         "subtitles": Path(opts.subs).name if opts.subs else None,
         "cast": Path(opts.cast).name if opts.cast else None,
+        # who describes, but not where the server is: a resumed run may reach it elsewhere
+        "describer": {k: v for k, v in about(card).items() if k != "url"},
         "slots": [[s.start, s.end] for s in slots],
     }
 
@@ -366,6 +386,8 @@ class Film:
     fps: float = 5.0
     names: list[str] = field(default_factory=list)
     """Names a description may use only once heard (the card's llm.names and --cast)."""
+    video: Path | None = None
+    """The film itself, for describers that look at its frames."""
 
     def __post_init__(self) -> None:
         # each slot's and each reference's dialogue, computed once (cost per slot stays flat)
@@ -379,7 +401,16 @@ class Film:
         subtitles.dialogue_windows)."""
         return self._dialogue[id(item)]
 
-    def record(self, slot: Slot, context: list[ContextItem], cache: TextFeatureCache) -> ClipRecord:
+    def ask(self, slot: Slot, context: list[Any], avoid: list[str], wpm: float) -> Ask:
+        """A slot's Ask: its dialogue, the context, the cast names said so far (in the
+        dialogue or a context item) and its budget in words at `wpm`."""
+        dialogue = self.dialogue(slot)
+        said = " ".join([dialogue, *(f"{c.text} {getattr(c, 'subtitle', '')}" for c in context)])
+        heard = [n for n in self.names if uses_name(said, [n])]
+        unheard = [n for n in self.names if n not in heard]
+        return Ask(slot, dialogue, context, heard, unheard, budget_words(slot, wpm), avoid)
+
+    def record(self, slot: Slot, context: list[Any], cache: TextFeatureCache) -> ClipRecord:
         """The ClipRecord of a slot with the given context proposal."""
         from locomad_cli.data.records import ClipRecord
 
@@ -405,6 +436,8 @@ class Models:
     model: Any = None
     encode_text: TextEncoder | None = None
     failed: bool = False
+    vlm: dict[str, Any] = field(default_factory=dict)
+    """Vision-language backends by card (describe/vlm.py), started once."""
     clips: dict[tuple[str, str], Any] = field(default_factory=dict)
     """CLIP encoders by (device, dtype): the text encoder, and the image encoder of films
     whose features are extracted on the way (on the CPU both are the same one)."""
@@ -449,28 +482,63 @@ def describe(
 ) -> tuple[dict[str, Any], list[Path]]:
     """Describe one film; returns the track (see writers.py) and the files written.
 
-    `model` (a LoCoMAD) and `encode_text` replace loading them from the card (tests, and
-    library users who describe many films with one model); `models` keeps what this call
-    loads for the next one (describe_many). `on_description` sees each slot's result as it
-    is written. Every input is checked before anything is loaded or written."""
+    What the describer needs is taken from `models` (loaded there by the first film that
+    needs it, then reused: describe_many); `model` (a LoCoMAD) and `encode_text` are put into
+    it first (tests, and library users who already hold them). `on_description` sees each
+    slot's result as it is written. Every input is checked before anything is loaded or
+    written."""
     video = Path(video)
-    if models is not None:
-        model = model if model is not None else models.model
-        encode_text = encode_text if encode_text is not None else models.encode_text
+    models = models if models is not None else Models()
+    models.model = model if model is not None else models.model
+    models.encode_text = encode_text if encode_text is not None else models.encode_text
+    inputs = _read_inputs(video, opts, models)
+    with (
+        _no_trace_on_bad_input(inputs.out_dir),
+        output_lock(lock_path(inputs.out_dir, video.stem)),  # one writer per film's outputs
+        torch_threads(opts.threads, False, opts.device),
+    ):
+        film, slot_plan = _film(video, opts, inputs)
+        run = _Run(
+            inputs.out_dir / f"{film.name}.ad.progress.jsonl",
+            _identity(video, inputs.card, opts, film.slots),
+        )
+        run.done = _done_so_far(run, opts)
+        describer = _describer(video, film, inputs, opts, models)
+        track = _track_head(video, film, inputs, opts, slot_plan)
+        rows = describe_slots(describer, film, inputs.card, opts.setting, run.done)
+        paths = _write_track(track, rows, run, opts, inputs, on_description)
+    return track, paths
+
+
+@dataclass
+class _Inputs:
+    """One film's inputs, checked before anything is loaded or written."""
+
+    card: ModelCard
+    formats: str
+    out_dir: Path
+    subtitles: list[Cue]
+    cast: list[str]
+    refs: list[Cue]
+    duration: float
+    features: torch.Tensor | None = None
+    meta: dict[str, Any] | None = None
+
+
+def _read_inputs(video: Path, opts: DescribeOptions, models: Models) -> _Inputs:
     formats = check_options(opts)
     if opts.setting == "oracle" and not opts.reference:
         raise LocomadError("--setting oracle needs --reference (the reference descriptions)")
-    card = model.card if model is not None else load_card(opts.model, opts.overrides)
-    if model is None:
+    given = models.model is not None
+    card = models.model.card if given else load_card(opts.model, opts.overrides)
+    if not given:
         check_weights_exist(opts, card)
-    out_dir = Path(opts.output_dir) if opts.output_dir else video.parent
     subtitles = read_cues(opts.subs, opts.subs_encoding) if opts.subs else []
     cast = read_cast(opts.cast) if opts.cast else []
     refs = [c for c in read_timed(opts.reference) if c.text] if opts.reference else []
     if opts.setting == "oracle" and not refs:
         raise LocomadError(f"{opts.reference}: no reference description with text")
     refs.sort(key=lambda c: (c.start, c.end))
-
     features = meta = None
     if opts.features:
         from locomad_cli.features.extract import load_features
@@ -483,99 +551,141 @@ def describe(
     duration = _film_duration(video, meta, features)
     if opts.ad_times:  # given slots are checked before anything is written
         slots_from_times(opts.ad_times, duration)
+    out_dir = Path(opts.output_dir) if opts.output_dir else video.parent
+    return _Inputs(card, formats, out_dir, subtitles, cast, refs, duration, features, meta)
 
-    with (
-        _no_trace_on_bad_input(out_dir),
-        output_lock(lock_path(out_dir, video.stem)),  # one writer per film's outputs
-        torch_threads(opts.threads, False, opts.device),
-    ):
-        slots, slot_plan = plan_slots(opts, subtitles, duration, video, out_dir)
-        _warn_mismatches(opts, subtitles, slots, duration)
-        film = Film(
-            video.stem, slots, subtitles, refs, features, float((meta or {}).get("fps") or card.fps)
+
+def _film(video: Path, opts: DescribeOptions, inputs: _Inputs) -> tuple[Film, dict | None]:
+    """The film's slots (planned or given) and what the loop needs of it."""
+    slots, slot_plan = plan_slots(opts, inputs.subtitles, inputs.duration, video, inputs.out_dir)
+    _warn_mismatches(opts, inputs.subtitles, slots, inputs.duration)
+    fps = float((inputs.meta or {}).get("fps") or inputs.card.fps)
+    film = Film(video.stem, slots, inputs.subtitles, inputs.refs, inputs.features, fps)
+    film.names = list(dict.fromkeys([*inputs.card.llm.names, *inputs.cast]))
+    film.video = video
+    return film, slot_plan
+
+
+@dataclass
+class _Run:
+    """The progress file of one film's run and the slots it already holds."""
+
+    path: Path
+    identity: dict[str, Any]
+    done: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _done_so_far(run: _Run, opts: DescribeOptions) -> list[dict[str, Any]]:
+    if opts.resume and run.path.is_file():
+        return _read_progress(run.path, run.identity)
+    if run.path.is_file():
+        raise LocomadError(
+            f"{run.path} holds an unfinished run: pass --resume to continue it, or delete it"
         )
-        film.names = list(dict.fromkeys([*card.llm.names, *cast]))
-        progress_path = out_dir / f"{film.name}.ad.progress.jsonl"
-        identity = _identity(video, card, opts, slots)
-        done: list[dict[str, Any]] = []
-        if opts.resume and progress_path.is_file():
-            done = _read_progress(progress_path, identity)
-        elif progress_path.is_file():
+    return []
+
+
+def _needs_clip(card: ModelCard) -> bool:
+    """Whether the describer needs the film's CLIP features and the CLIP text encoder."""
+    return card.describer.kind == "locomad" or card.context.select == "clip"
+
+
+def _describer(
+    video: Path, film: Film, inputs: _Inputs, opts: DescribeOptions, models: Models
+) -> Describer:
+    """The card's describer, with what it needs loaded (into `models`, for the next film)."""
+    card = inputs.card
+    device = resolve_device(opts.device)
+    if card.describer.kind == "locomad" and models.model is None:
+        with _loading(models):
+            models.model = _load_model(opts, card, device)
+    if _needs_clip(card) and film.features is None:
+        out = inputs.out_dir
+        film.features, inputs.meta = _features_for(video, card, out, device, opts, models)
+        film.fps = float(inputs.meta.get("fps") or card.fps)
+    if _needs_clip(card) and models.encode_text is None:
+        import torch
+
+        with _loading(models):
+            models.encode_text = models.clip(card, device, torch.float32).encode_text
+    cache = TextFeatureCache(models.encode_text) if models.encode_text is not None else None
+    if card.describer.kind == "locomad":
+        _warn_unfamiliar(card, video, inputs.duration)
+        return LocoMadDescriber(models.model, cache, opts.setting, opts.batch_size)
+    from locomad_cli.describe.vlm import vlm_describer
+
+    with _loading(models):
+        return vlm_describer(card, film, cache, device, models.vlm, opts.setting)
+
+
+def _track_head(
+    video: Path, film: Film, inputs: _Inputs, opts: DescribeOptions, slot_plan: dict | None
+) -> dict[str, Any]:
+    card = inputs.card
+    track = {
+        "film": film.name,
+        "card": card.name,
+        "setting": opts.setting,
+        "tool": "locomad",
+        "version": __version__,
+        "weights": card.weights,
+        "describer": about(card),
+        "subtitles_file": str(opts.subs) if opts.subs else None,
+        "cast_file": str(opts.cast) if opts.cast else None,
+        "film_duration": round(inputs.duration, 3),
+        "film_source": _film_source(video, inputs.meta),
+        "slots": [],
+    }
+    if slot_plan is not None:
+        track["slot_plan"] = slot_plan
+    return track
+
+
+def _write_track(
+    track: dict[str, Any],
+    rows: Iterator[dict[str, Any]],
+    run: _Run,
+    opts: DescribeOptions,
+    inputs: _Inputs,
+    on_description: Callable[[dict[str, Any]], None] | None,
+) -> list[Path]:
+    """Each slot's row appended to the progress file as it comes, then the tracks written
+    atomically and the progress file removed."""
+    total = len(run.identity["slots"])
+    try:
+        with (
+            write_errors(run.path),
+            open(run.path, "ab" if run.done else "wb", buffering=0) as pf,
+            progress_bar("describing", total, opts.progress, "slots") as bar,
+        ):
+            if not run.done:
+                _append(pf, {"identity": run.identity})
+            track["slots"].extend(run.done)
+            bar(len(run.done))
+            for row in rows:
+                _append(pf, row)
+                track["slots"].append(row)
+                bar(len(track["slots"]))
+                if on_description is not None:
+                    on_description(row)
+        with write_errors(inputs.out_dir / f"{track['film']}.ad.*"):
+            paths = get_writer(inputs.formats, inputs.out_dir)(track, track["film"])
+    except BaseException as e:
+        if not track["slots"] and not run.done:  # nothing to resume: leave no progress file
+            run.path.unlink(missing_ok=True)
+        elif isinstance(e, LocomadError) and "cannot write" in str(e):
             raise LocomadError(
-                f"{progress_path} holds an unfinished run: pass --resume to continue it, "
-                "or delete it"
-            )
-        device = resolve_device(opts.device)
-        if model is None:
-            with _loading(models):
-                model = _load_model(opts, card, device)
-            if models is not None:
-                models.model = model
-        if film.features is None:
-            film.features, meta = _features_for(video, card, out_dir, device, opts, models)
-            film.fps = float(meta.get("fps") or card.fps)
-        _warn_unfamiliar(card, video, duration)
-        if encode_text is None:
-            import torch
-
-            from locomad_cli.features.clip import load_clip
-
-            with _loading(models):
-                clip = models.clip if models is not None else load_clip
-                encode_text = clip(card, device, torch.float32).encode_text
-            if models is not None:
-                models.encode_text = encode_text
-        track = {
-            "film": film.name,
-            "card": card.name,
-            "setting": opts.setting,
-            "tool": "locomad",
-            "version": __version__,
-            "weights": card.weights,
-            "subtitles_file": str(opts.subs) if opts.subs else None,
-            "cast_file": str(opts.cast) if opts.cast else None,
-            "film_duration": round(duration, 3),
-            "film_source": _film_source(video, meta),
-            "slots": [],
-        }
-        if slot_plan is not None:
-            track["slot_plan"] = slot_plan
-        runner = _run_recurrent if opts.setting == "recurrent" else _run_batched
-        rows = runner(model, film, TextFeatureCache(encode_text), opts, done)
-        try:
-            with (
-                write_errors(progress_path),
-                open(progress_path, "ab" if done else "wb", buffering=0) as pf,
-                progress_bar("describing", len(slots), opts.progress, "slots") as bar,
-            ):
-                if not done:
-                    _append(pf, {"identity": identity})
-                track["slots"].extend(done)
-                bar(len(done))
-                for row in rows:
-                    _append(pf, row)
-                    track["slots"].append(row)
-                    bar(len(track["slots"]))
-                    if on_description is not None:
-                        on_description(row)
-            with write_errors(out_dir / f"{film.name}.ad.*"):
-                paths = get_writer(formats, out_dir)(track, film.name)
-        except BaseException as e:
-            if not track["slots"] and not done:  # nothing to resume: leave no progress file
-                progress_path.unlink(missing_ok=True)
-            elif isinstance(e, LocomadError) and "cannot write" in str(e):
-                raise LocomadError(
-                    f"{e}; {len(track['slots'])} of {len(slots)} descriptions are kept in "
-                    f"{progress_path}: free some space and run the same command with --resume"
-                ) from None
-            elif isinstance(e, OSError) and path_error_line(e):  # a folder where a track goes
-                raise LocomadError(
-                    f"{path_error_line(e)}; {len(track['slots'])} of {len(slots)} descriptions "
-                    f"are kept in {progress_path}: then run the same command with --resume"
-                ) from None
-            raise
-        progress_path.unlink()
-    return track, paths
+                f"{e}; {len(track['slots'])} of {total} descriptions are kept in "
+                f"{run.path}: free some space and run the same command with --resume"
+            ) from None
+        elif isinstance(e, OSError) and path_error_line(e):  # a folder where a track goes
+            raise LocomadError(
+                f"{path_error_line(e)}; {len(track['slots'])} of {total} descriptions "
+                f"are kept in {run.path}: then run the same command with --resume"
+            ) from None
+        raise
+    run.path.unlink()
+    return paths
 
 
 def _warn_unfamiliar(card: ModelCard, video: Path, duration: float) -> None:
@@ -671,84 +781,62 @@ def _film_source(video: Path, meta: dict[str, Any] | None) -> dict[str, str] | N
     return None
 
 
-def _row(slot: Slot, record: ClipRecord, gen) -> dict[str, Any]:
-    scores = list(gen.scores) + [None] * (len(gen.selected) - len(gen.scores))
-    nbest = getattr(gen, "candidates", None) or [(gen.text, None)]
+def describe_slots(
+    describer: Describer, film: Film, card: ModelCard, setting: str, done: list[dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    """The loop: the film's slots after the `done` ones, in film order, each asked of the
+    describer with the context it picks from the descriptions so far (recurrent: the
+    generated ones; oracle: the references before the slot; local: none), and each row
+    yielded as it is chosen. Recurrent asks one slot at a time (slot i needs description
+    i-1) and a description may not repeat one of the last llm.avoid_repeats (a model fed its
+    own output can lock into copying it); the other settings ask `describer.batch` at once."""
+    history = list(done)
+    n = card.llm.avoid_repeats if setting == "recurrent" else 0
+    wpm, budgeted = card.describer.words_per_minute, card.describer.kind == "vlm"
+    todo = film.slots[len(done) :]
+    step = 1 if setting == "recurrent" else max(1, describer.batch)
+    for i in range(0, len(todo), step):
+        asks = []
+        for slot in todo[i : i + step]:
+            earlier = _earlier(film, history, slot, setting)
+            context = [] if setting == "local" else describer.context(film, earlier, slot)
+            avoid = [r["text"] for r in history if r["text"]][-n:] if n > 0 else []
+            asks.append(film.ask(slot, context, avoid, wpm))
+        for ask, answer in zip(asks, describer.ask(film, asks), strict=True):
+            row = _row(ask, answer, budgeted)
+            history.append(row)
+            yield row
+
+
+def _earlier(
+    film: Film, history: list[dict[str, Any]], slot: Slot, setting: str
+) -> list[dict[str, Any]]:
+    """The descriptions a slot's context is chosen from, oldest first."""
+    if setting == "recurrent":
+        return history
+    if setting == "local":
+        return []
+    return [
+        {"text": r.text, "subtitles": film.dialogue(r), "start": r.start, "end": r.end}
+        for r in film.references
+        if r.start < slot.start
+    ]
+
+
+def _row(ask: Ask, answer: Answer, budgeted: bool) -> dict[str, Any]:
+    """A slot's row of the track: the description `choose` keeps, and why it is empty."""
+    text, notes = choose(answer, ask, budget=budgeted)
+    slot = ask.slot
     return {
         "index": slot.index,
         "start": slot.start,
         "end": slot.end,
-        "text": gen.text.strip(),
-        "selected": [
-            {
-                "text": record.context[j].text,
-                "subtitle": record.context[j].subtitle,
-                "start": record.context[j].start,
-                "end": record.context[j].end,
-                "score": None if s is None else float(s),
-            }
-            for j, s in zip(gen.selected, scores, strict=True)
-        ],
-        "subtitles": record.subtitle,
+        "text": text,
+        "selected": answer.selected,
+        "subtitles": ask.dialogue,
         "source": slot.source,
         **({"shots": [list(b) for b in slot.shots]} if slot.shots else {}),
         **({"why": slot.why} if slot.why is not None else {}),
-        "candidates": [
-            {"text": t.strip(), "score": None if sc is None else round(float(sc), 5)}
-            for t, sc in nbest
-        ],
+        "candidates": [{"text": t, "score": sc} for t, sc in answer.candidates],
+        **notes,
     }
-
-
-def _generate(
-    model,
-    records: list[ClipRecord],
-    setting: str,
-    names: list[str],
-    avoid: list[list[str]] | None = None,
-):
-    from locomad_cli.data.records import collate
-
-    card = model.card
-    batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
-    local = "local" if setting == "local" else "context"
-    return model.generate(batch, setting=local, avoid=avoid, names=names)
-
-
-def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):
-    """One slot at a time: each description joins the proposal of the next ones, and may
-    not repeat one of the last llm.avoid_repeats word for word (a model fed its own output
-    can lock into copying it)."""
-    from locomad_cli.data.records import ContextItem
-
-    p, n = model.card.dsm.proposal_len, model.card.llm.avoid_repeats
-    history = [ContextItem(r["text"], r.get("subtitles", ""), r["start"], r["end"]) for r in done]
-    for slot in film.slots[len(done) :]:
-        record = film.record(slot, history[-p:] if p > 0 else [], cache)
-        avoid = [[h.text for h in history[-n:]]] if n > 0 else None
-        row = _row(slot, record, _generate(model, [record], "recurrent", film.names, avoid)[0])
-        history.append(ContextItem(row["text"], row["subtitles"], slot.start, slot.end))
-        yield row
-
-
-def _run_batched(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):
-    """Oracle and local: slots do not depend on each other, so they go in batches."""
-    from locomad_cli.data.records import ContextItem
-
-    p = model.card.dsm.proposal_len
-    todo = film.slots[len(done) :]
-    for i in range(0, len(todo), opts.batch_size):
-        chunk = todo[i : i + opts.batch_size]
-        records = []
-        for slot in chunk:
-            context = []
-            if opts.setting == "oracle":
-                context = [
-                    ContextItem(r.text, film.dialogue(r), r.start, r.end)
-                    for r in oracle_context(film.references, slot, p)
-                ]
-            records.append(film.record(slot, context, cache))
-        for slot, record, gen in zip(
-            chunk, records, _generate(model, records, opts.setting, film.names), strict=True
-        ):
-            yield _row(slot, record, gen)
