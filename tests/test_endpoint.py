@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_server import FakeVLM
+from helpers.openai_server import FakeVLM
 
 from locomad_cli.describe.film import DescribeOptions, describe
 from locomad_cli.utils import LocomadError
