@@ -708,8 +708,14 @@ def voice_cmd(
     duck_ramp: float = typer.Option(
         0.2, "--duck-ramp", help="Fade into and out of the dip (s). Default: 0.2."
     ),
+    spec: str = typer.Option(
+        "ebu",
+        "--spec",
+        help="Loudness spec: ebu (R128: -23 LUFS integrated, -1 dBTP) | netflix (-27 LKFS "
+        "dialogue-gated ±2, -2 dBTP). Default: ebu.",
+    ),
     loudness: float = typer.Option(
-        -23.0, "--loudness", help="Integrated loudness of the mix (LUFS). Default: -23 (R128)."
+        None, "--loudness", help="Loudness target of the mix (LUFS). Default: the --spec's."
     ),
     ad_level: float = typer.Option(
         0.0, "--ad-level", help="AD loudness relative to the programme (LU). Default: 0."
@@ -751,6 +757,7 @@ def voice_cmd(
         mix=MixOptions(
             duck_db=duck,
             ramp=duck_ramp,
+            spec=spec,
             loudness=loudness,
             ad_level=ad_level,
             language=language,
