@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
+from locomad_cli.describe import rules
 from locomad_cli.slots.plan import Slot, plan_film, slots_from_times
 from locomad_cli.threads import torch_threads
 from locomad_cli.tracks.readers import Cue, read_cues, read_text, read_timed, slot_dialogue
@@ -553,6 +554,7 @@ def describe(
                     bar(len(track["slots"]))
                     if on_description is not None:
                         on_description(row)
+            track["rules"] = rules.summary(track["slots"])
             with write_errors(out_dir / f"{film.name}.ad.*"):
                 paths = get_writer(formats, out_dir)(track, film.name)
         except BaseException as e:
@@ -717,6 +719,7 @@ def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOpt
         record = film.record(slot, history[-p:] if p > 0 else [], cache)
         avoid = [[h.text for h in history[-n:]]] if n > 0 else None
         row = _row(slot, record, _generate(model, [record], "recurrent", film.names, avoid)[0])
+        rules.apply(row, [h.text for h in history[-n:]] if n > 0 else [], film.names)
         history.append(ContextItem(row["text"], row["subtitles"], slot.start, slot.end))
         yield row
 
@@ -741,7 +744,7 @@ def _run_batched(model, film: Film, cache: TextFeatureCache, opts: DescribeOptio
         for slot, record, gen in zip(
             chunk, records, _generate(model, records, opts.setting, film.names), strict=True
         ):
-            yield _row(slot, record, gen)
+            yield rules.apply(_row(slot, record, gen), [], film.names)
 
 
 def _same_terminal() -> bool:

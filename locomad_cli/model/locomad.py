@@ -7,7 +7,6 @@ Entry points take a `ClipBatch` (data/records.py) and tokenize text themselves:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
+from locomad_cli.describe.rules import is_repeat, names_heard, text_key
 from locomad_cli.model.decoder import Decoder, NameTokens, VisualHook, load_llm
 from locomad_cli.model.dsm import DSM, Selection
 from locomad_cli.model.pme import PME, on_query_path
@@ -175,7 +175,7 @@ class LoCoMAD(nn.Module):
             max_length=self.card.pme.max_text_len,
             return_tensors="pt",
         ).to(self.device)
-        norm = [_text_key(t) for t in batch.texts]
+        norm = [text_key(t) for t in batch.texts]
         same = torch.tensor([[a == b for b in norm] for a in norm], device=self.device)
         return self.pme.stage1_losses(
             frames,
@@ -235,7 +235,7 @@ class LoCoMAD(nn.Module):
             gen, margin = self.decoder.loss_with_contrast(
                 q, previous, items, batch.subtitles, batch.texts
             )
-            norm = [_text_key(t) for t in batch.texts]
+            norm = [text_key(t) for t in batch.texts]
             differs = torch.tensor(
                 [a != b for a, b in zip(norm, norm[-1:] + norm[:-1], strict=True)],
                 device=margin.device,
@@ -337,12 +337,10 @@ class LoCoMAD(nn.Module):
         if len(avoid) != len(nbest):
             raise LocomadError("avoid needs one text list per clip")
 
-        banned = [{_text_key(t) for t in a} for a in avoid]
+        def first_new(cands: list[tuple[str, float]], recent: list[str]) -> str | None:
+            return next((t for t, _ in cands if not is_repeat(t, recent)), None)
 
-        def first_new(cands: list[tuple[str, float]], ban: set[str]) -> str | None:
-            return next((t for t, _ in cands if _text_key(t) not in ban), None)
-
-        texts = [first_new(c, b) for c, b in zip(nbest, banned, strict=True)]
+        texts = [first_new(c, a) for c, a in zip(nbest, avoid, strict=True)]
         again = [i for i, t in enumerate(texts) if t is None]
         beams = max(self.card.llm.avoid_beams, self.card.llm.num_beams, 2)
         if again:
@@ -355,7 +353,7 @@ class LoCoMAD(nn.Module):
                 names=None if rules is None else [rules[i] for i in again],
             )
             for i, cands in zip(again, more, strict=True):
-                texts[i] = first_new(cands, banned[i])
+                texts[i] = first_new(cands, avoid[i])
         return [t if t is not None else c[0][0] for t, c in zip(texts, nbest, strict=True)]
 
 
@@ -367,8 +365,7 @@ def unheard_names(
     What a listener has not heard named, the description does not name either: it has to
     say who by other words ("a man in a green coat") until the film has said the name."""
     said = " ".join([subtitle, *(f"{it.text} {it.subtitle}" for it in items)])
-    heard = [n for n in names if re.search(rf"\b{re.escape(n)}\b", said, re.IGNORECASE)]
-    return [n for n in names if n not in heard], heard
+    return names_heard(names, said)
 
 
 def card_path(card: ModelCard, spec: str) -> str:
@@ -381,11 +378,6 @@ def card_path(card: ModelCard, spec: str) -> str:
     card_dir = Path(card.source).resolve().parent if card.source else MODELS_DIR
     base = MODELS_DIR.parent if card_dir == MODELS_DIR else card_dir
     return str(base / p) if (base / p).exists() else spec
-
-
-def _text_key(text: str) -> str:
-    """A description as descriptions are compared: case and spacing aside."""
-    return " ".join(text.lower().split())
 
 
 def _pick(contexts: list[list[ContextItem]], indices: list[list[int]]) -> list[list[ContextItem]]:
