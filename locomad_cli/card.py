@@ -110,6 +110,12 @@ class LLMCard:
     copying it; when the best candidate is such a repeat, the best other candidate of
     `avoid_beams` beams is taken (docs/model.md has the measurements)."""
     avoid_beams: int = 4
+    length_weight: float = 1.0
+    """Describe to fit: candidates are ranked by score - length_weight x (words over the
+    slot's budget), so the best candidate a voice can say in the slot comes first and the
+    longer ones stay behind it in the n-best (0: rank by score alone)."""
+    words_per_minute: float = 170.0
+    """The speaking rate a slot's word budget is counted at (`locomad voice --rate`)."""
     max_target_tokens: int = 36
     prompt: str = "Describe the scene:"
     """Final instruction placed after the visual and context prompts."""

@@ -704,7 +704,8 @@ def _generate(
     card = model.card
     batch = collate(records, card.pme.max_frames, card.dsm.proposal_len)
     local = "local" if setting == "local" else "context"
-    return model.generate(batch, setting=local, avoid=avoid, names=names)
+    budgets = [(r.end - r.start) * card.llm.words_per_minute / 60 for r in records]
+    return model.generate(batch, setting=local, avoid=avoid, names=names, budgets=budgets)
 
 
 def _run_recurrent(model, film: Film, cache: TextFeatureCache, opts: DescribeOptions, done):

@@ -270,6 +270,7 @@ class LoCoMAD(nn.Module):
         visual: VisualHook | None = None,
         avoid: list[list[str]] | None = None,
         names: list[str] | None = None,
+        budgets: list[float] | None = None,
     ) -> list[Generation]:
         """Describe each clip. `context`: the DSM picks the items (or `selection_override`
         gives indices into batch.contexts[i]); `local`: no context items, same path.
@@ -277,7 +278,9 @@ class LoCoMAD(nn.Module):
         texts clip i's description may not equal (the recurrent loop's previous
         descriptions, llm.avoid_repeats); see `_avoid_repeats`. `names` (default
         llm.names): character names a description may use only once its prompt holds them
-        (the slot's dialogue or a chosen context item); see `unheard_names`."""
+        (the slot's dialogue or a chosen context item); see `unheard_names`. `budgets[i]`:
+        the words clip i's slot has time for; candidates are ranked to fit it
+        (`rank_to_budget`, llm.length_weight) before anything is chosen."""
         if setting not in SETTINGS:
             raise LocomadError(f"unknown setting '{setting}' (choose {', '.join(SETTINGS)})")
         was = self.training
@@ -310,9 +313,16 @@ class LoCoMAD(nn.Module):
                     for subtitle, its in zip(batch.subtitles, items, strict=True)
                 ]
             nbest = self.decoder.generate_nbest(q, items, batch.subtitles, visual, names=rules)
+            if budgets is not None and self.card.llm.length_weight > 0:
+                if len(budgets) != n:
+                    raise LocomadError("budgets needs one word budget per clip")
+                w = self.card.llm.length_weight
+                nbest = [rank_to_budget(c, b, w) for c, b in zip(nbest, budgets, strict=True)]
             texts = [c[0][0] for c in nbest]
             if avoid is not None:
-                texts = self._avoid_repeats(q, items, batch.subtitles, visual, nbest, avoid, rules)
+                texts = self._avoid_repeats(
+                    q, items, batch.subtitles, visual, nbest, avoid, rules, budgets
+                )
         finally:
             self.train(was)
         return [
@@ -329,6 +339,7 @@ class LoCoMAD(nn.Module):
         nbest: list[list[tuple[str, float]]],
         avoid: list[list[str]],
         rules: list[NameTokens] | None = None,
+        budgets: list[float] | None = None,
     ) -> list[str]:
         """Per clip, the best candidate that is not word for word one of `avoid[i]`
         (compared case- and space-insensitively); clips whose every candidate is avoided are
@@ -353,8 +364,24 @@ class LoCoMAD(nn.Module):
                 names=None if rules is None else [rules[i] for i in again],
             )
             for i, cands in zip(again, more, strict=True):
+                if budgets is not None and self.card.llm.length_weight > 0:
+                    cands = rank_to_budget(cands, budgets[i], self.card.llm.length_weight)
                 texts[i] = first_new(cands, avoid[i])
         return [t if t is not None else c[0][0] for t, c in zip(texts, nbest, strict=True)]
+
+
+def rank_to_budget(
+    candidates: list[tuple[str, float]], budget: float, weight: float
+) -> list[tuple[str, float]]:
+    """The n-best reordered for a slot with time for `budget` words: by score minus `weight`
+    per word over the budget (the scores are mean log-probabilities per token, so one word
+    over costs about as much as a much less likely wording). Within the budget the order is
+    the decoder's; the (text, score) pairs themselves are unchanged."""
+
+    def fitted(c: tuple[str, float]) -> float:
+        return c[1] - weight * max(0.0, len(c[0].split()) - budget)
+
+    return sorted(candidates, key=fitted, reverse=True)
 
 
 def unheard_names(

@@ -302,7 +302,13 @@ def fit_description(
             return fit
     policy = opts.overflow_policy
     if policy == "drop":
-        fit.reason = f"does not fit its {room:.2f} s slot even at {opts.max_rate:g} wpm"
+        n = 1 + len(others)
+        which = "it has no other candidate" if n == 1 else f"none of its {n} candidates does"
+        shortest = min([primary.duration, *(s.duration for s, _ in calm)])
+        fit.reason = (
+            f"does not fit its {room:.2f} s slot even at {opts.max_rate:g} wpm, and {which} "
+            f"(the shortest takes {shortest:.2f} s at {opts.rate:g} wpm)"
+        )
         return fit
     if policy == "extend":
         s = primary  # the picture is held: no need to hurry
