@@ -116,6 +116,10 @@ class LLMCard:
     longer ones stay behind it in the n-best (0: rank by score alone)."""
     words_per_minute: float = 170.0
     """The speaking rate a slot's word budget is counted at (`locomad voice --rate`)."""
+    max_words_per_minute: float = 200.0
+    """The fastest a voice may speak (`locomad voice --max-rate`): when no candidate has
+    words few enough for the slot even at this rate, the slot is searched again with no
+    word allowed past it, and what that finds joins the n-best."""
     max_target_tokens: int = 36
     prompt: str = "Describe the scene:"
     """Final instruction placed after the visual and context prompts."""

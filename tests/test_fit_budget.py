@@ -44,3 +44,21 @@ def test_generate_ranks_its_n_best_to_each_clips_budget(card, one_thread):
     assert fitted[1].candidates == free[1].candidates  # a roomy slot: the decoder's order
     card.llm.length_weight = 0.0  # off
     assert model.generate(batch, budgets=[0.0, 0.0])[0].candidates == free[0].candidates
+
+
+def test_word_limits_stop_every_beam_at_its_limit(card, one_thread):
+    from test_model_helpers import batch_of
+
+    from locomad_cli.model.locomad import LoCoMAD
+
+    card.llm.max_new_tokens = 12
+    card.llm.min_new_tokens = 1
+    torch.manual_seed(0)
+    model = LoCoMAD.from_card(card)
+    batch = batch_of(card, 2)
+    q = model.pme.encode_queries(*model._frames(batch))
+    free = model.decoder.generate_nbest(q, [[], []], ["", ""], num_beams=3)
+    limited = model.decoder.generate_nbest(q, [[], []], ["", ""], num_beams=3, word_limits=[2, 50])
+    assert max(len(t.split()) for t, _ in free[0]) > 2  # the tiny model rambles
+    assert all(len(t.split()) <= 2 for t, _ in limited[0])
+    assert limited[1] == free[1]  # a limit it never reaches changes nothing

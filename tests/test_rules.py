@@ -18,6 +18,8 @@ from locomad_cli.describe.rules import broken, choose, same_on_both_sides
         ("In the hall, Mary hugs Mary.", "Mary"),
         ("Leo enters. Amy and Amy shake hands.", "Amy"),
         ("Jean-Luc greets Jean-Luc warmly.", "Jean-Luc"),
+        ("Sam waves at Sam.", "Sam"),
+        ("Leo walks over to Leo.", "Leo"),
     ],
 )
 def test_one_character_on_both_sides_of_a_two_person_action(text, name):
@@ -35,6 +37,7 @@ def test_one_character_on_both_sides_of_a_two_person_action(text, name):
         "Leo looks at himself in the mirror.",
         "The man hands the woman a letter.",
         "Leo jumps, and Leo laughs.",
+        "Sam waves at the sea and Sam laughs.",
     ],
 )
 def test_two_people_or_one_person_alone_is_fine(text):
@@ -48,7 +51,16 @@ def test_cast_names_in_lower_case_are_found_too():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "...", "Leo picks up the", "Leo walks to", "Amy opens the door and", "Leo runs"],
+    [
+        "",
+        "   ",
+        "...",
+        "Leo picks up the",
+        "Leo walks to",
+        "Amy opens the door and",
+        "Leo runs",
+        "A man in a green coat enters,.",
+    ],
 )
 def test_empty_or_truncated(text):
     assert broken(text) == "empty_or_truncated"

@@ -15,7 +15,8 @@ silence, and the counts say so). The rules, in the order they are checked:
   other words ("a man in a green coat") until the film has said the name;
 - **same_on_both_sides**: one character on both sides of an action that takes two ("Luis
   hands Luis the white letter.", "Carl and Carl embrace.", "Amy shakes hands with Amy."):
-  a name said twice in a sentence with "and" or a two-person verb between.
+  a name said twice in a sentence with "and" or a two-person verb between, or a verb turned
+  to someone right before the second ("Sam waves at Sam.", "Leo walks over to Leo.").
 
 Pure text: no model, no torch. `choose` picks for one slot; `apply` does it on a track row
 (and records what gave way); `summary` counts what each rule did over a track.
@@ -42,6 +43,14 @@ _TWO_PERSON = frozenset(
     pushed pull pulls pulling pulled help helps helping helped follow follows following
     followed throw throws throwing threw toss tosses tossing tossed""".split()
 )
+_TOWARDS = re.compile(
+    r"\b(?:wave|waves|waving|waved|smile|smiles|smiling|smiled|nod|nods|nodding|nodded|wink|"
+    r"winks|winked|point|points|pointing|pointed|look|looks|looking|looked|stare|stares|"
+    r"stared|talk|talks|talking|talked|speak|speaks|speaking|spoke|dance|dances|dancing|"
+    r"danced|run|runs|running|ran|walk|walks|walking|walked)\s+(?:over\s+|up\s+)?"
+    r"(?:at|to|with|towards?)\s*$"
+)
+"""A one-person verb turned to someone else, right before the second name."""
 _NAME = re.compile(r"\b[A-Z][a-z]+(?:-[A-Z][a-z]+)?\b")
 _NOT_NAMES = frozenset(
     "A An The He She They It His Her Their Its In On At Then Now Later Inside Outside".split()
@@ -69,7 +78,10 @@ def is_empty_or_truncated(text: str) -> bool:
     words = re.findall(r"[A-Za-z']+", text)
     if not words:
         return True
-    return _ENDS.search(text.strip()) is None or words[-1].lower() in _DANGLING
+    end = text.strip()
+    if _ENDS.search(end) is None or re.search(r"[,;:]\s*[.!?]+$", end):
+        return True
+    return words[-1].lower() in _DANGLING
 
 
 def names_unheard(text: str, unheard: Sequence[str]) -> list[str]:
@@ -96,8 +108,11 @@ def same_on_both_sides(text: str, names: Sequence[str] = ()) -> str | None:
             for first, second in zip(ms[:-1], ms[1:], strict=True):
                 if any(first.end() <= m.start() < second.start() for m in found):
                     continue  # someone else in between: the action may be theirs
-                words = re.findall(r"[a-z]+", sentence[first.end() : second.start()].lower())
+                between = sentence[first.end() : second.start()].lower()
+                words = re.findall(r"[a-z]+", between)
                 if words == ["and"] or any(w in _TWO_PERSON for w in words):
+                    return name
+                if _TOWARDS.search(between):  # "Sam waves at Sam."
                     return name
     return None
 

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
-from locomad_cli.describe.rules import is_repeat, names_heard, text_key
+from locomad_cli.describe.rules import is_empty_or_truncated, is_repeat, names_heard, text_key
 from locomad_cli.model.decoder import Decoder, NameTokens, VisualHook, load_llm
 from locomad_cli.model.dsm import DSM, Selection
 from locomad_cli.model.pme import PME, on_query_path
@@ -316,8 +316,7 @@ class LoCoMAD(nn.Module):
             if budgets is not None and self.card.llm.length_weight > 0:
                 if len(budgets) != n:
                     raise LocomadError("budgets needs one word budget per clip")
-                w = self.card.llm.length_weight
-                nbest = [rank_to_budget(c, b, w) for c, b in zip(nbest, budgets, strict=True)]
+                nbest = self._fit_budgets(q, items, batch.subtitles, visual, nbest, budgets, rules)
             texts = [c[0][0] for c in nbest]
             if avoid is not None:
                 texts = self._avoid_repeats(
@@ -329,6 +328,43 @@ class LoCoMAD(nn.Module):
             Generation(text=t, selected=i, scores=s, candidates=c)
             for t, c, i, s in zip(texts, nbest, idx, scores, strict=True)
         ]
+
+    def _fit_budgets(
+        self,
+        q: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        visual: VisualHook | None,
+        nbest: list[list[tuple[str, float]]],
+        budgets: list[float],
+        rules: list[NameTokens] | None,
+    ) -> list[list[tuple[str, float]]]:
+        """Each clip's n-best ranked to its budget (rank_to_budget). A clip none of whose
+        candidates fits even at llm.max_words_per_minute is searched again with no word past
+        that limit (Decoder's word_limits), and the shorter wordings found join its n-best (whole
+        sentences only: a beam the limit cut off mid-phrase is no candidate)."""
+        c = self.card.llm
+        limits = [max(1, int(b * c.max_words_per_minute / c.words_per_minute)) for b in budgets]
+        short = [
+            i
+            for i, (cands, lim) in enumerate(zip(nbest, limits, strict=True))
+            if all(len(t.split()) > lim for t, _ in cands)
+        ]
+        if short:
+            more = self.decoder.generate_nbest(
+                q[short],
+                [items[i] for i in short],
+                [subtitles[i] for i in short],
+                visual,
+                names=None if rules is None else [rules[i] for i in short],
+                word_limits=[limits[i] for i in short],
+            )
+            for i, extra in zip(short, more, strict=True):
+                seen = {t for t, _ in nbest[i]}
+                whole = [(t, s) for t, s in extra if not is_empty_or_truncated(t)]
+                nbest[i] = nbest[i] + [(t, s) for t, s in whole if t not in seen]
+        w = c.length_weight
+        return [rank_to_budget(cands, b, w) for cands, b in zip(nbest, budgets, strict=True)]
 
     def _avoid_repeats(
         self,
