@@ -340,9 +340,10 @@ class LoCoMAD(nn.Module):
         rules: list[NameTokens] | None,
     ) -> list[list[tuple[str, float]]]:
         """Each clip's n-best ranked to its budget (rank_to_budget). A clip none of whose
-        candidates fits even at llm.max_words_per_minute is searched again with no word past
-        that limit (Decoder's word_limits), and the shorter wordings found join its n-best (whole
-        sentences only: a beam the limit cut off mid-phrase is no candidate)."""
+        candidates fits even at llm.max_words_per_minute is searched again (llm.avoid_beams
+        beams, at least 2) with no word past that limit (Decoder's word_limits), and the
+        shorter wordings found join its n-best (whole sentences only: a beam the limit cut
+        off mid-phrase is no candidate)."""
         c = self.card.llm
         limits = [max(1, int(b * c.max_words_per_minute / c.words_per_minute)) for b in budgets]
         short = [
@@ -356,6 +357,7 @@ class LoCoMAD(nn.Module):
                 [items[i] for i in short],
                 [subtitles[i] for i in short],
                 visual,
+                num_beams=max(c.avoid_beams, c.num_beams, 2),
                 names=None if rules is None else [rules[i] for i in short],
                 word_limits=[limits[i] for i in short],
             )
