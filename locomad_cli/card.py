@@ -202,11 +202,18 @@ _POSITIVE = {
     *(f"dsm.{k}" for k in ("num_layers", "num_heads", "intermediate_size", "top_k", "temperature")),
     *(
         f"llm.{k}"
-        for k in ("max_context_tokens", "max_new_tokens", "num_beams", "max_target_tokens")
+        for k in (
+            "max_context_tokens",
+            "max_new_tokens",
+            "num_beams",
+            "max_target_tokens",
+            "words_per_minute",
+            "max_words_per_minute",
+        )
     ),
 }
 """Card fields that must be > 0 (sizes, counts, rates, temperatures)."""
-_NON_NEGATIVE = {"dsm.proposal_len", "llm.min_new_tokens"}
+_NON_NEGATIVE = {"dsm.proposal_len", "llm.min_new_tokens", "llm.length_weight"}
 _CHOICES = {
     "llm.train": ("none", "new-tokens", "all"),
     "llm.dtype": ("auto", "fp32", "fp16", "bf16"),
