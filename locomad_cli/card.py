@@ -111,6 +111,16 @@ class LLMCard:
     copying it; when the best candidate is such a repeat, the best other candidate of
     `avoid_beams` beams is taken (docs/model.md has the measurements)."""
     avoid_beams: int = 4
+    length_weight: float = 1.0
+    """Describe to fit: candidates are ranked by score - length_weight x (words over the
+    slot's budget), so the best candidate a voice can say in the slot comes first and the
+    longer ones stay behind it in the n-best (0: rank by score alone)."""
+    words_per_minute: float = 170.0
+    """The speaking rate a slot's word budget is counted at (`locomad voice --rate`)."""
+    max_words_per_minute: float = 200.0
+    """The fastest a voice may speak (`locomad voice --max-rate`): when no candidate has
+    words few enough for the slot even at this rate, the slot is searched again with no
+    word allowed past it, and what that finds joins the n-best."""
     max_target_tokens: int = 36
     prompt: str = "Describe the scene:"
     """Final instruction placed after the visual and context prompts."""
@@ -269,7 +279,14 @@ _POSITIVE = {
     *(f"dsm.{k}" for k in ("num_layers", "num_heads", "intermediate_size", "top_k", "temperature")),
     *(
         f"llm.{k}"
-        for k in ("max_context_tokens", "max_new_tokens", "num_beams", "max_target_tokens")
+        for k in (
+            "max_context_tokens",
+            "max_new_tokens",
+            "num_beams",
+            "max_target_tokens",
+            "words_per_minute",
+            "max_words_per_minute",
+        )
     ),
     "describer.frames",
     "describer.frame_size",
@@ -284,6 +301,7 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     "dsm.proposal_len",
     "llm.min_new_tokens",
+    "llm.length_weight",
     "describer.shorter_tries",
     "endpoint.retries",
     "endpoint.backoff",

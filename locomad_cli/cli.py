@@ -452,8 +452,14 @@ def voice_cmd(
     ),
     duck_db: float = Option(-12.0, "--duck", help="Programme gain under the AD (dB)."),
     ramp: float = Option(0.2, "--duck-ramp", help="Fade into and out of the dip (s)."),
+    spec: str = Option(
+        "ebu",
+        "--spec",
+        help="Loudness spec: ebu (R128: -23 LUFS integrated, -1 dBTP) | netflix (-27 LKFS "
+        "dialogue-gated ±2, -2 dBTP).",
+    ),
     loudness: float = Option(
-        -23.0, "--loudness", help="Integrated loudness of the mix (LUFS; -23 is EBU R128)."
+        None, "--loudness", help="Loudness target of the mix (LUFS).", show_default="the --spec's"
     ),
     ad_level: float = Option(0.0, "--ad-level", help="AD loudness relative to the programme (LU)."),
     language: str = Option("en", "--language", help="Language of the descriptions (track tags)."),

@@ -328,8 +328,11 @@ def test_shipped_weights_keep_the_documented_figures(tmp_path):
         assert got[s]["location"] >= 0.9, (s, got[s])
         # Table 4's direction: stage 1+2 writes far better than the PME alone after stage 1
         assert got[s]["CIDEr"] > doc["test"]["stage1"]["CIDEr"] + 100, (s, got[s])
-    # names in the recurrent loop: DSM top-k >= last k >= no context (Table 6's direction)
-    assert got["recurrent"]["name"] >= got["recurrent-last-k"]["name"] >= got["local"]["name"]
+    # names in the recurrent loop: context (DSM top-k, last k) >= no context. Table 6's
+    # DSM >= last k held greedy (0.10 / 0.08) and not with 4 beams ranked to fit the slot
+    # (0.10 / 0.13 on seed 0; docs/demo.md, "Describe to fit: the cost")
+    assert got["recurrent"]["name"] >= got["local"]["name"]
+    assert got["recurrent-last-k"]["name"] >= got["local"]["name"]
 
 
 def test_shipped_demo_film_is_small_and_complete():

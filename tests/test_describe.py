@@ -84,10 +84,21 @@ class Spy:
         self.calls = []
         self.avoided = []
 
-    def generate(self, batch, setting="context", selection_override=None, avoid=None, names=None):
+    def generate(
+        self,
+        batch,
+        setting="context",
+        selection_override=None,
+        avoid=None,
+        names=None,
+        budgets=None,
+    ):
         self.calls.append((setting, batch))
         self.avoided.append(avoid)
-        return self.model.generate(batch, setting, selection_override, avoid=avoid, names=names)
+        self.budgets = budgets
+        return self.model.generate(
+            batch, setting, selection_override, avoid=avoid, names=names, budgets=budgets
+        )
 
 
 class CountingEncoder:

@@ -259,7 +259,7 @@ def test_voice_command_delivers(small, tmp_path):
 @pytest.mark.slow
 def test_describe_then_voice(tmp_path):
     """`describe --voice` with the shipped demo model on 12 s of the demo film: the JSON keeps
-    the n-best (one candidate for the greedy demo card) and the film's fingerprint, then the
+    the n-best (the demo card's beams, ranked to fit each slot) and the film's fingerprint, then the
     voice stage delivers (the demo film has no sound: the AD track alone)."""
     demo = Path(__file__).resolve().parents[1] / "demo"
     film = tmp_path / "clip.mp4"
@@ -280,8 +280,8 @@ def test_describe_then_voice(tmp_path):
     assert len(lines) == 3 and lines[-1].startswith("clip: voiced ")
     track = json.loads((tmp_path / "clip.ad.json").read_text())
     assert track["film_source"]["source_name"] == "clip.mp4" and track["film_duration"] > 11
-    for s in track["slots"]:
-        assert [c["text"] for c in s["candidates"]] == [s["text"]]
+    for s in track["slots"]:  # the demo card's 4 beams, the one spoken first
+        assert 1 <= len(s["candidates"]) and s["candidates"][0]["text"] == s["text"]
         assert s["candidates"][0]["score"] < 0 and "decision" in s["voice"]
     for name in ("clip.ad.wav", "clip.described.mkv", "clip.metrics.json", "clip.ad.dapt.ttml"):
         assert (tmp_path / name).is_file()

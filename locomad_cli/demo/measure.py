@@ -115,17 +115,21 @@ def describe_film(
         hook = None if visual is None else functools.partial(visual, i)
         n_avoid = card.llm.avoid_repeats
         avoid = [out[-n_avoid:]] if setting.startswith("recurrent") and n_avoid > 0 else None
+        fit = [(end - start) * card.llm.words_per_minute / 60]  # as describe: to fit the slot
         if setting == "stage1":
             text = pme_generate(model, batch)[0]
         elif not with_context:
-            text = model.generate(batch, setting="local", visual=hook)[0].text
+            text = model.generate(batch, setting="local", visual=hook, budgets=fit)[0].text
         elif setting.endswith("last-k"):
             k = min(card.dsm.top_k, len(context))
             last = list(range(len(context) - k, len(context)))
-            gen = model.generate(batch, selection_override=[last], visual=hook, avoid=avoid)
+            gen = model.generate(
+                batch, selection_override=[last], visual=hook, avoid=avoid, budgets=fit
+            )
             text = gen[0].text
         else:
-            text = model.generate(batch, setting="context", visual=hook, avoid=avoid)[0].text
+            gen = model.generate(batch, setting="context", visual=hook, avoid=avoid, budgets=fit)
+            text = gen[0].text
         text = text.strip()
         out.append(text)
         history.append(ContextItem(reference if oracle else text, record.subtitle, start, end))

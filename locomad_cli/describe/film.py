@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
+from locomad_cli.describe import rules
 from locomad_cli.describe.describer import (
     Answer,
     Ask,
@@ -668,6 +669,7 @@ def _write_track(
                 bar(len(track["slots"]))
                 if on_description is not None:
                     on_description(row)
+        track["rules"] = rules.summary(track["slots"])
         with write_errors(inputs.out_dir / f"{track['film']}.ad.*"):
             paths = get_writer(inputs.formats, inputs.out_dir)(track, track["film"])
     except BaseException as e:
@@ -804,6 +806,8 @@ def describe_slots(
             asks.append(film.ask(slot, context, avoid, wpm))
         for ask, answer in zip(asks, describer.ask(film, asks), strict=True):
             row = _row(ask, answer, budgeted)
+            if row["text"]:  # the QC rules, for every describer (an empty slot says why)
+                rules.apply(row, ask.avoid, film.names)
             history.append(row)
             yield row
 

@@ -24,6 +24,7 @@ tokens start at the mean of the vocabulary embeddings, not random, and are never
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -222,6 +223,31 @@ class _NameRule(LogitsProcessor):
                 if names > other.max():
                     scores[row, rule.heard[int(scores[row, rule.heard].argmax())]] = names
             scores[row, rule.unheard] = -math.inf
+        return scores
+
+
+class _WordLimit(LogitsProcessor):
+    """No word past a slot's limit: once a beam has written `limits[prompt]` words, every
+    token that starts a new word gets -inf, so the beam ends its sentence (a period, the
+    end-of-sequence token) or finishes the word it is in. The search for a shorter wording
+    when the n-best has none a voice can say in the slot ("A man in a green coat enters."
+    where every beam walked on into "... the kitchen."); a beam cut off mid-phrase ends on a
+    word no sentence ends on, which describe's rules then refuse."""
+
+    def __init__(self, limits: list[int], beams: int, starts_word: torch.Tensor, decode):
+        self.limits, self.beams, self.decode = limits, beams, decode
+        self.starts_word = starts_word
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.starts_word.shape[0] != scores.shape[1]:  # the LM head may be wider
+            wide = torch.zeros(scores.shape[1], dtype=torch.bool)
+            n = min(scores.shape[1], self.starts_word.shape[0])
+            wide[:n] = self.starts_word[:n]
+            self.starts_word = wide
+        mask = self.starts_word.to(scores.device)
+        for row in range(scores.shape[0]):
+            if len(self.decode(input_ids[row]).split()) >= self.limits[row // self.beams]:
+                scores[row, mask] = -math.inf
         return scores
 
 
@@ -490,6 +516,7 @@ class Decoder(nn.Module):
         visual: VisualHook | None = None,
         num_beams: int | None = None,
         names: list[NameTokens] | None = None,
+        word_limits: list[int] | None = None,
     ) -> list[list[tuple[list[int], float]]]:
         """Batched generation (left-padded prompts, KV cache). Per clip, the candidates best
         first as (token ids, score): every beam when the beam count (`num_beams`, default
@@ -498,7 +525,8 @@ class Decoder(nn.Module):
         length-normalised log-probability under the decoding's own (suppressed-token)
         distribution: HF's beam score, and for greedy the mean log-probability of its tokens
         (the beam score with length_penalty 1). `names[i]`: clip i's names rule
-        (name_tokens): its candidates never contain an unheard name's first token."""
+        (name_tokens): its candidates never contain an unheard name's first token.
+        `word_limits[i]`: no candidate of clip i runs past that many words (_WordLimit)."""
         pad = self.tok.pad_token_id
         rows = self.prompts(items, subtitles)
         n = max(map(len, rows))
@@ -518,6 +546,9 @@ class Decoder(nn.Module):
                 if len(names) != len(rows):
                     raise LocomadError("names needs one rule per clip")
                 processors.append(_NameRule(names, beams))
+            if word_limits is not None:
+                decode = functools.partial(self.tok.decode, skip_special_tokens=True)
+                processors.append(_WordLimit(word_limits, beams, self.starts_word(), decode))
             out = self._generate(ids, mask, queries, visual, beams, processors)
         seqs = out.sequences[:, : c.max_new_tokens].tolist()
         lengths = []
@@ -578,6 +609,16 @@ class Decoder(nn.Module):
         """The best candidate's token ids per clip (see generate_nbest_ids)."""
         return [c[0][0] for c in self.generate_nbest_ids(queries, items, subtitles, visual)]
 
+    def starts_word(self) -> torch.Tensor:
+        """[vocab] bool: the tokens that begin a new word (byte-level BPE's leading 'Ġ',
+        SentencePiece's '▁')."""
+        if getattr(self, "_starts_word", None) is None:
+            pieces = self.tok.convert_ids_to_tokens(list(range(len(self.tok))))
+            self._starts_word = torch.tensor(
+                [p is not None and p[:1] in ("Ġ", "▁") for p in pieces], dtype=torch.bool
+            )
+        return self._starts_word
+
     def generate_nbest(
         self,
         queries: torch.Tensor,
@@ -586,11 +627,14 @@ class Decoder(nn.Module):
         visual: VisualHook | None = None,
         num_beams: int | None = None,
         names: list[NameTokens] | None = None,
+        word_limits: list[int] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per clip, (text, score) candidates best first, repeated texts dropped (two token
         sequences can decode to the same words)."""
         result = []
-        nbest = self.generate_nbest_ids(queries, items, subtitles, visual, num_beams, names)
+        nbest = self.generate_nbest_ids(
+            queries, items, subtitles, visual, num_beams, names, word_limits
+        )
         for cands in nbest:
             seen: dict[str, float] = {}
             for ids, score in cands:

@@ -7,7 +7,6 @@ Entry points take a `ClipBatch` (data/records.py) and tokenize text themselves:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
+from locomad_cli.describe.rules import is_empty_or_truncated, is_repeat, names_heard, text_key
 from locomad_cli.model.decoder import Decoder, NameTokens, VisualHook, load_llm
 from locomad_cli.model.dsm import DSM, Selection
 from locomad_cli.model.pme import PME, on_query_path
@@ -175,7 +175,7 @@ class LoCoMAD(nn.Module):
             max_length=self.card.pme.max_text_len,
             return_tensors="pt",
         ).to(self.device)
-        norm = [_text_key(t) for t in batch.texts]
+        norm = [text_key(t) for t in batch.texts]
         same = torch.tensor([[a == b for b in norm] for a in norm], device=self.device)
         return self.pme.stage1_losses(
             frames,
@@ -235,7 +235,7 @@ class LoCoMAD(nn.Module):
             gen, margin = self.decoder.loss_with_contrast(
                 q, previous, items, batch.subtitles, batch.texts
             )
-            norm = [_text_key(t) for t in batch.texts]
+            norm = [text_key(t) for t in batch.texts]
             differs = torch.tensor(
                 [a != b for a, b in zip(norm, norm[-1:] + norm[:-1], strict=True)],
                 device=margin.device,
@@ -270,6 +270,7 @@ class LoCoMAD(nn.Module):
         visual: VisualHook | None = None,
         avoid: list[list[str]] | None = None,
         names: list[str] | None = None,
+        budgets: list[float] | None = None,
     ) -> list[Generation]:
         """Describe each clip. `context`: the DSM picks the items (or `selection_override`
         gives indices into batch.contexts[i]); `local`: no context items, same path.
@@ -277,7 +278,9 @@ class LoCoMAD(nn.Module):
         texts clip i's description may not equal (the recurrent loop's previous
         descriptions, llm.avoid_repeats); see `_avoid_repeats`. `names` (default
         llm.names): character names a description may use only once its prompt holds them
-        (the slot's dialogue or a chosen context item); see `unheard_names`."""
+        (the slot's dialogue or a chosen context item); see `unheard_names`. `budgets[i]`:
+        the words clip i's slot has time for; candidates are ranked to fit it
+        (`rank_to_budget`, llm.length_weight) before anything is chosen."""
         if setting not in SETTINGS:
             raise LocomadError(f"unknown setting '{setting}' (choose {', '.join(SETTINGS)})")
         was = self.training
@@ -310,15 +313,60 @@ class LoCoMAD(nn.Module):
                     for subtitle, its in zip(batch.subtitles, items, strict=True)
                 ]
             nbest = self.decoder.generate_nbest(q, items, batch.subtitles, visual, names=rules)
+            if budgets is not None and self.card.llm.length_weight > 0:
+                if len(budgets) != n:
+                    raise LocomadError("budgets needs one word budget per clip")
+                nbest = self._fit_budgets(q, items, batch.subtitles, visual, nbest, budgets, rules)
             texts = [c[0][0] for c in nbest]
             if avoid is not None:
-                texts = self._avoid_repeats(q, items, batch.subtitles, visual, nbest, avoid, rules)
+                texts = self._avoid_repeats(
+                    q, items, batch.subtitles, visual, nbest, avoid, rules, budgets
+                )
         finally:
             self.train(was)
         return [
             Generation(text=t, selected=i, scores=s, candidates=c)
             for t, c, i, s in zip(texts, nbest, idx, scores, strict=True)
         ]
+
+    def _fit_budgets(
+        self,
+        q: torch.Tensor,
+        items: list[list[ContextItem]],
+        subtitles: list[str],
+        visual: VisualHook | None,
+        nbest: list[list[tuple[str, float]]],
+        budgets: list[float],
+        rules: list[NameTokens] | None,
+    ) -> list[list[tuple[str, float]]]:
+        """Each clip's n-best ranked to its budget (rank_to_budget). A clip none of whose
+        candidates fits even at llm.max_words_per_minute is searched again (llm.avoid_beams
+        beams, at least 2) with no word past that limit (Decoder's word_limits), and the
+        shorter wordings found join its n-best (whole sentences only: a beam the limit cut
+        off mid-phrase is no candidate)."""
+        c = self.card.llm
+        limits = [max(1, int(b * c.max_words_per_minute / c.words_per_minute)) for b in budgets]
+        short = [
+            i
+            for i, (cands, lim) in enumerate(zip(nbest, limits, strict=True))
+            if all(len(t.split()) > lim for t, _ in cands)
+        ]
+        if short:
+            more = self.decoder.generate_nbest(
+                q[short],
+                [items[i] for i in short],
+                [subtitles[i] for i in short],
+                visual,
+                num_beams=max(c.avoid_beams, c.num_beams, 2),
+                names=None if rules is None else [rules[i] for i in short],
+                word_limits=[limits[i] for i in short],
+            )
+            for i, extra in zip(short, more, strict=True):
+                seen = {t for t, _ in nbest[i]}
+                whole = [(t, s) for t, s in extra if not is_empty_or_truncated(t)]
+                nbest[i] = nbest[i] + [(t, s) for t, s in whole if t not in seen]
+        w = c.length_weight
+        return [rank_to_budget(cands, b, w) for cands, b in zip(nbest, budgets, strict=True)]
 
     def _avoid_repeats(
         self,
@@ -329,6 +377,7 @@ class LoCoMAD(nn.Module):
         nbest: list[list[tuple[str, float]]],
         avoid: list[list[str]],
         rules: list[NameTokens] | None = None,
+        budgets: list[float] | None = None,
     ) -> list[str]:
         """Per clip, the best candidate that is not word for word one of `avoid[i]`
         (compared case- and space-insensitively); clips whose every candidate is avoided are
@@ -337,12 +386,10 @@ class LoCoMAD(nn.Module):
         if len(avoid) != len(nbest):
             raise LocomadError("avoid needs one text list per clip")
 
-        banned = [{_text_key(t) for t in a} for a in avoid]
+        def first_new(cands: list[tuple[str, float]], recent: list[str]) -> str | None:
+            return next((t for t, _ in cands if not is_repeat(t, recent)), None)
 
-        def first_new(cands: list[tuple[str, float]], ban: set[str]) -> str | None:
-            return next((t for t, _ in cands if _text_key(t) not in ban), None)
-
-        texts = [first_new(c, b) for c, b in zip(nbest, banned, strict=True)]
+        texts = [first_new(c, a) for c, a in zip(nbest, avoid, strict=True)]
         again = [i for i, t in enumerate(texts) if t is None]
         beams = max(self.card.llm.avoid_beams, self.card.llm.num_beams, 2)
         if again:
@@ -355,8 +402,24 @@ class LoCoMAD(nn.Module):
                 names=None if rules is None else [rules[i] for i in again],
             )
             for i, cands in zip(again, more, strict=True):
-                texts[i] = first_new(cands, banned[i])
+                if budgets is not None and self.card.llm.length_weight > 0:
+                    cands = rank_to_budget(cands, budgets[i], self.card.llm.length_weight)
+                texts[i] = first_new(cands, avoid[i])
         return [t if t is not None else c[0][0] for t, c in zip(texts, nbest, strict=True)]
+
+
+def rank_to_budget(
+    candidates: list[tuple[str, float]], budget: float, weight: float
+) -> list[tuple[str, float]]:
+    """The n-best reordered for a slot with time for `budget` words: by score minus `weight`
+    per word over the budget (the scores are mean log-probabilities per token, so one word
+    over costs about as much as a much less likely wording). Within the budget the order is
+    the decoder's; the (text, score) pairs themselves are unchanged."""
+
+    def fitted(c: tuple[str, float]) -> float:
+        return c[1] - weight * max(0.0, len(c[0].split()) - budget)
+
+    return sorted(candidates, key=fitted, reverse=True)
 
 
 def unheard_names(
@@ -367,8 +430,7 @@ def unheard_names(
     What a listener has not heard named, the description does not name either: it has to
     say who by other words ("a man in a green coat") until the film has said the name."""
     said = " ".join([subtitle, *(f"{it.text} {it.subtitle}" for it in items)])
-    heard = [n for n in names if re.search(rf"\b{re.escape(n)}\b", said, re.IGNORECASE)]
-    return [n for n in names if n not in heard], heard
+    return names_heard(names, said)
 
 
 def card_path(card: ModelCard, spec: str) -> str:
@@ -381,11 +443,6 @@ def card_path(card: ModelCard, spec: str) -> str:
     card_dir = Path(card.source).resolve().parent if card.source else MODELS_DIR
     base = MODELS_DIR.parent if card_dir == MODELS_DIR else card_dir
     return str(base / p) if (base / p).exists() else spec
-
-
-def _text_key(text: str) -> str:
-    """A description as descriptions are compared: case and spacing aside."""
-    return " ".join(text.lower().split())
 
 
 def _pick(contexts: list[list[ContextItem]], indices: list[list[int]]) -> list[list[ContextItem]]:

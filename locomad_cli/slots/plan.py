@@ -5,9 +5,11 @@ known), or proposed where nobody speaks, because audio description must not be s
 dialogue. What counts as speech is the union of the subtitle cues and the speech the soundtrack
 holds (audio.py): a line missing from the subtitles still blocks a slot, and a film without
 subtitles still gets slots between its lines. A gap gets a margin after one stretch of speech
-and before the next, gaps too short to say anything are left alone, and a gap is cut at the
-film's shot changes (shots.py) so that a description is about one shot: a slot crosses a cut
-by at most `cut_margin`. A shot longer than `max_len` is split evenly.
+and before the next, gaps too short to say anything are left alone. A shot change (shots.py)
+is a preferred boundary, not a wall: a gap is cut at a cut only where both sides keep at least
+`min_gap` (a cut within `cut_margin` of a gap's edge is not cut at), so the short shots of
+fast-cut action join their neighbours into one slot instead of going undescribed; a piece
+longer than `max_len` is split evenly. A slot never crosses speech: it lies inside its gap.
 
 Every proposed slot says why it is where it is (`Slot.why`): the gap it lies in, the speech
 and subtitle intervals that bound that gap, what starts and ends it (dialogue, a cut, the
@@ -162,15 +164,24 @@ def _edge(members: list[Interval], at: float, side: str) -> list[Interval]:
     return [iv for iv in members if abs(key(iv) - at) < 1e-6]
 
 
-def _pieces(a: float, b: float, cuts: list[float], cut_margin: float) -> list[list[float]]:
-    """[a, b] cut at the shot changes inside it: a cut within `cut_margin` of an edge, or of
-    the previous cut kept, is not cut at (a slot may cross it by that much)."""
-    kept: list[float] = []
+def _pieces(
+    a: float, b: float, cuts: list[float], cut_margin: float, min_gap: float
+) -> list[tuple[float, float, list[float]]]:
+    """[a, b] cut at the shot changes inside it, each piece with the cuts it runs across.
+    A cut within `cut_margin` of an edge, or of the previous cut kept, is never cut at; a cut
+    that would leave a piece shorter than `min_gap` on either side is crossed (the short shot
+    joins the next one) rather than costing the gap its description."""
+    edges, crossed = [a], [[]]
     for c in sorted(cuts):
-        if a + cut_margin < c < b - cut_margin and (not kept or c - kept[-1] > cut_margin):
-            kept.append(c)
-    edges = [a, *kept, b]
-    return [[edges[i], edges[i + 1]] for i in range(len(edges) - 1)]
+        if not (a + cut_margin < c < b - cut_margin):
+            continue
+        if c - edges[-1] >= min_gap - 1e-9 and b - c >= min_gap - 1e-9:
+            edges.append(c)
+            crossed.append([])
+        else:
+            crossed[-1].append(c)
+    edges.append(b)
+    return [(edges[i], edges[i + 1], crossed[i]) for i in range(len(edges) - 1)]
 
 
 def _ms_in(a: float, b: float) -> tuple[float, float]:
@@ -220,11 +231,11 @@ def propose_slots(
 
     Speech is the union of the subtitle `cues` and the soundtrack's `speech` intervals. A gap
     runs from `margin` after a stretch of speech ends to `margin` before the next one starts
-    (the film's start and end need no margin). It is cut at the shot changes `cuts` inside it
-    (not at one within `cut_margin` of its edge; `cuts=None`: shots unknown, `[]`: one shot);
-    each piece at least `min_gap` long becomes slots, split evenly into the fewest of at most
-    `max_len`. Nothing is placed past `duration`. Stretches that get no slot are appended to
-    `skipped` when given.
+    (the film's start and end need no margin); one shorter than `min_gap` gets no slot. A gap
+    is cut at the shot changes `cuts` inside it where both sides keep `min_gap` (see _pieces;
+    `cuts=None`: shots unknown, `[]`: one shot), and each piece is split evenly into the fewest
+    slots of at most `max_len`. Nothing is placed past `duration`. Stretches that get no slot
+    are appended to `skipped` when given.
     """
     _check_sizes(duration, min_gap, margin, max_len)
     if not math.isfinite(cut_margin) or cut_margin < 0:
@@ -239,15 +250,9 @@ def propose_slots(
             if skipped is not None and b - a > 0:
                 skipped.append(Skipped(a, b, f"gap of {b - a:.2f} s is shorter than min_gap"))
             continue
-        pieces = _pieces(a, b, cuts, cut_margin)
-        for k, (pa, pb) in enumerate(pieces):
+        pieces = _pieces(a, b, cuts, cut_margin, min_gap)
+        for k, (pa, pb, crossed) in enumerate(pieces):
             length = pb - pa
-            if length < min_gap - 1e-9:
-                if skipped is not None:
-                    skipped.append(
-                        Skipped(pa, pb, f"shot piece of {length:.2f} s is shorter than min_gap")
-                    )
-                continue
             n = math.ceil(length / max_len - 1e-9)
             step = length / n
             for j in range(n):
@@ -270,6 +275,14 @@ def propose_slots(
                     "end_by": end_by,
                     "reason": _reason(a, b, pa, pb, n, len(pieces), min_gap, max_len, margin),
                 }
+                across = [round(c, 3) for c in crossed if start < c < end]
+                if across:
+                    why["cuts_crossed"] = across
+                    why["reason"] += (
+                        f" It runs across the cut{'s' if len(across) > 1 else ''} at "
+                        f"{', '.join(f'{c:.2f}' for c in across)} s: cut there, a shot piece "
+                        f"would be shorter than min_gap {min_gap:g} s."
+                    )
                 slot = Slot(start, end, len(slots), "gap", why=why)
                 if with_shots:
                     slot.shots = _shots_of(start, end, bounds)

@@ -60,6 +60,7 @@ from locomad_cli.voice.mix import (
     mix,
     mux,
     output_time,
+    speech_gate,
     to_output_spans,
     write_envelope,
     write_stem,
@@ -313,7 +314,13 @@ def fit_description(
             return fit
     policy = opts.overflow_policy
     if policy == "drop":
-        fit.reason = f"does not fit its {room:.2f} s slot even at {opts.max_rate:g} wpm"
+        n = 1 + len(others)
+        which = "it has no other candidate" if n == 1 else f"none of its {n} candidates does"
+        shortest = min([primary.duration, *(s.duration for s, _ in calm)])
+        fit.reason = (
+            f"does not fit its {room:.2f} s slot even at {opts.max_rate:g} wpm, and {which} "
+            f"(the shortest takes {shortest:.2f} s at {opts.rate:g} wpm)"
+        )
         return fit
     if policy == "extend":
         s = primary  # the picture is held: no need to hurry
@@ -442,12 +449,25 @@ def _voice_into(
         mix_out = None
         if programme is not None:
             mix_out = stack.enter_context(atomic_path(out_dir / f"{film}.ad-mix.wav"))
-        levels = mix(programme, stem_raw, envelope, stem_out, mix_out, opts.mix)
+        gate = None
+        if opts.mix.loudness_spec.gate == "dialogue":
+            gate = work / "speech.f32"
+            spoken = speech_spans(video, out_dir, streams, pauses, cues)
+            write_envelope(speech_gate(spoken, total), gate)
+        levels = mix(programme, stem_raw, envelope, stem_out, mix_out, opts.mix, gate)
         paths += [out_dir / stem_name] + ([out_dir / f"{film}.ad-mix.wav"] if mix_out else [])
 
         voiced = _voiced_track(track, placed, pauses, opts, engine.identity(), stem_name)
         metrics = _metrics(film, placed, pauses, dialogue, levels, opts)
         voiced["voice"]["summary"] = summary_line(film, metrics)
+        loud = metrics["loudness"]
+        if not loud["within_spec"]:
+            log.warning(
+                "the mix misses the %s spec: %s %s LUFS (target %g ±%g), true peak %s dBTP "
+                "(at most %g)",
+                loud["spec"], loud["measure"], loud["value"], loud["target"], loud["tolerance"],
+                loud["measured"].get("true_peak"), loud["true_peak_max"],
+            )  # fmt: skip
 
         text_track = work / f"{film}.ad.vtt"
         get_writer("vtt", work)(output_view(voiced, pauses, stem_name), film)
@@ -477,6 +497,30 @@ def _voice_into(
             paths += get_writer(",".join(text), out_dir)(view, film)
         paths += get_writer("json", out_dir)(voiced, film)
     return voiced, paths
+
+
+def speech_spans(
+    video: Path,
+    out_dir: Path,
+    streams: list[dict],
+    pauses: list[Pause],
+    cues: list[PlacedCue],
+) -> list[tuple[float, float]]:
+    """What a dialogue-gated meter listens to, on the output timeline: the speech silero-vad
+    finds in the programme (cached beside the film or in `out_dir`, as describe leaves it)
+    and the AD's own speech, merged."""
+    from locomad_cli.slots.speech import detect_speech
+
+    spans = [(c.start, c.end) for c in cues]
+    if streams:
+        spans += to_output_spans(detect_speech(video, out_dir).intervals, pauses)
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def _fit_all(
@@ -558,7 +602,9 @@ def _voiced_track(
         "stem": stem_name,
         "duck_db": opts.mix.duck_db,
         "duck_ramp": opts.mix.ramp,
+        "loudness_spec": opts.mix.spec,
         "loudness_target": opts.mix.loudness,
+        "true_peak_max": opts.mix.true_peak,
     }
     return out
 
@@ -673,6 +719,16 @@ def _metrics(
         else {}
     )
     mix_levels = {k: (round(x, 2) if math.isfinite(x) else None) for k, x in levels.mix.items()}
+    spec = opts.mix.loudness_spec
+    gated = spec.gate == "dialogue"
+    value = levels.dialogue if gated else levels.mix["integrated"]
+    value = round(value, 2) if value is not None and math.isfinite(value) else None
+    peak = mix_levels.get("true_peak")
+    within = (
+        value is not None
+        and abs(value - opts.mix.loudness) <= spec.tolerance
+        and (peak is None or peak <= opts.mix.true_peak + 0.05)
+    )
     return {
         "film": film,
         "descriptions": len(placed),
@@ -686,7 +742,13 @@ def _metrics(
         "pauses": len(pauses),
         "added_time": round(sum(p.duration for p in pauses), 3),
         "loudness": {
+            "spec": spec.name,
+            "measure": "dialogue-gated" if gated else "integrated",
             "target": opts.mix.loudness,
+            "tolerance": spec.tolerance,
+            "true_peak_max": opts.mix.true_peak,
+            "value": value,
+            "within_spec": within,
             "measured": mix_levels,
             "ad_gain_db": round(levels.ad_gain_db, 2),
             "mix_gain_db": round(levels.mix_gain_db, 2),
@@ -712,9 +774,12 @@ def summary_line(film: str, m: dict[str, Any]) -> str:
     if m["pauses"]:
         n = m["pauses"]
         line += f"; extended cut +{m['added_time']:.2f} s at {n} pause{'s' if n > 1 else ''}"
-    integrated = m["loudness"]["measured"].get("integrated")
-    if integrated is not None:
-        line += f"; {integrated:.1f} LUFS"
+    loud = m["loudness"]
+    if loud["value"] is not None:
+        gated = " dialogue-gated" if loud["measure"] == "dialogue-gated" else ""
+        line += f"; {loud['value']:.1f} LUFS{gated}"
+        if loud["spec"] != "ebu":
+            line += f" ({loud['spec']}{'' if loud['within_spec'] else ': OUT OF SPEC'})"
     return line
 
 

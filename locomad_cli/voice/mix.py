@@ -9,9 +9,13 @@ AD, the pauses (film time, seconds held). Everything audible is done by ffmpeg's
   before and after, never reaching back into dialogue), sampled at 1 kHz, resampled by
   `aresample` and applied with `amultiply`; cues closer than two ramps share one dip;
 - **level**: the AD is set to the programme's integrated loudness (+ `ad_level` LU), then the
-  whole mix to `loudness` LUFS (EBU R128, measured with ffmpeg's `ebur128` meter), a
-  look-ahead limiter (`alimiter`, delay compensated) only when the peak would pass
-  `true_peak`; the stem gets the same gain, so `mix - stem` is the ducked programme;
+  whole mix to the loudness spec's target (measured with ffmpeg's `ebur128` meter), a
+  look-ahead limiter (`alimiter`, delay compensated) only when the peak would pass the spec's
+  true peak; the stem gets the same gain, so `mix - stem` is the ducked programme. Specs
+  (`SPECS`): **ebu** (R128: -23 LUFS integrated over everything, -1 dBTP) and **netflix**
+  (-27 LKFS ±2 *dialogue-gated*, -2 dBTP, 48 kHz): dialogue-gated is the same BS.1770 meter
+  run on the mix multiplied by a 0/1 speech gate (the speech the VAD finds in the programme,
+  and the AD's own speech), so only what is said is measured;
 - **extended AD**: the film is cut at each pause and the picture held (`tpad` clone) while the
   programme is silent (`apad`); the video is then re-encoded (a held frame is a new frame);
 - **mux**: video stream-copied (bit-identical packets) unless extended, original audio copied,
@@ -22,6 +26,7 @@ AD, the pauses (film time, seconds held). Everything audible is done by ffmpeg's
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
@@ -35,12 +40,36 @@ import numpy as np
 
 from locomad_cli.utils import LocomadError, tool_write_error
 
+log = logging.getLogger(__name__)
+
 SAMPLE_RATE = 48000
 ENV_RATE = 1000
 """Samples per second of the ducking gain curve (ramps are 150-300 ms: 150+ points each)."""
 MIN_RAMP = 0.05
 """Shortest ramp (s) when dialogue leaves less room than `ramp`: no click."""
 CONTAINERS = ("mkv", "mp4")
+
+
+@dataclass(frozen=True)
+class LoudnessSpec:
+    """A delivery spec: what is measured, the target and how far from it a mix may be."""
+
+    name: str
+    target: float
+    """LUFS (= LKFS)."""
+    true_peak: float
+    """Highest true peak allowed (dBTP)."""
+    gate: str
+    """'programme': integrated over the whole mix (R128); 'dialogue': over speech only."""
+    tolerance: float
+    """LU either side of the target the spec accepts."""
+
+
+SPECS = {
+    "ebu": LoudnessSpec("ebu", -23.0, -1.0, "programme", 1.0),
+    "netflix": LoudnessSpec("netflix", -27.0, -2.0, "dialogue", 2.0),
+}
+"""EBU R128 (and its -1 dBTP streaming variant); Netflix's dialogue-gated ITU-R BS.1770 spec."""
 
 
 @dataclass
@@ -71,8 +100,12 @@ class MixOptions:
 
     duck_db: float = -12.0
     ramp: float = 0.2
-    loudness: float = -23.0
-    true_peak: float = -1.0
+    spec: str = "ebu"
+    """A name in SPECS: what loudness is measured and the targets below default to."""
+    loudness: float | None = None
+    """Target (LUFS); None: the spec's."""
+    true_peak: float | None = None
+    """Highest true peak (dBTP); None: the spec's."""
     ad_level: float = 0.0
     """AD speech loudness relative to the programme's integrated loudness (LU)."""
     language: str = "en"
@@ -81,7 +114,22 @@ class MixOptions:
     crf: int = 18
     """x264 quality of the extended cut (the only case where video is re-encoded)."""
 
+    def __post_init__(self) -> None:
+        spec = SPECS.get(self.spec)
+        if spec is not None:
+            self.loudness = spec.target if self.loudness is None else self.loudness
+            self.true_peak = spec.true_peak if self.true_peak is None else self.true_peak
+
+    @property
+    def loudness_spec(self) -> LoudnessSpec:
+        return SPECS[self.spec]
+
     def check(self) -> None:
+        if self.spec not in SPECS:
+            raise LocomadError(f"unknown --spec '{self.spec}' (choose {', '.join(SPECS)})")
+        self.__post_init__()
+        if not (-9.0 <= self.true_peak <= 0.0):
+            raise LocomadError(f"the true peak must be between -9 and 0 dBTP, got {self.true_peak}")
         if self.container not in CONTAINERS:
             raise LocomadError(
                 f"unknown --container '{self.container}' (choose {', '.join(CONTAINERS)})"
@@ -314,6 +362,41 @@ class MixResult:
     programme: dict[str, float] | None
     mix: dict[str, float]
     """Loudness of the delivered mix (or of the AD alone when the film has no audio)."""
+    dialogue: float | None = None
+    """Dialogue-gated loudness of the delivered mix (LUFS) when the spec asks for it; -inf
+    when the gate found no speech."""
+
+
+GATE_ARGS = ["-f", "f32le", "-ar", str(ENV_RATE), "-ac", "1"]
+"""How ffmpeg reads a gain curve or speech gate (raw float32 at ENV_RATE)."""
+
+
+def speech_gate(spans: Sequence[tuple[float, float]], duration: float) -> np.ndarray:
+    """1 inside the speech spans, 0 elsewhere (ENV_RATE samples per second, one second longer
+    than `duration` like the ducking curve): multiplied into the mix, only speech is metered."""
+    n = int(math.ceil((duration + 1.0) * ENV_RATE))
+    gate = np.zeros(n, dtype=np.float32)
+    for a, b in spans:
+        gate[max(0, int(round(a * ENV_RATE))) : max(0, int(round(b * ENV_RATE)))] = 1.0
+    return gate
+
+
+def gated_loudness(
+    inputs: list[str], graph: str | None, gate: Path, channels: int
+) -> dict[str, float]:
+    """loudness() of what `graph` makes (None: the first input's first audio stream) with
+    everything outside the speech `gate` silenced: BS.1770's absolute gate (-70 LUFS) then
+    drops the silent blocks, so the integrated figure is the dialogue's."""
+    k = inputs.count("-i")
+    layout = "stereo" if channels == 2 else "mono"
+    fmt = f"aformat=sample_fmts=fltp:channel_layouts={layout}"
+    spread = "pan=stereo|c0=c0|c1=c0," if channels == 2 else ""
+    src = graph if graph is not None else "[0:a:0]anull"
+    g = (
+        f"{src},aresample={SAMPLE_RATE},{fmt}[pre];"
+        f"[{k}:a]aresample={SAMPLE_RATE},{spread}{fmt}[gate];[pre][gate]amultiply"
+    )
+    return loudness([*inputs, *GATE_ARGS, "-i", str(gate)], g)
 
 
 def mix(
@@ -323,20 +406,36 @@ def mix(
     stem_out: Path,
     mix_out: Path | None,
     opts: MixOptions,
+    gate: Path | None = None,
 ) -> MixResult:
     """Duck the programme (ffmpeg input args, its first audio stream) under the AD, set the
     levels and write the stem and the mix (48 kHz WAV). No programme: the AD alone is
-    brought to the target and written to `stem_out`."""
+    brought to the target and written to `stem_out`. A dialogue-gated spec measures through
+    `gate` (speech_gate of the dialogue on the output timeline)."""
+    dialogue_gated = opts.loudness_spec.gate == "dialogue" and gate is not None
+
+    def level(inputs: list[str], graph: str | None, channels: int):
+        """(what the spec measures, the whole loudness dict, the dialogue-gated figure)."""
+        whole = loudness(inputs, graph)
+        if not dialogue_gated:
+            return whole["integrated"], whole, None
+        speech = gated_loudness(inputs, graph, gate, channels)["integrated"]
+        if not math.isfinite(speech):
+            log.warning("no speech to meter dialogue-gated loudness: integrated loudness used")
+            return whole["integrated"], whole, speech
+        return speech, whole, speech
+
     stem_in = ["-i", str(stem_raw)]
     if programme is None:
-        ad = loudness(stem_in)
+        measured, ad, _ = level(stem_in, None, 1)
         if not math.isfinite(ad["integrated"]):
             raise LocomadError("the AD stem is silent: no cue was voiced")
-        gain = opts.loudness - ad["integrated"]
+        gain = opts.loudness - measured
         limited = ad["true_peak"] + gain > opts.true_peak
         chain = f"volume={gain:.4f}dB" + (_limiter(opts) if limited else "")
         _write([*stem_in], f"[0:a]{chain}[o]", stem_out, channels=1)
-        return MixResult(0.0, gain, limited, None, loudness(["-i", str(stem_out)]))
+        _, final, speech = level(["-i", str(stem_out)], None, 1)
+        return MixResult(0.0, gain, limited, None, final, speech)
 
     prog = loudness(programme)
     ad = loudness(stem_in)
@@ -344,16 +443,16 @@ def mix(
         raise LocomadError("the AD stem is silent: no cue was voiced")
     reference = prog["integrated"] if math.isfinite(prog["integrated"]) else opts.loudness
     ad_gain = reference + opts.ad_level - ad["integrated"]
-    inputs = [*programme, *stem_in, "-f", "f32le", "-ar", str(ENV_RATE), "-ac", "1"]
-    inputs += ["-i", str(envelope)]
+    inputs = [*programme, *stem_in, *GATE_ARGS, "-i", str(envelope)]
     graph = _mix_graph(ad_gain)
-    m = loudness(inputs, graph)
-    gain = opts.loudness - m["integrated"]
+    measured, m, _ = level(inputs, graph, 2)
+    gain = opts.loudness - measured
     limited = m["true_peak"] + gain > opts.true_peak
     chain = f"volume={gain:.4f}dB" + (_limiter(opts) if limited else "")
     _write(inputs, f"{graph},{chain}[o]", mix_out, channels=2)
     _write(stem_in, f"[0:a]volume={ad_gain + gain:.4f}dB[o]", stem_out, channels=1)
-    return MixResult(ad_gain, gain, limited, prog, loudness(["-i", str(mix_out)]))
+    _, final, speech = level(["-i", str(mix_out)], None, 2)
+    return MixResult(ad_gain, gain, limited, prog, final, speech)
 
 
 def _mix_graph(ad_gain: float) -> str:
