@@ -127,3 +127,11 @@ def test_apply_on_a_track_row_records_what_gave_way_and_summary_counts_it():
         "same_on_both_sides": 1,
     }
     assert total["slots_changed"] == 1 and total["kept_breaking"]["repeat"] == 1
+
+
+def test_a_sentence_ending_in_a_number_is_whole():
+    """A number is a word: "at 9." ends a sentence (a VLM's answer was dropped for it)."""
+    from locomad_cli.describe.rules import is_empty_or_truncated
+
+    assert not is_empty_or_truncated("The train leaves at 9.")
+    assert is_empty_or_truncated("The train leaves at.")

@@ -75,7 +75,7 @@ def names_heard(names: Sequence[str], said: str) -> tuple[list[str], list[str]]:
 
 
 def is_empty_or_truncated(text: str) -> bool:
-    words = re.findall(r"[A-Za-z']+", text)
+    words = re.findall(r"[A-Za-z0-9']+", text)  # a number ends a sentence too ("at 9")
     if not words:
         return True
     end = text.strip()
