@@ -1092,3 +1092,42 @@ def _internal_error(e: BaseException) -> None:
         err=True,
     )
     sys.exit(EXIT_INTERNAL)
+
+
+@app.command("review")
+def review_cmd(
+    video: str = typer.Argument(..., help="The film whose AD track to review."),
+    ad: str = typer.Option(
+        None, "--ad", help="The AD track (FILM.ad.json). Default: beside the film."
+    ),
+    port: int = typer.Option(0, "--port", help="Port to listen on. Default: a free one."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on. Default: 127.0.0.1 (this machine only); another one warns.",
+    ),
+    no_browser: bool = typer.Option(
+        False, "--no-browser", help="Do not open the system browser. Default: opened."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a field of the card that regenerates, e.g. llm.num_beams=3."
+    ),
+    device: str = typer.Option("cpu", "--device", help="Device for regenerating. Default: cpu."),
+) -> None:
+    """Review an AD track in the browser: play the film with its descriptions, correct,
+    regenerate, re-voice, approve, export. The page's address (with its token) goes to stdout;
+    Ctrl-C stops the server."""
+    from locomad_cli.review import ReviewOptions, review
+
+    if not 0 <= port <= 65535:
+        fail(f"--port must be 0-65535, got {port}")
+    try:
+        review(
+            video,
+            ReviewOptions(ad=ad, overrides=list(overrides), device=device),
+            host=host,
+            port=port,
+            open_browser=not no_browser,
+        )
+    except LocomadError as e:
+        fail(str(e))
