@@ -232,7 +232,7 @@ def serve(
     on_url=None,
 ) -> None:
     """Run the server until Ctrl-C (or SIGTERM); the page's address goes to `on_url`
-    (stdout by default) as soon as the socket listens."""
+    (stdout by default) as soon as the socket listens. Returns once it has stopped."""
     import uvicorn
 
     if host not in LOOPBACK:
@@ -253,7 +253,9 @@ def serve(
     if open_browser:
         threading.Timer(0.5, lambda: _open(url)).start()
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=[sock])  # stops gracefully on Ctrl-C, then re-raises the signal
+    except KeyboardInterrupt:
+        pass  # the normal way to stop a server: not an error
     finally:
         with contextlib.suppress(OSError):
             sock.close()
