@@ -92,7 +92,6 @@ function render() {
     b.innerHTML = `<span class="time">${fmt(c.start)}–${fmt(c.end)}</span>${status}<span class="txt">${esc(c.text)}</span>` +
       `<span class="meta">${c.fit ? esc(c.fit.label) : "fit not measured (re-voice)"}</span>` +
       `<span class="meta">dialogue before: ${c.dialogue_before ? "“" + esc(c.dialogue_before.text) + "”" : "—"}; after: ${c.dialogue_after ? "“" + esc(c.dialogue_after.text) + "”" : "—"}</span>`;
-    b.setAttribute("aria-label", `${fmt(c.start)} to ${fmt(c.end)}: ${c.text}. ${c.approved ? "Approved. " : ""}${c.fit ? c.fit.label : "Not voiced"}.`);
     b.addEventListener("click", () => select(c.index, true));
     b.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.ctrlKey) { e.preventDefault(); select(c.index, true); $("text").focus(); } });
     li.appendChild(b);
