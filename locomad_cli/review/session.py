@@ -97,6 +97,7 @@ class Review:
         snap = snap or self.store.read()
         track = snap.track
         done, undone = self.store.history()
+        spans = [(a, b) for a, b, _ in self.dialogue(track)]
         cues = []
         for s in sorted(track["slots"], key=lambda s: (float(s["start"]), float(s["end"]))):
             start, end = float(s["start"]), float(s["end"])
@@ -112,7 +113,7 @@ class Review:
                     "edited": bool(s.get("edited")),
                     "dialogue_before": _cue(before[-1]) if before else None,
                     "dialogue_after": _cue(after[0]) if after else None,
-                    "fit": _fit_view(s.get("voice")),
+                    "fit": _fit_view(s.get("voice"), spans),
                 }
             )
         voiced = self.folder / f"{self.video.stem}.ad-mix.wav"
@@ -298,13 +299,18 @@ def _cue(c) -> dict[str, Any]:
     return {"start": round(c.start, 3), "end": round(c.end, 3), "text": c.text}
 
 
-def _fit_view(v: dict[str, Any] | None) -> dict[str, Any] | None:
+def _fit_view(
+    v: dict[str, Any] | None, dialogue: list[tuple[float, float]]
+) -> dict[str, Any] | None:
     if not v:
         return None
     out = {"decision": v.get("decision"), "window": v.get("window")}
     for k in ("duration", "wpm", "start", "end", "reason", "text", "overrun"):
         if k in v:
             out[k] = v[k]
+    if "start" in v and "end" in v:
+        a, b = float(v["start"]), float(v["end"])
+        out["over_dialogue"] = round(sum(max(0.0, min(b, e) - max(a, s)) for s, e in dialogue), 3)
     out["label"] = _label(out)
     return out
 
@@ -331,6 +337,8 @@ LABELS = {
 
 def _label(f: dict[str, Any]) -> str:
     words = LABELS.get(f.get("decision") or "", f.get("decision") or "")
+    if (f.get("over_dialogue") or 0) > 1e-3:
+        words = f"over dialogue ({f['over_dialogue']:.2f} s)"
     if "duration" in f:
         words += f": {f['duration']:.2f} s at {f['wpm']:.0f} wpm"
     elif f.get("reason"):

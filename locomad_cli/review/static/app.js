@@ -70,10 +70,12 @@ function tag(text, kind) { return `<span class="tag ${kind}">${text}</span>`; }
 function esc(s) { return String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c])); }
 function fitKind(f) {
   if (!f) return "warn";
+  if (f.over_dialogue > 0.001) return "bad";
   return { fitted: "ok", sped_up: "ok", substituted: "warn", extended: "warn", kept: "bad", dropped: "bad" }[f.decision] || "warn";
 }
 function fitShort(f) {
   if (!f) return "not voiced";
+  if (f.over_dialogue > 0.001) return "over dialogue";
   return { fitted: "fits", sped_up: "sped up", substituted: "substituted", extended: "over the gap", kept: "over the gap", dropped: "dropped" }[f.decision] || f.decision;
 }
 
@@ -92,7 +94,7 @@ function render() {
     b.innerHTML = `<span class="time">${fmt(c.start)}–${fmt(c.end)}</span>${status}<span class="txt">${esc(c.text)}</span>` +
       `<span class="meta">${c.fit ? esc(c.fit.label) : "fit not measured (re-voice)"}</span>` +
       `<span class="meta">dialogue before: ${c.dialogue_before ? "“" + esc(c.dialogue_before.text) + "”" : "—"}; after: ${c.dialogue_after ? "“" + esc(c.dialogue_after.text) + "”" : "—"}</span>`;
-    b.addEventListener("click", () => select(c.index, true));
+    b.addEventListener("click", () => { select(c.index, true); playContext(); });
     b.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.ctrlKey) { e.preventDefault(); select(c.index, true); $("text").focus(); } });
     li.appendChild(b);
     ol.appendChild(li);
