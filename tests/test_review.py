@@ -243,3 +243,18 @@ def test_context_is_earlier_cues_approved_first():
     got = [c["text"] for c in context_for(track, track["slots"][4], 2)]
     assert got == ["c0", "c3"]
     assert [c["text"] for c in context_for(track, track["slots"][2], 8)] == ["c0", "c1"]
+
+
+def test_cli_refuses_bad_input_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from locomad_cli.cli import app
+
+    runner = CliRunner()
+    for args in (
+        [str(tmp_path / "none.mp4"), "--no-browser"],
+        [str(tmp_path / "none.mp4"), "--no-browser", "--port", "70000"],
+    ):
+        r = runner.invoke(app, ["review", *args])
+        assert r.exit_code == 2
+        assert "Traceback" not in r.output and "error:" in r.output

@@ -160,6 +160,11 @@ def check_saved_and_exported(d: Path, url: str, alt: str) -> None:
         return 20 * np.log10(np.sqrt(np.mean(x**2)) + 1e-12)
 
     before = slice(a - len(speech) - sr // 2, a - sr // 2)  # the ducked gap before it
+    print(
+        f"cue {REGEN} '{alt}' at {v['start']:.3f} s: stem corr {corr(stem[seg]):.4f} "
+        f"{db(stem[seg]):.1f} dBFS; mix corr {corr(mix[seg]):.3f} {db(mix[seg]):.1f} dBFS vs "
+        f"{db(mix[before]):.1f} dBFS before"
+    )
     # the stem holds exactly the re-voiced speech there (up to the loudness gain)
     assert corr(stem[seg]) > 0.99 and db(stem[seg]) > -35
     # the mix: the same speech over the ducked programme, louder than the programme alone
@@ -184,6 +189,7 @@ def test_review_with_the_mouse(served, browser):
     alt = page.text_content("#alt-text-2").strip().split("”")[0].lstrip("“")
     assert alt != cue_text(page, REGEN)
     if os.environ.get("LOCOMAD_DOCS_SCREENSHOT") == "1":
+        page.set_viewport_size({"width": 1400, "height": 1100})
         page.screenshot(path=str(ROOT / "docs" / "review.png"))
     page.click("#alt-2")
     wait_status(page, "Alternative 2 saved")
@@ -265,6 +271,21 @@ def test_axe_finds_no_violations(served, browser):
     violations = [(v["id"], v["help"], len(v["nodes"])) for v in result["violations"]]
     assert violations == []
     assert len(result["passes"]) > 10 and not errors
+    # a second tab saves first: this one's next write is refused, and the page says so
+    other, _ = open_page(browser, url)
+    other.click(f"#cue-{FIX}")
+    other.fill("#text", FIXED)
+    other.click("#save-text")
+    wait_status(other, "Text saved")
+    page.click("#approve")
+    page.wait_for_selector("#stale", state="visible")
+    assert "changed elsewhere" in page.text_content("#alert")
+    before = (d / "demo.ad.json").read_bytes()
+    slot = next(s for s in json.loads(before)["slots"] if s["index"] == REGEN)
+    assert "approved" not in slot
+    page.click("#reload")
+    page.wait_for_selector("#stale", state="hidden")
+    assert cue_text(page, FIX) == FIXED
 
 
 def test_schemathesis_finds_no_server_errors(tmp_path, monkeypatch):

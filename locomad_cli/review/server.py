@@ -251,7 +251,9 @@ def serve(
     )
     server = uvicorn.Server(config)
     if open_browser:
-        threading.Timer(0.5, lambda: _open(url)).start()
+        opener = threading.Timer(0.5, lambda: _open(url))
+        opener.daemon = True
+        opener.start()
     try:
         server.run(sockets=[sock])  # stops gracefully on Ctrl-C, then re-raises the signal
     except KeyboardInterrupt:

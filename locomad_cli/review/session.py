@@ -60,6 +60,7 @@ class Review:
         self._engine = None
         self._model = None
         self._model_lock = threading.Lock()
+        self._no_subtitles = False
         self._subtitles = self._read_subtitles()
 
     # --- reading ------------------------------------------------------------------------
@@ -73,11 +74,18 @@ class Review:
             return []
         for p in (Path(named), self.store.ad.parent / Path(named).name):
             if p.is_file():
+                self.voice_opts.subs = str(p)  # found once, not looked for on every request
                 try:
                     return [c for c in read_cues(p) if c.text]
                 except LocomadError as e:
                     log.warning("%s", e)
                     return []
+        log.warning(
+            "the track's subtitles %s are not found: cues are kept off the dialogue the track "
+            "itself records only",
+            named,
+        )
+        self._no_subtitles = True
         return []
 
     def dialogue(self, track: dict[str, Any]) -> list[tuple[float, float, str]]:
@@ -85,6 +93,8 @@ class Review:
         soundtrack holds), each span with its words where the subtitles have them."""
         from locomad_cli.voice.fit import dialogue_of
 
+        if self._no_subtitles:  # said once at start
+            track = {**track, "subtitles_file": None}
         spans = dialogue_of(track, self.voice_opts, self.store.ad)
         out = []
         for a, b in spans:
