@@ -211,6 +211,14 @@ def test_review_with_the_mouse(served, browser):
     wait_status(page, "Exported", timeout=300_000)
     assert not errors
     check_saved_and_exported(d, url, alt)
+    # the export is `locomad voice FILM --ad FILM.ad.json` on the saved track
+    again = d.parent / "again"
+    shutil.copytree(d, again)
+    run("voice", str(again / "demo.mp4"), "--ad", str(again / "demo.ad.json"), "--quiet")
+    for name in ("demo.ad.srt", "demo.ad.vtt", "demo.metrics.json"):
+        assert (again / name).read_text() == (d / name).read_text(), name
+    ours, theirs = (json.loads((x / "demo.ad.json").read_text()) for x in (d, again))
+    assert ours["slots"] == theirs["slots"]
 
 
 def test_review_with_the_keyboard_alone(served, browser):
