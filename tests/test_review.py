@@ -98,6 +98,7 @@ def test_stale_version_refused_nothing_written(film):
     before = files(film)
     for method, path, body in (
         ("put", "api/cues/2", {"version": v, "text": "stale"}),
+        ("put", "api/cues/2", {"version": v, "start": 9.5}),  # stale before refused times
         ("post", "api/cues/2/delete", {"version": v}),
         ("post", "api/cues/2/approve", {"version": v}),
         ("post", "api/cues", {"version": v, "start": 21, "end": 23, "text": "x"}),

@@ -13,9 +13,11 @@ from typing import Any
 
 from locomad_cli.review.store import (
     NUDGE,
+    STALE,
     NotFound,
     ReviewError,
     Snapshot,
+    StaleVersion,
     TrackStore,
     check_times,
 )
@@ -140,6 +142,14 @@ class Review:
             "summary": (track.get("voice") or {}).get("summary"),
         }
 
+    def _at(self, version: str) -> Snapshot:
+        """The track, refused when it is no longer at `version`: an edit is checked against
+        the very state it will be applied to (the store checks again under its lock)."""
+        snap = self.store.read()
+        if snap.version != version:
+            raise StaleVersion(STALE)
+        return snap
+
     def slot(self, snap: Snapshot, index: int) -> dict[str, Any]:
         s = next((s for s in snap.track["slots"] if s.get("index") == index), None)
         if s is None:
@@ -159,7 +169,7 @@ class Review:
         """New text and/or times for one cue: the measured fit no longer holds (dropped
         until it is re-voiced), the model's other candidates are no longer alternatives of
         the reviewer's text."""
-        snap = self.store.read()
+        snap = self._at(version)
         old = self.slot(snap, index)
         new = dict(old)
         if text is not None:
@@ -189,17 +199,17 @@ class Review:
         return self.store.change(version, "edit", index, new)
 
     def approve(self, version: str, index: int, approved: bool = True) -> Snapshot:
-        snap = self.store.read()
+        snap = self._at(version)
         new = {**self.slot(snap, index), "approved": bool(approved)}
         return self.store.change(version, "approve" if approved else "unapprove", index, new)
 
     def delete(self, version: str, index: int) -> Snapshot:
-        snap = self.store.read()
+        snap = self._at(version)
         self.slot(snap, index)
         return self.store.change(version, "delete", index, None)
 
     def add(self, version: str, start: float, end: float, text: str) -> Snapshot:
-        snap = self.store.read()
+        snap = self._at(version)
         text = " ".join(str(text).split())
         if not text:
             raise ReviewError("a new cue needs a description")
@@ -244,7 +254,7 @@ class Review:
         as voice's substitutes), and keep the measured record in the slot."""
         from locomad_cli.voice.fit import Voiced, _voice_record
 
-        snap = self.store.read()
+        snap = self._at(version)
         old = self.slot(snap, index)
         texts = [old.get("text", "").strip()]
         texts += [c.get("text", "").strip() for c in old.get("candidates") or []][1:]

@@ -34,6 +34,10 @@ NUDGE = 0.1
 MIN_CUE = 0.3
 """The shortest slot a reviewer may make (seconds)."""
 EPS = 1e-3
+STALE = (
+    "the track was changed elsewhere (another tab, server or command) since this page loaded "
+    "it: reload to see the current track; nothing was saved"
+)
 
 
 class ReviewError(LocomadError):
@@ -194,10 +198,7 @@ class TrackStore:
         snap = self._read()
         self._reconcile(snap.version)
         if version != snap.version:
-            raise StaleVersion(
-                "the track was changed elsewhere (another tab, server or command) since this "
-                "page loaded it: reload to see the current track; nothing was saved"
-            )
+            raise StaleVersion(STALE)
         return snap
 
     def _commit(self, snap: Snapshot, entry: dict[str, Any]) -> Snapshot:
