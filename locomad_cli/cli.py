@@ -1100,7 +1100,7 @@ def review_cmd(
     ad: str = typer.Option(
         None, "--ad", help="The AD track (FILM.ad.json). Default: beside the film."
     ),
-    port: int = typer.Option(0, "--port", help="Port to listen on. Default: a free one."),
+    port: int = typer.Option(0, "--port", help="Port to listen on. Default: 0 (a free one)."),
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
