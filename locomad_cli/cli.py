@@ -29,6 +29,7 @@ from locomad_cli.cli_common import (
     threads_arg,
 )
 from locomad_cli.demo.cli import demo_app
+from locomad_cli.review.cli import review_cmd
 from locomad_cli.utils import DEBUG_ENV
 
 app = typer.Typer(
@@ -490,6 +491,7 @@ def voice_cmd(
 
 
 app.add_typer(demo_app, name="demo")
+app.command("review")(review_cmd)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ command -v java >/dev/null || need+=(default-jre-headless)
 command -v chromium >/dev/null || need+=(chromium)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v mkvpropedit >/dev/null || need+=(mkvtoolnix)  # the MKV 'text descriptions' flag
+command -v npm >/dev/null || need+=(npm)  # axe-core for the review page's accessibility test
 # OpenCV (PySceneDetect's decoder) needs these two shared libraries
 ldconfig -p | grep -q 'libGL\.so\.1 ' || need+=(libgl1)
 ldconfig -p | grep -q 'libglib-2\.0\.so\.0 ' || need+=(libglib2.0-0)
@@ -25,4 +26,7 @@ PY=${PYTHON:-python3}
 # machines (torch 2.13.0 has no torchvision that imports there; README "GPU machines").
 .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 .venv/bin/pip install -q -e '.[test]'
+# axe-core (npm registry) for tests/test_review_browser.py's accessibility audit; the page
+# itself needs no npm package and no build step
+[ -f .venv/npm/node_modules/axe-core/axe.min.js ] || npm install -q --no-fund --no-audit --prefix .venv/npm axe-core@4 >/dev/null
 echo "locomad set up in .venv ($(.venv/bin/locomad --version))"
