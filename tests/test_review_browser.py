@@ -300,8 +300,8 @@ def test_schemathesis_finds_no_server_errors(tmp_path, monkeypatch):
     """Every operation of the OpenAPI schema but the model's and the export's (minutes
     each), with generated bodies and paths: never a 5xx."""
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
     from helpers.reviewfilm import fake_probe, make_film
+    from hypothesis import HealthCheck, given, settings
 
     import locomad_cli.features.video as video
     from locomad_cli.review import Review, ReviewOptions, make_app
