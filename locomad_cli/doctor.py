@@ -16,7 +16,7 @@ from pathlib import Path
 
 from locomad_cli.card import ModelCard, load_card
 from locomad_cli.evaluate.metrics import CORENLP_ENV, CORENLP_JARS, corenlp_jars
-from locomad_cli.utils import LocomadError, hub_reachable
+from locomad_cli.utils import LocomadError, hub_cached, hub_reachable
 
 
 @dataclass
@@ -40,20 +40,6 @@ def _version_line(cmd: list[str]) -> str:
 def _shown(path: str | Path) -> str:
     """Paths as every row prints them: absolute, resolved."""
     return str(Path(path).expanduser().resolve())
-
-
-def hub_cached(repo: str, files: tuple[str, ...] = ("config.json",)) -> str | None:
-    """The local cache path of the first of `files` of hub repo `repo`, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in files:
-        try:
-            hit = try_to_load_from_cache(repo, name)
-        except Exception:  # an id the hub library refuses (not a repo name at all)
-            return None
-        if isinstance(hit, str):
-            return hit
-    return None
 
 
 _MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

@@ -367,3 +367,17 @@ def hf_load_kwargs(name: str | Path) -> dict[str, Any]:
     if Path(str(name)).expanduser().exists() or hub_reachable():
         return {}
     return {"local_files_only": True}
+
+
+def hub_cached(repo: str, files: tuple[str, ...] = ("config.json",)) -> str | None:
+    """The local cache path of the first of `files` of hub repo `repo`, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in files:
+        try:
+            hit = try_to_load_from_cache(repo, name)
+        except Exception:  # an id the hub library refuses (not a repo name at all)
+            return None
+        if isinstance(hit, str):
+            return hit
+    return None

@@ -1,11 +1,11 @@
-"""The QC rules on candidates (describe/rules.py), on exact inputs."""
+"""The QC rules on candidates (tracks/rules.py), on exact inputs."""
 
 from __future__ import annotations
 
 import pytest
 
-from locomad_cli.describe import rules
-from locomad_cli.describe.rules import broken, choose, same_on_both_sides
+from locomad_cli.tracks import rules
+from locomad_cli.tracks.rules import broken, choose, same_on_both_sides
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_apply_on_a_track_row_records_what_gave_way_and_summary_counts_it():
 
 def test_a_sentence_ending_in_a_number_is_whole():
     """A number is a word: "at 9." ends a sentence (a VLM's answer was dropped for it)."""
-    from locomad_cli.describe.rules import is_empty_or_truncated
+    from locomad_cli.tracks.rules import is_empty_or_truncated
 
     assert not is_empty_or_truncated("The train leaves at 9.")
     assert is_empty_or_truncated("The train leaves at.")

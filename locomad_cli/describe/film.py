@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
-from locomad_cli.describe import rules
 from locomad_cli.describe.describer import (
     Answer,
     Ask,
@@ -44,6 +43,7 @@ from locomad_cli.lock import lock_path, output_lock
 from locomad_cli.progress import progress_bar
 from locomad_cli.slots.plan import Slot, plan_film, slots_from_times
 from locomad_cli.threads import torch_threads
+from locomad_cli.tracks import rules
 from locomad_cli.tracks.readers import Cue, read_cues, read_text, read_timed, slot_dialogue
 from locomad_cli.tracks.writers import get_writer, parse_formats
 from locomad_cli.utils import (

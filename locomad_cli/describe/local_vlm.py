@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_reachable
+from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_cached, hub_reachable
 
 if TYPE_CHECKING:
     from locomad_cli.card import ModelCard
@@ -26,7 +26,6 @@ def missing_weights(card: ModelCard) -> str | None:
         return f"model card '{card.name}' names no model (vlm.name)"
     if Path(name).expanduser().is_dir() or hub_reachable():
         return None
-    from locomad_cli.doctor import hub_cached
 
     if hub_cached(name) and hub_cached(name, _FILES):
         return None

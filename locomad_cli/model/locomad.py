@@ -16,11 +16,11 @@ from transformers import PreTrainedTokenizerBase
 
 from locomad_cli.card import MODELS_DIR, ModelCard
 from locomad_cli.data.records import ClipBatch, ContextItem, subsample_frames
-from locomad_cli.describe.rules import is_empty_or_truncated, is_repeat, names_heard, text_key
 from locomad_cli.model.decoder import Decoder, NameTokens, VisualHook, load_llm
 from locomad_cli.model.dsm import DSM, Selection
 from locomad_cli.model.pme import PME, on_query_path
 from locomad_cli.model.tokenizer import load_tokenizer
+from locomad_cli.tracks.rules import is_empty_or_truncated, is_repeat, names_heard, text_key
 from locomad_cli.utils import LocomadError, resolve_dtype
 
 SETTINGS = ("context", "local")
