@@ -330,7 +330,7 @@ def test_shipped_weights_keep_the_documented_figures(tmp_path):
         assert got[s]["CIDEr"] > doc["test"]["stage1"]["CIDEr"] + 100, (s, got[s])
     # names in the recurrent loop: context (DSM top-k, last k) >= no context. Table 6's
     # DSM >= last k held greedy (0.10 / 0.08) and not with 4 beams ranked to fit the slot
-    # (0.10 / 0.13 on seed 0; docs/demo.md, "Describe to fit: the cost")
+    # (0.10 / 0.13 on seed 0; docs/notes/2026-12-06-describe-to-fit.md)
     assert got["recurrent"]["name"] >= got["local"]["name"]
     assert got["recurrent-last-k"]["name"] >= got["local"]["name"]
 
