@@ -212,6 +212,58 @@ def _encode_chunk(encoder: ClipEncoder, frames, batch_size: int) -> torch.Tensor
     return torch.cat(outs)
 
 
+def _compute_chunks(
+    plan: FramePlan,
+    part: Path,
+    encoder: ClipEncoder,
+    done: set[int],
+    batch_size: int,
+    chunk_frames: int,
+    progress_done: int,
+    on_progress: Callable[[int, int], None] | None,
+    on_chunk: Callable[[int, int], None] | None,
+) -> int:
+    """Encode the chunks not yet in `part`, each saved as soon as it is whole so a crash keeps
+    it; returns the frames computed."""
+    import torch
+
+    computed = 0
+    # Pieces come from several readers in any order (parallel.py): a chunk is written when
+    # all its frames are encoded.
+    pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    pieces = parallel.decode_pieces(
+        plan, chunk_frames, done, piece_frames=max(batch_size, parallel.PIECE_FRAMES)
+    )
+    try:
+        with contextlib.closing(pieces):
+            for piece in pieces:
+                c = piece.chunk
+                feats = _encode_chunk(encoder, piece.frames, batch_size)
+                pending.setdefault(c, []).append((piece.offset, feats))
+                progress_done += len(feats)
+                if on_progress is not None:
+                    on_progress(progress_done, plan.frames)
+                size = min(chunk_frames, plan.frames - c * chunk_frames)
+                if sum(len(f) for _, f in pending[c]) < size:
+                    continue
+                feats = torch.cat([f for _, f in sorted(pending.pop(c), key=lambda x: x[0])])
+                with atomic_path(_chunk_file(part, c)) as tmp:
+                    save_features({"features": feats.contiguous()}, tmp)
+                computed += len(feats)
+                if on_chunk is not None:
+                    on_chunk(c, len(feats))
+    except LocomadError:
+        # bad input (a corrupt film): nothing worth resuming is left behind
+        shutil.rmtree(part, ignore_errors=True)
+        raise
+    except OSError:
+        # a full disk: finished chunks are kept for the rerun, an empty start is not
+        if not done and not computed:
+            shutil.rmtree(part, ignore_errors=True)
+        raise
+    return computed
+
+
 def extract_film(
     plan: FramePlan,
     output: Path,
@@ -242,44 +294,22 @@ def extract_film(
     }
     part = partial_dir(output)
     done = _finished_chunks(part, plan.frames, chunk_frames) if open_partial(part, state) else set()
-    computed = 0
     progress_done = sum(min(chunk_frames, plan.frames - c * chunk_frames) for c in done)
     if on_progress is not None:
         on_progress(progress_done, plan.frames)
+    computed = 0
     if len(done) < n_chunks:
-        # Pieces come from several readers in any order (parallel.py): a chunk is written when
-        # all its frames are encoded.
-        pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        pieces = parallel.decode_pieces(
-            plan, chunk_frames, done, piece_frames=max(batch_size, parallel.PIECE_FRAMES)
+        computed = _compute_chunks(
+            plan,
+            part,
+            encoder,
+            done,
+            batch_size,
+            chunk_frames,
+            progress_done,
+            on_progress,
+            on_chunk,
         )
-        try:
-            with contextlib.closing(pieces):
-                for piece in pieces:
-                    c = piece.chunk
-                    feats = _encode_chunk(encoder, piece.frames, batch_size)
-                    pending.setdefault(c, []).append((piece.offset, feats))
-                    progress_done += len(feats)
-                    if on_progress is not None:
-                        on_progress(progress_done, plan.frames)
-                    size = min(chunk_frames, plan.frames - c * chunk_frames)
-                    if sum(len(f) for _, f in pending[c]) < size:
-                        continue
-                    feats = torch.cat([f for _, f in sorted(pending.pop(c), key=lambda x: x[0])])
-                    with atomic_path(_chunk_file(part, c)) as tmp:
-                        save_features({"features": feats.contiguous()}, tmp)
-                    computed += len(feats)
-                    if on_chunk is not None:
-                        on_chunk(c, len(feats))
-        except LocomadError:
-            # bad input (a corrupt film): nothing worth resuming is left behind
-            shutil.rmtree(part, ignore_errors=True)
-            raise
-        except OSError:
-            # a full disk: finished chunks are kept for the rerun, an empty start is not
-            if not done and not computed:
-                shutil.rmtree(part, ignore_errors=True)
-            raise
     features = torch.cat(
         [load_file(str(_chunk_file(part, c)))["features"] for c in range(n_chunks)]
     )
