@@ -68,6 +68,8 @@ from locomad_cli.voice.mix import (
 from locomad_cli.voice.tts import NoSpeech, Speech, SpeechCache, TTSEngine, make_engine
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from locomad_cli.features.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -254,6 +256,38 @@ class Fit:
     tried: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _overflow(
+    fit: Fit,
+    text: str,
+    primary: Speech,
+    calm: list[tuple[Speech, int]],
+    n: int,
+    cache: SpeechCache,
+    opts: VoiceOptions,
+    note: Callable[[Speech, int], Speech],
+) -> Fit:
+    """The ladder's last rung, apart so fit_description stays readable: no candidate fits,
+    so the overflow policy drops, extends or keeps the first choice."""
+    room = fit.window[1] - fit.window[0]
+    policy = opts.overflow_policy
+    if policy == "drop":
+        which = "it has no other candidate" if n == 1 else f"none of its {n} candidates does"
+        shortest = min([primary.duration, *(s.duration for s, _ in calm)])
+        fit.reason = (
+            f"does not fit its {room:.2f} s slot even at {opts.max_rate:g} wpm, and {which} "
+            f"(the shortest takes {shortest:.2f} s at {opts.rate:g} wpm)"
+        )
+        return fit
+    if policy == "extend":
+        s = primary  # the picture is held: no need to hurry
+        fit.decision = "extended"
+    else:
+        s = note(cache.speak(text, opts.max_rate, at_most=opts.max_rate), 0)
+        fit.decision = "kept"
+    fit.speech, fit.candidate, fit.overrun = s, 0, max(0.0, s.duration - room)
+    return fit
+
+
 def fit_description(
     texts: list[str], window: tuple[float, float], cache: SpeechCache, opts: VoiceOptions
 ) -> Fit:
@@ -312,24 +346,7 @@ def fit_description(
         if chosen is not None:
             fit.decision, fit.speech, fit.candidate = "substituted", chosen, rank
             return fit
-    policy = opts.overflow_policy
-    if policy == "drop":
-        n = 1 + len(others)
-        which = "it has no other candidate" if n == 1 else f"none of its {n} candidates does"
-        shortest = min([primary.duration, *(s.duration for s, _ in calm)])
-        fit.reason = (
-            f"does not fit its {room:.2f} s slot even at {opts.max_rate:g} wpm, and {which} "
-            f"(the shortest takes {shortest:.2f} s at {opts.rate:g} wpm)"
-        )
-        return fit
-    if policy == "extend":
-        s = primary  # the picture is held: no need to hurry
-        fit.decision = "extended"
-    else:
-        s = note(cache.speak(texts[0], opts.max_rate, at_most=opts.max_rate), 0)
-        fit.decision = "kept"
-    fit.speech, fit.candidate, fit.overrun = s, 0, max(0.0, s.duration - room)
-    return fit
+    return _overflow(fit, texts[0], primary, calm, 1 + len(others), cache, opts, note)
 
 
 # --- the command ----------------------------------------------------------------------------
