@@ -52,6 +52,7 @@ from locomad_cli.utils import (
 )
 from locomad_cli.voice.mix import (
     MixOptions,
+    MixResult,
     Pause,
     PlacedCue,
     duck_envelope,
@@ -446,45 +447,17 @@ def _voice_into(
         ]
         if not cues:
             raise LocomadError("no description could be voiced: nothing to mix (see warnings)")
-        stem_raw = work / "stem-raw.wav"
-        write_stem(cues, total, stem_raw)
-        programme = None
-        extended_video = prog_ext = None
-        if pauses:
-            extended_video = work / "extended.mkv"
-            prog_ext = work / "programme.flac" if streams else None
-            extended_cut(video, info.duration, pauses, extended_video, prog_ext, opts.mix.crf)
-        if streams:
-            programme = ["-i", str(prog_ext or video)]
-        out_dialogue = to_output_spans(dialogue, pauses)
-        spans = duck_spans(cues, opts.mix.ramp, out_dialogue)
-        envelope = work / "duck.f32"
-        write_envelope(duck_envelope(spans, total, opts.mix.duck_db), envelope)
-
+        stem_out, mix_out, levels, extended_video, prog_ext = _mix_into(
+            stack, work, video, info, opts, cues, pauses, dialogue, total, out_dir / stem_name
+        )
         paths: list[Path] = []
-        stem_out = stack.enter_context(atomic_path(out_dir / stem_name))
-        mix_out = None
-        if programme is not None:
-            mix_out = stack.enter_context(atomic_path(out_dir / f"{film}.ad-mix.wav"))
-        gate = None
-        if opts.mix.loudness_spec.gate == "dialogue":
-            gate = work / "speech.f32"
-            spoken = speech_spans(video, out_dir, streams, pauses, cues)
-            write_envelope(speech_gate(spoken, total), gate)
-        levels = mix(programme, stem_raw, envelope, stem_out, mix_out, opts.mix, gate)
         paths += [out_dir / stem_name] + ([out_dir / f"{film}.ad-mix.wav"] if mix_out else [])
 
         voiced = _voiced_track(track, placed, pauses, opts, engine.identity(), stem_name)
         metrics = _metrics(film, placed, pauses, dialogue, levels, opts)
         voiced["voice"]["summary"] = summary_line(film, metrics)
         loud = metrics["loudness"]
-        if not loud["within_spec"]:
-            log.warning(
-                "the mix misses the %s spec: %s %s LUFS (target %g ±%g), true peak %s dBTP "
-                "(at most %g)",
-                loud["spec"], loud["measure"], loud["value"], loud["target"], loud["tolerance"],
-                loud["measured"].get("true_peak"), loud["true_peak_max"],
-            )  # fmt: skip
+        _warn_off_spec(loud)
 
         text_track = work / f"{film}.ad.vtt"
         get_writer("vtt", work)(output_view(voiced, pauses, stem_name), film)
@@ -514,6 +487,63 @@ def _voice_into(
             paths += get_writer(",".join(text), out_dir)(view, film)
         paths += get_writer("json", out_dir)(voiced, film)
     return voiced, paths
+
+
+def _mix_into(
+    stack: contextlib.ExitStack,
+    work: Path,
+    video: Path,
+    info: VideoInfo,
+    opts: VoiceOptions,
+    cues: list[PlacedCue],
+    pauses: list[Pause],
+    dialogue: list[tuple[float, float]],
+    total: float,
+    stem_path: Path,
+) -> tuple[Path, Path | None, MixResult, Path | None, Path | None]:
+    """The audio half of _voice_into, apart to keep it short: the AD stem, the ducking (and
+    gate) envelopes, the extended cut when there are pauses, and the mix; returns the stem and
+    mix outputs (pending renames on `stack`), the measured levels and the extended cut's files."""
+    film = video.stem
+    out_dir = stem_path.parent
+    streams = info.audio
+    stem_raw = work / "stem-raw.wav"
+    write_stem(cues, total, stem_raw)
+    programme = None
+    extended_video = prog_ext = None
+    if pauses:
+        extended_video = work / "extended.mkv"
+        prog_ext = work / "programme.flac" if streams else None
+        extended_cut(video, info.duration, pauses, extended_video, prog_ext, opts.mix.crf)
+    if streams:
+        programme = ["-i", str(prog_ext or video)]
+    out_dialogue = to_output_spans(dialogue, pauses)
+    spans = duck_spans(cues, opts.mix.ramp, out_dialogue)
+    envelope = work / "duck.f32"
+    write_envelope(duck_envelope(spans, total, opts.mix.duck_db), envelope)
+
+    stem_out = stack.enter_context(atomic_path(stem_path))
+    mix_out = None
+    if programme is not None:
+        mix_out = stack.enter_context(atomic_path(out_dir / f"{film}.ad-mix.wav"))
+    gate = None
+    if opts.mix.loudness_spec.gate == "dialogue":
+        gate = work / "speech.f32"
+        spoken = speech_spans(video, out_dir, streams, pauses, cues)
+        write_envelope(speech_gate(spoken, total), gate)
+    levels = mix(programme, stem_raw, envelope, stem_out, mix_out, opts.mix, gate)
+    return stem_out, mix_out, levels, extended_video, prog_ext
+
+
+def _warn_off_spec(loud: dict[str, Any]) -> None:
+    """A mix that misses its loudness spec is still delivered, so say so."""
+    if not loud["within_spec"]:
+        log.warning(
+            "the mix misses the %s spec: %s %s LUFS (target %g ±%g), true peak %s dBTP "
+            "(at most %g)",
+            loud["spec"], loud["measure"], loud["value"], loud["target"], loud["tolerance"],
+            loud["measured"].get("true_peak"), loud["true_peak_max"],
+        )  # fmt: skip
 
 
 def speech_spans(
