@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers.reviewfilm import SLOTS, fake_probe, make_film
 
-from locomad_cli.review import Review, ReviewOptions, make_app
 from locomad_cli.review.regenerate import context_for
+from locomad_cli.review.server import make_app
+from locomad_cli.review.session import Review, ReviewOptions
 from locomad_cli.review.store import journal_path
 
 TOKEN = "t0ken-for-tests"

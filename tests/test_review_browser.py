@@ -37,8 +37,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-FIX = 4  # "Luis hands Luis the white letter." in the shipped demo track
-REGEN = 20  # "Carl and Carl embrace."
+FIX = 4  # "Eva hands Luis the red key." in the demo track (was "Luis hands Luis ...")
+REGEN = 20  # a cue to regenerate
 FIXED = "Luis hands Ben the white letter."
 pytestmark = pytest.mark.slow
 
@@ -176,7 +176,7 @@ def test_review_with_the_mouse(served, browser):
     page, errors = open_page(browser, url)
     # correct one cue's text
     page.click(f"#cue-{FIX}")
-    assert page.input_value("#text") == "Luis hands Luis the white letter."
+    assert page.input_value("#text") == cue_text(page, FIX)
     page.fill("#text", FIXED)
     page.click("#save-text")
     wait_status(page, "Text saved")
@@ -304,7 +304,8 @@ def test_schemathesis_finds_no_server_errors(tmp_path, monkeypatch):
     from hypothesis import HealthCheck, given, settings
 
     import locomad_cli.features.video as video
-    from locomad_cli.review import Review, ReviewOptions, make_app
+    from locomad_cli.review.server import make_app
+    from locomad_cli.review.session import Review, ReviewOptions
 
     monkeypatch.setattr(video, "probe", fake_probe)
     film = make_film(tmp_path / "film")

@@ -146,7 +146,7 @@ def test_clip_context_through_describe_uses_the_cards_clip(tmp_path):
     """select: clip inside describe: the scores the request's context carries are the cosine
     of each item's CLIP text features with the slot's mean frame feature, recomputed here
     from the features file and the card's (tiny, random) CLIP."""
-    from openai_server import FakeVLM
+    from helpers.openai_server import FakeVLM
 
     from locomad_cli.card import TINY_CLIP_CONFIG, load_card
     from locomad_cli.describe.film import DescribeOptions, describe, slot_frames

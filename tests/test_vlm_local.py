@@ -137,7 +137,7 @@ def test_offline_without_the_weights_is_one_line_naming_how_to_fetch(tmp_path, m
 
 
 def test_doctor_says_what_a_vlm_card_is_missing(monkeypatch, tiny_vlm):
-    from openai_server import FakeVLM
+    from helpers.openai_server import FakeVLM
 
     from locomad_cli.doctor import blocking, run_checks
 

@@ -22,7 +22,8 @@ def review_cmd(
     """Review an AD track in the browser: play the film with its descriptions, correct,
     regenerate, re-voice, approve, export. The page's address (with its token) goes to stdout;
     Ctrl-C stops the server."""
-    from locomad_cli.review import ReviewOptions, review
+    from locomad_cli.review.server import review
+    from locomad_cli.review.session import ReviewOptions
 
     if not 0 <= port <= 65535:
         fail(f"--port must be 0-65535, got {port}")

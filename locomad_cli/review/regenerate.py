@@ -87,8 +87,8 @@ def nbest_for_slot(
     review: Review, track: dict[str, Any], slot: dict[str, Any]
 ) -> list[tuple[str, float | None]]:
     """(text, score) best first for one slot, repeated and empty texts dropped."""
-    from locomad_cli.data.records import ContextItem
-    from locomad_cli.describe.film import Film, _generate
+    from locomad_cli.data.records import ContextItem, collate
+    from locomad_cli.describe.film import Film
     from locomad_cli.slots.plan import Slot
     from locomad_cli.threads import torch_threads
 
@@ -105,8 +105,11 @@ def nbest_for_slot(
         for c in context_for(track, slot, p)
     ]
     record = film.record(s, context, m.cache)
+    card = m.model.card
+    batch = collate([record], card.pme.max_frames, card.dsm.proposal_len)
+    budgets = [(s.end - s.start) * card.llm.words_per_minute / 60]  # as describe ranks them
     with torch_threads(None, True, review.opts.device):
-        gen = _generate(m.model, [record], "recurrent", film.names)[0]
+        gen = m.model.generate(batch, setting="context", names=film.names, budgets=budgets)[0]
     out: list[tuple[str, float | None]] = []
     for text, score in gen.candidates or [(gen.text, None)]:
         text = text.strip()

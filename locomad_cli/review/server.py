@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from locomad_cli.review.session import Review
+from locomad_cli.review.session import Review, ReviewOptions
 from locomad_cli.review.store import ReviewError
 from locomad_cli.utils import LocomadError
 
@@ -284,3 +284,14 @@ def _print_url(url: str) -> None:
 def _open(url: str) -> None:
     with contextlib.suppress(Exception):
         webbrowser.open(url)
+
+
+def review(
+    video: str,
+    opts: ReviewOptions,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    open_browser: bool = True,
+) -> None:
+    """Serve the review page of one film until Ctrl-C; its address goes to stdout."""
+    serve(Review(video, opts), host=host, port=port, open_browser=open_browser)
