@@ -23,20 +23,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers.browser import CHROMIUM, FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 AXE = ROOT / ".venv" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FIX = 4  # "Eva hands Luis the red key." in the demo track (was "Luis hands Luis ...")
 REGEN = 20  # a cue to regenerate
 FIXED = "Luis hands Ben the white letter."
