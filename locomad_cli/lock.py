@@ -27,7 +27,11 @@ def lock_path(out_dir: str | Path, film: str) -> Path:
 
 
 class Busy(LocomadError):
-    """Another process holds the lock."""
+    """Another process holds the lock; `holder` names it ('process PID')."""
+
+    def __init__(self, line: str, holder: str = "another process"):
+        super().__init__(line)
+        self.holder = holder
 
 
 def _holder(path: Path) -> str:
@@ -64,9 +68,11 @@ def output_lock(path: str | Path, what: str = "", wait: float = 0.0) -> Iterator
                 time.sleep(0.2)
                 continue
             name = what or f"the outputs of {path.name[: -len(SUFFIX)]} in {path.parent}"
+            holder = _holder(path)
             raise Busy(
-                f"{name} are being written by locomad {_holder(path)} (lock {path}): wait for it "
-                "to finish, or write elsewhere with --output-dir"
+                f"{name} are being written by locomad {holder} (lock {path}): wait for it "
+                "to finish, or write elsewhere with --output-dir",
+                holder,
             ) from None
         except BaseException:
             os.close(fd)

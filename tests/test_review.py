@@ -260,3 +260,52 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path):
         r = runner.invoke(app, ["review", *args])
         assert r.exit_code == 2
         assert "Traceback" not in r.output and "error:" in r.output
+
+
+def test_a_save_while_a_run_writes_the_film_is_refused_naming_it(film, monkeypatch):
+    """describe and voice hold the film's output lock while they write; a save meanwhile is
+    refused (423, the holder named, nothing written) and the page still reads the track."""
+    import os
+
+    import locomad_cli.review.store as store
+    from locomad_cli.lock import lock_path, output_lock
+
+    monkeypatch.setattr(store, "LOCK_WAIT", 0.3)
+    c = client(film)
+    v = c.get(f"/{TOKEN}/api/track").json()["version"]
+    with output_lock(lock_path(film.parent, "demo")):  # what `locomad voice demo.mp4` takes
+        before = files(film)
+        r = c.put(f"/{TOKEN}/api/cues/2", json={"version": v, "text": "Ben reads the letter."})
+        assert r.status_code == 423
+        assert f"locomad process {os.getpid()}" in r.json()["error"]
+        assert "nothing was saved" in r.json()["error"]
+        assert files(film) == before
+        assert c.get(f"/{TOKEN}/api/track").json()["version"] == v  # reading goes on
+    r = c.put(f"/{TOKEN}/api/cues/2", json={"version": v, "text": "Ben reads the letter."})
+    assert r.status_code == 200
+    assert not lock_path(film.parent, "demo").exists()  # let go after the save
+
+
+@pytest.mark.slow
+def test_voice_is_refused_while_the_review_exports(film):
+    """The export holds the film's lock for the whole voice run it makes: a `locomad voice` on
+    the same film meanwhile is one line naming the server's process, and writes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    review = Review(film, ReviewOptions(who="tester"))
+    v = review.store.read().version
+    root = Path(__file__).resolve().parents[1]
+    with review.store.exclusive(v):
+        before = files(film)
+        res = subprocess.run(
+            [sys.executable, "-m", "locomad_cli", "voice", str(film), "--ad",
+             str(film.with_name("demo.ad.json"))],
+            capture_output=True, text=True, cwd=root, timeout=300,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )  # fmt: skip
+        assert files(film) == before
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert f"being written by locomad process {os.getpid()}" in line

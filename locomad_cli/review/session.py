@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from locomad_cli.lock import lock_path
 from locomad_cli.review.store import (
     NUDGE,
     STALE,
@@ -57,7 +58,7 @@ class Review:
         )
         self.info = probe(self.video)
         load_track(ad, self.video, self.info.duration)  # refused now, in voice's words
-        self.store = TrackStore(ad, self.opts.who)
+        self.store = TrackStore(ad, self.opts.who, lock_path(ad.resolve().parent, self.video.stem))
         self.voice_opts = VoiceOptions(ad=str(self.store.ad), progress=False)
         self._engine = None
         self._model = None
@@ -300,7 +301,7 @@ class Review:
 
         with self.store.exclusive(version):
             opts = VoiceOptions(ad=str(self.store.ad), formats="srt,vtt,json", progress=False)
-            _, paths = voice(self.video, opts)
+            _, paths = voice(self.video, opts, lock=False)  # exclusive() holds the film's lock
         return self.store.read(), [p.name for p in paths]
 
     def descriptions_vtt(self) -> str:

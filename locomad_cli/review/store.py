@@ -10,13 +10,17 @@ recognised (the JSON's version is still the line's `before`) and dropped on the 
 The version a client edits against is a hash of the JSON's bytes: two tabs, two servers or a
 `locomad voice` run in between all change it, and a write against an old version is refused
 (StaleVersion) with nothing written. Undo and redo are entries of the journal too, so the
-undo history survives a restart of the server."""
+undo history survives a restart of the server.
+
+Every write holds the film's output lock (lock.py, `FILM.locomad.lock`), the one `describe`
+and `voice` hold while they write the same outputs: a save while one of them runs is refused
+with one line naming it (nothing saved), and they are refused while an export runs. Reads do
+not need the lock (every writer renames whole files)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import getpass
 import hashlib
 import json
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from locomad_cli.lock import Busy, lock_path, output_lock
 from locomad_cli.utils import LocomadError, atomic_open
 
 NUDGE = 0.1
@@ -38,6 +43,9 @@ STALE = (
     "the track was changed elsewhere (another tab, server or command) since this page loaded "
     "it: reload to see the current track; nothing was saved"
 )
+LOCK_WAIT = 2.0
+"""Seconds a save waits for another writer of the film (another server's save takes
+milliseconds; a describe or voice run takes minutes, and the save is refused)."""
 
 
 class ReviewError(LocomadError):
@@ -52,6 +60,12 @@ class StaleVersion(ReviewError):
 
 class NotFound(ReviewError):
     status = 404
+
+
+class InUse(ReviewError):
+    """Another process (describe, voice, another server's export) is writing the film."""
+
+    status = 423
 
 
 def version_of(data: bytes) -> str:
@@ -74,10 +88,13 @@ class TrackStore:
     """One film's AD track and its journal. Stateless between calls (everything is read
     from disk under a lock), so several servers on one film agree."""
 
-    def __init__(self, ad: str | Path, who: str | None = None):
+    def __init__(self, ad: str | Path, who: str | None = None, lock: str | Path | None = None):
+        """`lock`: the film's output lock (default: the one of the film `FILM.ad.json` is of,
+        beside it; review passes the film's own, as voice takes it)."""
         self.ad = Path(ad).resolve()
         self.journal = journal_path(self.ad)
-        self.lock_path = self.ad.with_name(f".{self.ad.name}.lock")
+        film = self.ad.name.removesuffix(".json").removesuffix(".ad")
+        self.lock_path = Path(lock) if lock else lock_path(self.ad.parent, film)
         self.who = who or _user()
         if not self.ad.is_file():
             raise LocomadError(f"{self.ad}: no such AD track (write it with locomad describe)")
@@ -90,10 +107,13 @@ class TrackStore:
     # --- reading ------------------------------------------------------------------------
 
     def read(self) -> Snapshot:
-        with self._locked():
-            snap = self._read()
-            self._reconcile(snap.version)
-            return snap
+        try:
+            with self._locked(wait=0.5):
+                snap = self._read()
+                self._reconcile(snap.version)
+                return snap
+        except InUse:
+            return self._read()  # a run writes the film: its files are renamed in whole
 
     def _read(self) -> Snapshot:
         data = self.ad.read_bytes()
@@ -250,14 +270,20 @@ class TrackStore:
                 f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """One writer at a time across processes (two servers on one film)."""
-        with open(self.lock_path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    def _locked(self, wait: float | None = None) -> Iterator[None]:
+        """One writer of the film at a time across processes (two servers, or a server and a
+        describe or voice run); InUse, naming the other, when it is not let go in `wait` s."""
+        with contextlib.ExitStack() as held:
             try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                held.enter_context(
+                    output_lock(self.lock_path, wait=LOCK_WAIT if wait is None else wait)
+                )
+            except Busy as e:
+                raise InUse(
+                    f"{self.ad.name} is being written by locomad {e.holder} (a describe, voice "
+                    "or export of this film): nothing was saved; try again when it has finished"
+                ) from None
+            yield
 
 
 # --- checks of an edit ----------------------------------------------------------------------

@@ -365,11 +365,16 @@ class Voiced:
 
 
 def voice(
-    video: str | Path, opts: VoiceOptions, track: dict[str, Any] | None = None
+    video: str | Path,
+    opts: VoiceOptions,
+    track: dict[str, Any] | None = None,
+    lock: bool = True,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Voice, mix and deliver one film's AD track; returns the voiced track and the files
     written. `track` replaces reading `opts.ad` (describe --voice passes its own). Every
-    input is checked before anything is synthesized or written."""
+    input is checked before anything is synthesized or written. The film's output lock is
+    taken for the writing; `lock=False` when the caller holds it already (review's export:
+    a second flock in one process would refuse its own holder)."""
     from locomad_cli.features.video import probe
 
     video = Path(video)
@@ -386,7 +391,8 @@ def voice(
     check_writable_dir(out_dir)
     film = video.stem
     cache_dir = out_dir / f"{film}.voice-cache"
-    with output_lock(lock_path(out_dir, film)), _disk_errors(out_dir, cache_dir):
+    held = output_lock(lock_path(out_dir, film)) if lock else contextlib.nullcontext()
+    with held, _disk_errors(out_dir, cache_dir):
         sweep_temps(out_dir)  # the work folders a killed run left (ours only)
         return _voice_into(video, opts, track, ad_path, engine, out_dir, formats, info)
 

@@ -47,7 +47,7 @@ async function act(what, fn, done) {
     if (out && out.cues) { S = out; render(); }
     say(done ? done(out) : what + ": saved");
   } catch (e) {
-    alarm((e.status === 409 ? "Not saved: " : "Refused: ") + e.message);
+    alarm((e.status === 409 || e.status === 423 ? "Not saved: " : "Refused: ") + e.message);
   } finally {
     busy = false;
     const el = focusId && $(focusId);
