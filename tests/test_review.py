@@ -281,6 +281,8 @@ def test_a_save_while_a_run_writes_the_film_is_refused_naming_it(film, monkeypat
         assert "nothing was saved" in r.json()["error"]
         assert files(film) == before
         assert c.get(f"/{TOKEN}/api/track").json()["version"] == v  # reading goes on
+        with pytest.raises(store.InUse, match=f"locomad process {os.getpid()}"):
+            Review(film, ReviewOptions(who="late"))  # `locomad review` started meanwhile
     r = c.put(f"/{TOKEN}/api/cues/2", json={"version": v, "text": "Ben reads the letter."})
     assert r.status_code == 200
     assert not lock_path(film.parent, "demo").exists()  # let go after the save
