@@ -23,6 +23,7 @@ from locomad_cli.cli_common import (
     fail,
     from_params,
     one_line_errors,
+    print_result,
     result_line,
     run,
     setup_logging,
@@ -46,7 +47,7 @@ def _version_callback(value: bool) -> None:
     if value:
         from locomad_cli import __version__
 
-        typer.echo(f"locomad {__version__}")
+        result_line(f"locomad {__version__}", kept="nothing else was to be done")
         raise typer.Exit()
 
 
@@ -73,10 +74,13 @@ def doctor(model: str = MODEL_OPTION, overrides: list[str] = SET_OPTION) -> None
     """What this machine has for a model card: tools, CLIP/BERT/OPT weights in the local caches,
     trained LoCo-MAD weights, Java, CoreNLP, espeak-ng. Exit code 1 when the card cannot describe
     a film here (a row needed for `describe` is missing), 0 otherwise."""
-    from locomad_cli.doctor import blocking, print_table, run_checks
+    from locomad_cli.doctor import blocking, checks_table, run_checks
 
     rows = run_checks(model, overrides)
-    print_table(rows, model)
+    print_result(
+        checks_table(rows, model),
+        kept="the exit code still says whether the card can describe here",
+    )
     if missing := ", ".join(r.name for r in blocking(rows)):
         what = f"model card '{model}' cannot describe a film on this machine: missing {missing}"
         typer.echo(f"locomad: error: {what}", err=True)
@@ -266,9 +270,8 @@ def evaluate_cmd(
     report = from_params(r.evaluate, params, threads=threads_arg(threads))
     if output:
         r.write_report(report, output)
-    from rich.console import Console
-
-    Console().print(r.report_table(report))
+    kept = f"the report is written to {output}" if output else "write the report with --output"
+    print_result(r.report_table(report), kept=kept)
     if not quiet and (unmatched := r.unmatched_line(report)):
         typer.echo(unmatched, err=True)
     line = r.missing_line(report)

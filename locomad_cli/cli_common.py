@@ -6,6 +6,7 @@ purpose: every help screen imports it."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import inspect
 import logging
@@ -194,7 +195,7 @@ def _dash_file_hint(app: typer.Typer, argv: list[str]) -> str | None:
     return None
 
 
-def result_line(text: str) -> None:
+def result_line(text: str, kept: str = "files are still written") -> None:
     """One result line on stdout in one write, flushed. print() writes the text and the
     newline separately, and with PYTHONUNBUFFERED (set in many containers and CI images)
     those are two writes: under a launcher, two processes sharing stdout then glue one's line
@@ -207,14 +208,33 @@ def result_line(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except (OSError, ValueError) as e:
-        _lose_stdout(e)
+        _lose_stdout(e, kept=kept)
+
+
+def print_result(renderable: Any, kept: str = "files are still written") -> None:
+    """A rich table (or text) on stdout, as result_line: a closed or full stdout (`| head`,
+    `> /dev/full`) is one warning saying what is `kept`, and the command goes on to its own
+    exit code (click would end it with a silent exit 1)."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich's own ends the process with exit 1
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    if _stdout_lost.get("why"):
+        return
+    try:
+        _Console(soft_wrap=False).print(renderable)
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        _lose_stdout(e, kept=kept)
 
 
 _stdout_lost: dict[str, str] = {}
 """Why stdout can no longer be written, once it cannot (this process's stdout is global)."""
 
 
-def _lose_stdout(e: BaseException, say: bool = True) -> None:
+def _lose_stdout(e: BaseException, say: bool = True, kept: str = "files are still written") -> None:
     """Stdout failed: point it at /dev/null (Python's exit flush would fail again) and say so
     once on stderr."""
     why = getattr(e, "strerror", None) or str(e)
@@ -227,7 +247,7 @@ def _lose_stdout(e: BaseException, say: bool = True) -> None:
         return
     typer.echo(
         f"locomad: warning: stdout cannot be written ({why}): results are no longer printed "
-        "there; files are still written",
+        f"there; {kept}",
         err=True,
     )
 

@@ -13,10 +13,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from locomad_cli.card import ModelCard, load_card
 from locomad_cli.evaluate.metrics import CORENLP_ENV, CORENLP_JARS, corenlp_jars
 from locomad_cli.utils import LocomadError, hub_cached, hub_reachable
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass
@@ -256,9 +260,8 @@ def blocking(rows: list[Check]) -> list[Check]:
     return [r for r in rows if not r.ok and r.needed_for == "describe"]
 
 
-def print_table(rows: list[Check], model: str) -> None:
-    """The checks as a table on stdout (rich: colours on a terminal, plain in a pipe)."""
-    from rich.console import Console
+def checks_table(rows: list[Check], model: str) -> Table:
+    """The checks as a rich table (colours on a terminal, plain in a pipe)."""
     from rich.table import Table
 
     from locomad_cli import __version__
@@ -271,4 +274,4 @@ def print_table(rows: list[Check], model: str) -> None:
     for r in rows:
         status = "[green]ok[/]" if r.ok else "[yellow]missing[/]"
         table.add_row(r.name, status, r.needed_for, r.details)
-    Console(soft_wrap=False).print(table)
+    return table

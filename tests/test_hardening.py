@@ -365,6 +365,41 @@ def test_describe_with_stdout_on_a_full_device(world, reference, tmp_path):
     same_tracks(out, reference[0])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("into", ["closed pipe", "/dev/full"])
+def test_tables_on_a_closed_or_full_stdout(tmp_path, into):
+    """evaluate's and doctor's tables (rich, which ends the process with a silent exit 1 on a
+    broken pipe): one warning naming what is kept, and the command's own exit code."""
+    cues = [(1.0, 3.0, "A man walks into the kitchen."), (5.0, 7.0, "She opens the door.")]
+    (tmp_path / "pred.srt").write_text(_srt(cues), encoding="utf-8")
+    (tmp_path / "ref.srt").write_text(_srt(cues), encoding="utf-8")
+    report = tmp_path / "report.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    evaluate = [*CLI, "evaluate", str(tmp_path / "pred.srt"), "-r", str(tmp_path / "ref.srt"),
+                "--metrics", "cider,bleu", "-o", str(report)]  # fmt: skip
+    for args, rc, kept in (
+        (evaluate, 0, f"the report is written to {report}"),
+        ([*CLI, "doctor", "--model", "demo"], None, "whether the card can describe here"),
+        ([*CLI, "--version"], 0, "nothing else"),
+    ):
+        if into == "closed pipe":
+            cmd = "set -o pipefail; " + " ".join(f"'{a}'" for a in args) + " | head -c0"
+            res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env)
+            why = "Broken pipe"
+        else:
+            with open("/dev/full", "w") as full:
+                res = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+            why = "No space left on device"
+        warning, *rest = res.stderr.strip().splitlines()
+        assert f"stdout cannot be written ({why})" in warning and kept in warning, res.stderr
+        assert "Traceback" not in res.stderr
+        if rc is not None:
+            assert res.returncode == rc and rest == [], res.stderr
+        else:  # doctor: 1 with one error line when the card cannot describe here, else 0
+            assert (res.returncode, len(rest)) in ((0, 0), (1, 1)), res.stderr
+    assert json.loads(report.read_text())
+
+
 # --- 3. one writer per film's outputs ----------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from locomad_cli.cli_common import (
     THREADS_OPTION,
     from_params,
     one_line_errors,
+    result_line,
     threads_arg,
 )
 
@@ -163,7 +164,7 @@ def _print_scores(rows: dict[str, dict[str, float]]) -> None:
             cells.append(
                 f"repeats {row['repeat_rate']:.2f} (ref {row['reference_repeat_rate']:.2f})"
             )
-        print(f"{setting:18s} " + "  ".join(c for c in cells if c), flush=True)
+        result_line(f"{setting:18s} " + "  ".join(c for c in cells if c))
 
 
 def _demo_model(model: str, weights: str | None):
