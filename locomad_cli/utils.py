@@ -152,7 +152,21 @@ def os_error_line(e: OSError, path: str | Path | None = None) -> str | None:
     if e.errno in (errno.ENOSPC, errno.EDQUOT) and where:
         disk = _disk_of(Path(where))
         detail += f"; {disk}" if disk else ""
-    return f"cannot write {where}: {why} ({detail})" if where else f"{why} ({e})"
+    if not where:
+        return f"{why} ({e})"
+    return f"cannot {_verb(e, Path(where))} {where}: {why} ({detail})"
+
+
+def _verb(e: OSError, where: Path) -> str:
+    """What could not be done to `where`: a permission error does not say whether it came
+    from reading or writing, the file and its folder do (checks that never raise)."""
+    if e.errno not in (errno.EACCES, errno.EPERM):
+        return "write"
+    if not os.access(where.parent, os.X_OK):
+        return "open"  # a folder on the way may not be entered
+    if os.path.lexists(where) and not os.access(where, os.R_OK):
+        return "read"
+    return "write"
 
 
 _PATH_ERRNOS = {
@@ -268,6 +282,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def readable(path: str | Path) -> Path:
+    """`path`, after opening it for reading once: safetensors reports every failure to open a
+    file (permission denied included) as 'No such file or directory', so the real OSError is
+    raised here first (one line through the CLI's OSError handling)."""
+    with open(path, "rb"):
+        pass
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ OS refuses. Disk full is a real small tmpfs where this machine allows a mount (r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -18,33 +17,10 @@ from pathlib import Path
 
 import pytest
 from helpers.adfilm import make_track, write_track
+from helpers.cli import CLI, ROOT, fill, one_error, run_cli, small_disk
 from helpers.media import make_video
 
 from locomad_cli.utils import TEMP_SUFFIX, atomic_open, atomic_path, final_name, sweep_temps
-
-ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-c", "from locomad_cli.cli import main; main()"]
-
-
-def run_cli(args, cwd=None, timeout=600, **kw):
-    """`locomad ARGS` as a user runs it: offline, one torch thread, no debug."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("LOCOMAD_DEBUG", None)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
-    )
-
-
-def one_error(res, *words: str) -> str:
-    """Exit 2, exactly one stderr line starting `locomad: error:`, holding every word."""
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.returncode == 2, (res.returncode, res.stderr)
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert lines[0].startswith("locomad: error: "), lines[0]
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def dead_pid() -> int:
@@ -54,30 +30,6 @@ def dead_pid() -> int:
         os._exit(0)
     os.waitpid(pid, 0)
     return pid
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str):
-    """A real file system of `size` (tmpfs) at `path`; skipped where mounting is not allowed."""
-    path.mkdir(parents=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                         capture_output=True, text=True)  # fmt: skip
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_to(disk: Path, free_pages: int) -> Path:
-    """Fill `disk` until `free_pages` pages of 4 KiB are left."""
-    filler = disk / "filler"
-    filler.unlink(missing_ok=True)
-    st = os.statvfs(disk)
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - free_pages * 4096))
-    return filler
 
 
 def ours(folder: Path) -> list[str]:
@@ -177,7 +129,7 @@ def test_voice_on_a_disk_that_fills_up(short_film, tmp_path):
     with small_disk(tmp_path / "disk", "6m") as disk:
         out = disk / "out"
         for pages in (0, 12, need // 3, need * 2 // 3, need * 9 // 10):
-            filler = fill_to(disk, pages)
+            filler = fill(disk, pages)
             res = run_cli(["voice", film, "--ad", ad, "-o", out, "-q"])
             line = one_error(res, "the disk is full", f"{disk} has", "free", "kept")
             assert "cannot write " in line
@@ -737,14 +689,14 @@ def test_a_full_disk_is_named_under_describe_and_extract_features(world, referen
     """The one line names the disk and what it has left; a rerun with space again writes what
     an undisturbed run writes (describe: the same tracks; its progress was kept)."""
     with small_disk(tmp_path / "disk", "400k") as disk:
-        filler = fill_to(disk, 0)
+        filler = fill(disk, 0)
         args = ["extract-features", world["film"], "-m", world["card"], "--device", "cpu", "-q"]
         one_error(run_cli([*args, "-o", disk / "feats"]), "the disk is full", f"{disk} has")
         assert ours(disk) == [] and not list((disk / "feats").glob("*.lock"))
         out = disk / "out"
         one_error(run_cli(describe_args(world, out)), "the disk is full", f"{disk} has")
         assert not out.exists()  # the folder it made, empty: removed
-        filler = fill_to(disk, 1)  # the progress fits, the tracks not
+        filler = fill(disk, 1)  # the progress fits, the tracks not
         line = one_error(run_cli(describe_args(world, out)), f"{disk} has", "--resume")
         assert "3 of 3 descriptions are kept" in line and ours(disk) == []
         filler.unlink()

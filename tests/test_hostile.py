@@ -13,10 +13,8 @@ filled to the page; the run must refuse cleanly and its rerun, with space again,
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import fill, one_error, run_cli, small_disk
 from helpers.media import make_video
 from helpers.srt import srt_text
 from safetensors.torch import save_file
@@ -37,22 +36,7 @@ from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.slots.plan import propose_slots
 from locomad_cli.utils import LocomadError
 
-CLI = [sys.executable, "-c", "from locomad_cli.cli import main; main()"]
 DURATION = 10.0
-
-
-def run_cli(args: list[str], env: dict[str, str] | None = None, cmd=None, timeout: int = 600):
-    """The command as a user runs it: offline, one torch thread, no debug."""
-    full = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    if "LOCOMAD_DEBUG" not in (env or {}):
-        full.pop("LOCOMAD_DEBUG", None)
-    return subprocess.run(
-        [*(cmd or CLI), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full,
-        timeout=timeout,
-    )
 
 
 SUBS = [(0.5, 1.5, "Hello."), (4.0, 5.0, "Where is she?")]
@@ -423,42 +407,6 @@ def test_warnings_for_inputs_of_another_film(world, tmp_path):
 # --- a full disk ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def small_disk(path: Path, size: str = "200k"):
-    """A real, small file system (tmpfs) at `path`; needs root."""
-    path.mkdir()
-    try:
-        res = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command here")
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}): needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(disk: Path, leave_pages: int) -> Path:
-    """Fill `disk` so that only `leave_pages` pages of 4 KiB stay free."""
-    st = os.statvfs(disk)
-    free = st.f_bavail * st.f_frsize
-    filler = disk / "filler"
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(0, free - leave_pages * 4096))
-    return filler
-
-
-def _only_line(res) -> str:
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    return lines[0]
-
-
 def _describe_to(world: World, out: Path, *extra) -> list:
     return [
         "describe", world.film, "--model", world.card, "--features", world.features,
@@ -476,7 +424,7 @@ def test_disk_full_describe(world, tmp_path):
         filler = fill(disk, 0)
         res = run_cli(_describe_to(world, out))
         assert res.returncode == 2
-        line = _only_line(res)
+        line = one_error(res)
         assert line.startswith(f"locomad: error: cannot write {out / 'film.ad.progress.jsonl'}")
         assert "the disk is full" in line
         assert sorted(p.name for p in out.iterdir()) == []  # no progress file, no track
@@ -485,7 +433,7 @@ def test_disk_full_describe(world, tmp_path):
         filler = fill(disk, 1)
         res = run_cli(_describe_to(world, out))
         assert res.returncode == 2
-        line = _only_line(res)
+        line = one_error(res)
         assert "the disk is full" in line and "3 of 3 descriptions are kept" in line
         assert "run the same command with --resume" in line
         progress = out / "film.ad.progress.jsonl"
@@ -514,14 +462,14 @@ def test_disk_full_extract_features(world, tmp_path):
         filler = fill(disk, 0)
         res = run_cli([*args, "-o", out])
         assert res.returncode == 2
-        line = _only_line(res)
+        line = one_error(res)
         assert line.startswith(f"locomad: error: cannot write {out / 'film.features.safetensors'}")
         assert "the disk is full" in line
         assert not out.exists() or list(out.iterdir()) == []  # no partial folder
         filler.unlink()
         filler = fill(disk, 2)  # the state file and the one chunk fit, the final file not
         res = run_cli([*args, "-o", out])
-        assert res.returncode == 2 and "the disk is full" in _only_line(res)
+        assert res.returncode == 2 and "the disk is full" in one_error(res)
         partial = out / "film.features.partial"
         assert sorted(p.name for p in partial.iterdir()) == [
             "chunk-00000.safetensors",

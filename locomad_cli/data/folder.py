@@ -27,7 +27,7 @@ from locomad_cli.data.dataset import (
     read_csv_rows,
 )
 from locomad_cli.data.mad import END_COLUMNS, START_COLUMNS
-from locomad_cli.utils import LocomadError
+from locomad_cli.utils import LocomadError, readable
 
 SUFFIX = ".features.safetensors"
 TEXT_COLUMNS = ("text", "description", "ad", "sentence", "caption")
@@ -115,7 +115,7 @@ def read_folder(root: str | Path, split: str, fps: float, options: dict[str, str
     problems: list[str] = []
     subs: dict[str, SubtitleIndex] = {}
     for name, feat_path in films.items():
-        with safe_open(str(feat_path), framework="pt") as f:
+        with safe_open(str(readable(feat_path)), framework="pt") as f:
             meta = f.metadata() or {}
         if "fps" in meta and abs(float(meta["fps"]) - fps) > 1e-6:
             raise LocomadError(

@@ -38,6 +38,7 @@ from locomad_cli.utils import (
     LocomadError,
     atomic_path,
     check_writable_dir,
+    readable,
     resolve_device,
     resolve_dtype,
     write_errors,
@@ -77,6 +78,7 @@ def load_features(path: str | Path) -> tuple[torch.Tensor, dict]:
     path = Path(path)
     if not path.is_file():
         raise LocomadError(f"{path}: no such features file")
+    readable(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})

@@ -22,7 +22,13 @@ from safetensors.torch import load_file, save_file
 
 from locomad_cli.card import ModelCard, card_from_dict
 from locomad_cli.model.locomad import LoCoMAD
-from locomad_cli.utils import LocomadError, atomic_dir, atomic_path, hub_offline_hint
+from locomad_cli.utils import (
+    LocomadError,
+    atomic_dir,
+    atomic_path,
+    hub_offline_hint,
+    readable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +182,7 @@ def load_model(source: str | Path | ModelCard, device: str = "cpu") -> LoCoMAD:
                 f"weights in {folder} were made for another architecture than card "
                 f"'{card.name}' has (weights' card '{saved.name}': {'; '.join(diff[:3])})"
             )
+    readable(folder / WEIGHTS)
     try:
         state = load_file(folder / WEIGHTS)
     except (SafetensorError, OSError) as e:

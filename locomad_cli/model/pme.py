@@ -28,7 +28,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredict
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerEncoder
 
 from locomad_cli.card import ModelCard
-from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_offline_hint
+from locomad_cli.utils import LocomadError, hf_load_kwargs, hub_offline_hint, readable
 
 MASK_MODES = ("vtc", "vtm", "vtg")
 TEMP_RANGE = (0.001, 0.5)
@@ -280,6 +280,7 @@ class PME(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        readable(path)
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError) as e:

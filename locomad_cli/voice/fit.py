@@ -27,6 +27,7 @@ synthesized speech is cached in `FILM.voice-cache/`, so a rerun synthesizes noth
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -410,9 +411,15 @@ def _disk_errors(out_dir: Path, cache_dir: Path):
         if line is None:
             raise
         kept = len(list(cache_dir.glob("*.wav"))) if cache_dir.is_dir() else 0
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            then = "free some space"
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            then = "make it writable (or use --output-dir)"
+        else:
+            then = "write elsewhere with --output-dir"
         raise LocomadError(
             f"{line}; kept {kept} spoken cue(s) in {cache_dir} and no half-written output: "
-            "free some space and run the same command again"
+            f"{then} and run the same command again"
         ) from None
 
 
