@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -20,6 +21,8 @@ from typing import Any
 import yaml
 
 from locomad_cli.utils import LocomadError
+
+log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 """Cards shipped with the repository (and with a source install)."""
@@ -115,12 +118,6 @@ class LLMCard:
     """Describe to fit: candidates are ranked by score - length_weight x (words over the
     slot's budget), so the best candidate a voice can say in the slot comes first and the
     longer ones stay behind it in the n-best (0: rank by score alone)."""
-    words_per_minute: float = 170.0
-    """The speaking rate a slot's word budget is counted at (`locomad voice --rate`)."""
-    max_words_per_minute: float = 200.0
-    """The fastest a voice may speak (`locomad voice --max-rate`): when no candidate has
-    words few enough for the slot even at this rate, the slot is searched again with no
-    word allowed past it, and what that finds joins the n-best."""
     max_target_tokens: int = 36
     prompt: str = "Describe the scene:"
     """Final instruction placed after the visual and context prompts."""
@@ -155,8 +152,14 @@ class DescriberCard:
     """Frames decoded from the film per slot, evenly spaced (vlm)."""
     frame_size: int = 448
     """Short side, in pixels, of the frames a vlm is shown."""
-    words_per_minute: float = 160.0
-    """Speaking rate the budget is counted at: a slot of s seconds holds s * wpm / 60 words."""
+    words_per_minute: float = 170.0
+    """The speaking rate a slot's word budget is counted at, for every describer: a slot of
+    s seconds holds s * wpm / 60 words (`locomad voice --rate`'s default; the VLM cards ask
+    160, as a VLM's answers run long)."""
+    max_words_per_minute: float = 200.0
+    """The fastest a voice may speak (`locomad voice --max-rate`). LoCo-MAD: when no
+    candidate has words few enough for the slot even at this rate, the slot is searched again
+    with no word allowed past it, and what that finds joins the n-best."""
     shorter_tries: int = 2
     """Times a vlm answer over the budget is asked again, shorter (0-2)."""
 
@@ -284,13 +287,12 @@ _POSITIVE = {
             "max_new_tokens",
             "num_beams",
             "max_target_tokens",
-            "words_per_minute",
-            "max_words_per_minute",
         )
     ),
     "describer.frames",
     "describer.frame_size",
     "describer.words_per_minute",
+    "describer.max_words_per_minute",
     "context.k",
     "context.max_tokens",
     "vlm.max_new_tokens",
@@ -459,7 +461,7 @@ def card_from_dict(data: dict[str, Any], source: str | None = None) -> ModelCard
     where = source or "model card"
     if not isinstance(data, dict) or "name" not in data:
         raise LocomadError(f"{where}: a model card is a mapping with at least a 'name'")
-    data = dict(data)
+    data = _renamed_keys(dict(data), where)
     for key, cls in _SECTIONS.items():
         sub = data.get(key) or {}
         if not isinstance(sub, dict):
@@ -470,6 +472,33 @@ def card_from_dict(data: dict[str, Any], source: str | None = None) -> ModelCard
     _check_card(card, where)
     card.source = source
     return card
+
+
+_RENAMED = {
+    ("llm", "words_per_minute"): ("describer", "words_per_minute"),
+    ("llm", "max_words_per_minute"): ("describer", "max_words_per_minute"),
+}
+"""Keys that moved (old section, key) -> (new section, key): the cards users copied and the
+card.yaml of weights trained before the move still load."""
+
+
+def _renamed_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
+    for (old_sec, key), (new_sec, new_key) in _RENAMED.items():
+        old = data.get(old_sec)
+        if not isinstance(old, dict) or key not in old:
+            continue
+        new = data.get(new_sec) or {}
+        if not isinstance(new, dict):
+            continue  # reported as not a mapping by the caller
+        old = dict(old)
+        value = old.pop(key)
+        data[old_sec] = old
+        if new_key not in new:
+            data[new_sec] = {**new, new_key: value}
+            log.warning(
+                "%s: %s.%s is now %s.%s (read as that)", where, old_sec, key, new_sec, new_key
+            )
+    return data
 
 
 def available_cards() -> list[str]:

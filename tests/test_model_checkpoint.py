@@ -182,3 +182,25 @@ def test_architecture_of_a_hub_llm_card_keeps_its_config_unset():
     assert arch == {"name": "facebook/opt-2.7b", "config": None, "copy": False}
     inline = architecture(load_card("demo"))["llm"]["config"]
     assert inline["num_hidden_layers"] == 3 and "dropout" not in inline
+
+
+def test_a_card_with_the_rates_under_llm_still_loads(tmp_path, caplog):
+    """The speaking rates moved from llm to describer (one rate for every describer): a card
+    copied before, or the card.yaml of weights trained before, reads them there, with a
+    warning; a card that sets both keeps the describer's; --set of the old key works too."""
+    from locomad_cli.card import load_card
+
+    d = load_card("demo").to_dict()
+    d["describer"].pop("words_per_minute")
+    d["describer"].pop("max_words_per_minute")
+    d["llm"]["words_per_minute"] = 150
+    d["llm"]["max_words_per_minute"] = 190
+    with caplog.at_level("WARNING"):
+        card = card_from_dict(d, "old.yaml")
+    assert (card.describer.words_per_minute, card.describer.max_words_per_minute) == (150, 190)
+    assert "old.yaml: llm.words_per_minute is now describer.words_per_minute" in caplog.text
+    d["describer"]["words_per_minute"] = 165
+    assert card_from_dict(d).describer.words_per_minute == 165
+    assert load_card("demo", ["llm.words_per_minute=140"]).describer.words_per_minute == 140
+    assert load_card("demo").describer.words_per_minute == 170
+    assert load_card("endpoint").describer.words_per_minute == 160

@@ -115,7 +115,7 @@ def describe_film(
         hook = None if visual is None else functools.partial(visual, i)
         n_avoid = card.llm.avoid_repeats
         avoid = [out[-n_avoid:]] if setting.startswith("recurrent") and n_avoid > 0 else None
-        fit = [(end - start) * card.llm.words_per_minute / 60]  # as describe: to fit the slot
+        fit = [(end - start) * card.describer.words_per_minute / 60]  # as describe: to fit the slot
         if setting == "stage1":
             text = pme_generate(model, batch)[0]
         elif not with_context:

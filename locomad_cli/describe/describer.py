@@ -167,7 +167,7 @@ class LocoMadDescriber:
         repeats = self.setting == "recurrent" and card.llm.avoid_repeats > 0
         avoid = [a.avoid for a in asks] if repeats else None
         # the length term ranks the n-best by each slot's room at the voice's rate
-        budgets = [(a.slot.end - a.slot.start) * card.llm.words_per_minute / 60 for a in asks]
+        budgets = [(a.slot.end - a.slot.start) * card.describer.words_per_minute / 60 for a in asks]
         gens = self.model.generate(
             batch, setting=setting, avoid=avoid, names=film.names, budgets=budgets
         )

@@ -340,12 +340,14 @@ class LoCoMAD(nn.Module):
         rules: list[NameTokens] | None,
     ) -> list[list[tuple[str, float]]]:
         """Each clip's n-best ranked to its budget (rank_to_budget). A clip none of whose
-        candidates fits even at llm.max_words_per_minute is searched again (llm.avoid_beams
+        candidates fits even at describer.max_words_per_minute is searched again (llm.avoid_beams
         beams, at least 2) with no word past that limit (Decoder's word_limits), and the
         shorter wordings found join its n-best (whole sentences only: a beam the limit cut
         off mid-phrase is no candidate)."""
-        c = self.card.llm
-        limits = [max(1, int(b * c.max_words_per_minute / c.words_per_minute)) for b in budgets]
+        c, rate = self.card.llm, self.card.describer
+        limits = [
+            max(1, int(b * rate.max_words_per_minute / rate.words_per_minute)) for b in budgets
+        ]
         short = [
             i
             for i, (cands, lim) in enumerate(zip(nbest, limits, strict=True))

@@ -107,7 +107,7 @@ def nbest_for_slot(
     record = film.record(s, context, m.cache)
     card = m.model.card
     batch = collate([record], card.pme.max_frames, card.dsm.proposal_len)
-    budgets = [(s.end - s.start) * card.llm.words_per_minute / 60]  # as describe ranks them
+    budgets = [(s.end - s.start) * card.describer.words_per_minute / 60]  # as describe ranks them
     with torch_threads(None, True, review.opts.device):
         gen = m.model.generate(batch, setting="context", names=film.names, budgets=budgets)[0]
     out: list[tuple[str, float | None]] = []
