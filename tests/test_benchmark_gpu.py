@@ -4,7 +4,6 @@ sane values, and its full-size cards are OPT-2.7B's and the paper's PME/DSM (nev
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -12,19 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.benchmarks import load_benchmark
 
 from locomad_cli.card import load_card
 from locomad_cli.threads import torch_threads
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("locomad_benchmark_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu")
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.benchmarks import load_benchmark
 
 from locomad_cli.describe.film import DescribeOptions, describe
 from locomad_cli.utils import LocomadError
 
 DEMO = Path(__file__).resolve().parent.parent / "demo"
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-            "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# the chat template and special tokens of Qwen's processors, as the VLM benchmark builds them
+_QWEN = load_benchmark("vlm")
+SPECIALS, TEMPLATE = list(_QWEN.SPECIAL), _QWEN.TEMPLATE
 
 
 def tiny_qwen2_vl(folder: Path) -> Path:
