@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from helpers.benchmarks import load_benchmark
 
 from locomad_cli.card import load_card
 from locomad_cli.threads import torch_threads
-
 
 
 @pytest.fixture(scope="module")
