@@ -206,7 +206,8 @@ class EndpointCard:
     """Tries after the first on connection errors, 429 and 5xx, backing off 1, 2, 4... s."""
     backoff: float = 1.0
     concurrency: int = 4
-    """Requests at once where order allows (--setting local or oracle)."""
+    """Requests in flight at once, at most: a film's slots where order allows (--setting
+    local or oracle; recurrent asks them in order), and several films described at once."""
 
 
 @dataclass

@@ -3,6 +3,7 @@ against a test server on 127.0.0.1 (tests/openai_server.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -341,3 +342,77 @@ def test_kill_9_then_resume_asks_no_slot_twice(film, server):
     assert [s["text"] for s in track["slots"]] == [s["text"] for s in reference["slots"]]
     srt = (film / "out" / "demo.ad.srt").read_bytes()
     assert srt == (film / "whole" / "demo.ad.srt").read_bytes()
+
+
+def _films(folder: Path, slots_per_film: list[int]) -> list[Path]:
+    """Copies of the demo film in `folder`, film i with its subtitles and its own AD times:
+    the first n of SLOTS moved i seconds later, so a request's clock says whose it is."""
+    from helpers.srt import srt_text
+
+    starts = [(1.0, 4.0), (9.3, 11.9), (19.0, 22.0), (30.0, 32.0)]
+    folder.mkdir()
+    films = []
+    for i, n in enumerate(slots_per_film):
+        video = folder / f"film{i}.mp4"
+        shutil.copy(DEMO / "demo.mp4", video)
+        shutil.copy(DEMO / "demo.srt", folder / f"film{i}.srt")
+        times = [(a + i, b + i, "x") for a, b in starts[:n]]
+        (folder / f"film{i}.ad-times.srt").write_text(srt_text(times), encoding="utf-8")
+        films.append(video)
+    return films
+
+
+def test_films_at_once_within_the_bound_each_in_its_own_order(film, server):
+    """With an endpoint, several films are described at once (a film's slots go in order,
+    so only other films keep a server busy): at most endpoint.concurrency requests in flight,
+    each film's slots asked in film order, tracks equal to describing one film at a time."""
+    from locomad_cli.card import load_card
+    from locomad_cli.describe.many import describe_films, films_at_once
+
+    _films(film / "films", [4, 4, 4])
+    server.plan = ["pair", "pair"]  # answered only when two films ask at the same time
+    opts = _opts(film, server.url, "endpoint.concurrency=2", subs=None, ad_times=None)
+    done = []
+    outcomes = describe_films([film / "films"], opts, on_film=done.append)
+    assert [o.error for o in outcomes] == [None] * 3 and len(done) == 3
+    assert server.most_in_flight == 2  # endpoint.concurrency, over all films
+    clocks = [q["clock"] for q in server.requests]
+    assert len(clocks) == 12
+    for i in range(3):  # film i's slots start at 1+i, 9+i, 19+i, 30+i seconds
+        own = [c for c in clocks if int(c[-2:]) in (1 + i, 9 + i, 19 + i, 30 + i)]
+        assert own == sorted(own) and len(own) == 4
+    one = _opts(film, server.url, "endpoint.concurrency=1", subs=None, ad_times=None,
+                output_dir=str(film / "one"))  # fmt: skip
+    server.plan = []
+    assert [o.error for o in describe_films([film / "films"], one)] == [None] * 3
+    for i in range(3):
+        a, b = (film / d / f"film{i}.ad.srt" for d in ("out", "one"))
+        assert a.read_bytes() == b.read_bytes()
+    assert films_at_once(load_card("endpoint", ["endpoint.concurrency=3"]), 2) == 2
+    assert films_at_once(load_card("demo"), 5) == 1  # a describer that computes here
+
+
+def test_films_at_once_stop_after_their_slot_on_ctrl_c_and_resume(film, server):
+    """Ctrl-C while films are described at once: the others stop after the slot they are
+    asking, their progress kept; --resume asks only what is left."""
+    from locomad_cli.describe.many import describe_films
+
+    _films(film / "films", [1, 4, 4])
+    server.plan = [f"sleep:{0.3}"] * 12
+    opts = _opts(film, server.url, "endpoint.concurrency=3", subs=None, ad_times=None)
+
+    def interrupt(outcome):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        describe_films([film / "films"], opts, on_film=interrupt)
+    asked = len(server.requests)
+    assert asked < 9  # not every slot of every film
+    left = sorted((film / "out").glob("*.ad.progress.jsonl"))
+    assert left  # a film stopped part way keeps its progress, and has no track yet
+    assert not any(p.with_name(p.name.replace(".progress.jsonl", ".srt")).exists() for p in left)
+    server.plan = []
+    outcomes = describe_films([film / "films"], dataclasses.replace(opts, resume=True))
+    assert [o.error for o in outcomes] == [None] * 3
+    assert len(server.requests) == 9  # each slot asked once over both runs
+    assert not list((film / "out").glob("*.ad.progress.jsonl"))

@@ -16,6 +16,7 @@ import base64
 import io
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,9 @@ class EndpointBackend:
         self.card, self.sleep = card, sleep
         self.base = str(card.endpoint.url).rstrip("/")
         self.concurrency = card.endpoint.concurrency
+        self.in_flight = threading.BoundedSemaphore(self.concurrency)
+        """At most endpoint.concurrency requests at once, over every film asking (a film's
+        own batch in --setting local, and films described at once)."""
         self.client = httpx.Client(timeout=card.endpoint.timeout, headers=_headers())
         self.told: set[str] = set()
 
@@ -117,7 +121,8 @@ class EndpointBackend:
         import httpx
 
         try:
-            r = self.client.post(f"{self.base}/chat/completions", json=body)
+            with self.in_flight:
+                r = self.client.post(f"{self.base}/chat/completions", json=body)
         except httpx.TimeoutException:
             return None, f"no answer within {self.card.endpoint.timeout:g} s", None
         except httpx.TransportError as e:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,6 +443,13 @@ class Models:
     clips: dict[tuple[str, str], Any] = field(default_factory=dict)
     """CLIP encoders by (device, dtype): the text encoder, and the image encoder of films
     whose features are extracted on the way (on the CPU both are the same one)."""
+    machine: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a film's inputs are read and prepared (speech, shots, features, loading):
+    with an endpoint's films described at once (describe_films), that work takes turns and
+    only the asking of the server overlaps."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set when films described at once are interrupted (Ctrl-C): each stops after the slot
+    it is asking, its progress kept for --resume."""
 
     def clip(self, card: ModelCard, device: str, dtype: torch.dtype):
         """The card's CLIP on `device` in `dtype`, loaded on first use."""
@@ -492,23 +500,34 @@ def describe(
     models = models if models is not None else Models()
     models.model = model if model is not None else models.model
     models.encode_text = encode_text if encode_text is not None else models.encode_text
-    inputs = _read_inputs(video, opts, models)
+    with models.machine:
+        inputs = _read_inputs(video, opts, models)
     with (
         _no_trace_on_bad_input(inputs.out_dir),
         output_lock(lock_path(inputs.out_dir, video.stem)),  # one writer per film's outputs
         torch_threads(opts.threads, False, opts.device),
     ):
-        film, slot_plan = _film(video, opts, inputs)
-        run = _Run(
-            inputs.out_dir / f"{film.name}.ad.progress.jsonl",
-            _identity(video, inputs.card, opts, film.slots),
-        )
-        run.done = _done_so_far(run, opts)
-        describer = _describer(video, film, inputs, opts, models)
-        track = _track_head(video, film, inputs, opts, slot_plan)
+        with models.machine:
+            film, slot_plan = _film(video, opts, inputs)
+            run = _Run(
+                inputs.out_dir / f"{film.name}.ad.progress.jsonl",
+                _identity(video, inputs.card, opts, film.slots),
+            )
+            run.done = _done_so_far(run, opts)
+            describer = _describer(video, film, inputs, opts, models)
+            track = _track_head(video, film, inputs, opts, slot_plan)
         rows = describe_slots(describer, film, inputs.card, opts.setting, run.done)
+        rows = _until_stopped(rows, models.stop)
         paths = _write_track(track, rows, run, opts, inputs, on_description)
     return track, paths
+
+
+def _until_stopped(rows: Iterator[dict[str, Any]], stop: threading.Event) -> Iterator[dict]:
+    """The rows, until `stop` is set; then KeyboardInterrupt, as Ctrl-C in this thread."""
+    for row in rows:
+        yield row
+        if stop.is_set():
+            raise KeyboardInterrupt
 
 
 @dataclass

@@ -13,6 +13,11 @@ setting and cast file, no progress file left) is skipped, an interrupted one con
 its last slot and the rest are described: rerunning the same command after a crash redoes
 nothing that was done.
 
+With an OpenAI-compatible server (card `endpoint`), up to endpoint.concurrency films are
+described at once: a film's slots are asked in order (each one's context is the one before),
+so only other films keep a server busy; each film's preparation (speech, shots) and voicing
+still take turns, and the films' progress bars are off (each film's lines say when it ends).
+
 A film whose input is bad is reported in one line and the others go on; the caller exits
 non-zero at the end. What every film would fail on alike (an option, the model card, its
 weights, loading the model) stops the run at once. Under `accelerate launch` or `torchrun`
@@ -186,32 +191,101 @@ def describe_films(
     mine = share(films) if shared else films
     opts = _per_process_device(opts) if mine else opts
     models = Models()
-    outcomes = []
-    for video in mine:
-        outcome = FilmOutcome(video)
-        outcomes.append(outcome)
+    at_once = films_at_once(card, len(mine))
+    if at_once > 1:  # several progress bars would fight over one terminal line
+        opts = dataclasses.replace(opts, progress=False)
+
+    def one(video: Path) -> FilmOutcome:
+        return _one_film(video, opts, models, card, beside_films, on_description, then)
+
+    if at_once == 1:
+        outcomes = []
+        for video in mine:
+            outcomes.append(one(video))
+            if on_film is not None:
+                on_film(outcomes[-1])
+        return outcomes
+    return _at_once(mine, one, at_once, on_film, opts, models)
+
+
+def films_at_once(card: ModelCard | None, films: int) -> int:
+    """How many films are described at the same time: with an OpenAI-compatible server,
+    up to endpoint.concurrency (a film's slots are asked in order, so only other films can
+    keep a server's batch full); one at a time for every describer that computes here."""
+    if card is None or films < 2:
+        return 1
+    if card.describer.kind != "vlm" or card.vlm.backend != "endpoint":
+        return 1
+    return min(films, card.endpoint.concurrency)
+
+
+def _at_once(
+    mine: list[Path],
+    one: Callable[[Path], FilmOutcome],
+    workers: int,
+    on_film: Callable[[FilmOutcome], None] | None,
+    opts: DescribeOptions,
+    models: Models,
+) -> list[FilmOutcome]:
+    """`one` over the films in `workers` threads; `on_film` in this thread as each ends.
+    What would fail every film, or Ctrl-C, stops the rest: those not started are not, the
+    others after the slot they are asking (models.stop)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from locomad_cli.threads import torch_threads
+
+    # one torch setting for the run: every film's own torch_threads then finds it and
+    # puts it back, whatever order the films end in
+    with (
+        torch_threads(opts.threads, False, opts.device),
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="film") as pool,
+    ):
+        futures = [pool.submit(one, video) for video in mine]
         try:
-            film_opts = film_options(video, opts) if beside_films else opts
-            hook = None if on_description is None else _bind(on_description, video)
-            kept = already_described(video, film_opts, card) if opts.resume else None
-            if kept is not None:
-                outcome.skipped = True
-                outcome.track, outcome.paths = kept
-            else:
-                outcome.track, outcome.paths = describe(
-                    video, film_opts, on_description=hook, models=models
-                )
-            if then is not None:
-                out = Path(film_opts.output_dir) if film_opts.output_dir else video.parent
+            for done in as_completed(futures):
+                outcome = done.result()
+                if on_film is not None:
+                    on_film(outcome)
+        except BaseException:
+            models.stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return [f.result() for f in futures]
+
+
+def _one_film(
+    video: Path,
+    opts: DescribeOptions,
+    models: Models,
+    card: ModelCard | None,
+    beside_films: bool,
+    on_description: Callable[[Path, dict[str, Any]], None] | None,
+    then: Then | None,
+) -> FilmOutcome:
+    """One film of describe_films: described (or kept, under --resume), then `then`; its
+    bad input is the outcome's error, unless it is the only film or would fail every film."""
+    outcome = FilmOutcome(video)
+    try:
+        film_opts = film_options(video, opts) if beside_films else opts
+        hook = None if on_description is None else _bind(on_description, video)
+        kept = already_described(video, film_opts, card) if opts.resume else None
+        if kept is not None:
+            outcome.skipped = True
+            outcome.track, outcome.paths = kept
+        else:
+            outcome.track, outcome.paths = describe(
+                video, film_opts, on_description=hook, models=models
+            )
+        if then is not None:
+            out = Path(film_opts.output_dir) if film_opts.output_dir else video.parent
+            with models.machine:  # voicing is the machine's work, one film at a time
                 outcome.voiced, more = then(video, out, outcome.track)
-                outcome.paths += [p for p in more if p not in outcome.paths]
-        except LocomadError as e:
-            if models.failed or not beside_films:  # one film: its error is the run's
-                raise
-            outcome.error = _line(video, e)
-        if on_film is not None:
-            on_film(outcome)
-    return outcomes
+            outcome.paths += [p for p in more if p not in outcome.paths]
+    except LocomadError as e:
+        if models.failed or not beside_films:  # one film: its error is the run's
+            raise
+        outcome.error = _line(video, e)
+    return outcome
 
 
 def _bind(
