@@ -16,7 +16,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from helpers.adfilm import make_track, write_track
+from helpers import adfilm
 from helpers.cli import CLI, ROOT, fill, one_error, run_cli, small_disk
 from helpers.media import make_video
 
@@ -86,11 +86,7 @@ def test_a_failed_write_names_the_output_not_the_temporary(tmp_path):
 
 @pytest.fixture(scope="module")
 def short_film(tmp_path_factory):
-    """A 5 s film with a tone, and a two-slot AD track for it."""
-    folder = tmp_path_factory.mktemp("short")
-    film = make_video(folder / "short.mp4", duration=5.0, size="160x120", audio=True)
-    slots = [(0.5, 2.5, ["A door opens."]), (3.0, 4.9, ["Rain falls."])]
-    return film, write_track(make_track(film, None, slots), folder / "short.ad.json")
+    return adfilm.short_film(tmp_path_factory.mktemp("short"))
 
 
 @pytest.mark.slow

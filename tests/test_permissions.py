@@ -11,20 +11,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers.adfilm import make_track, write_track
+from helpers.adfilm import make_track, short_film, write_track
 from helpers.cli import ROOT, as_user, one_error, run_cli
-from helpers.media import make_video
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def film(tmp_path_factory):
-    """A 5 s film with a tone and a two-slot AD track beside it."""
-    folder = tmp_path_factory.mktemp("perm")
-    film = make_video(folder / "short.mp4", duration=5.0, size="160x120", audio=True)
-    slots = [(0.5, 2.5, ["A door opens."]), (3.0, 4.9, ["Rain falls."])]
-    return film, write_track(make_track(film, None, slots), folder / "short.ad.json")
+    return short_film(tmp_path_factory.mktemp("perm"))
 
 
 def no_access(path: Path, mode: int = 0) -> Path:

@@ -134,6 +134,16 @@ def write_track(track: dict, path: Path) -> Path:
     return path
 
 
+def short_film(folder: Path) -> tuple[Path, Path]:
+    """A 5 s film with a tone (160 x 120) and a two-slot AD track for it, in `folder`: the
+    smallest film `voice` does all its work on."""
+    from helpers.media import make_video
+
+    film = make_video(folder / "short.mp4", duration=5.0, size="160x120", audio=True)
+    slots = [(0.5, 2.5, ["A door opens."]), (3.0, 4.9, ["Rain falls."])]
+    return film, write_track(make_track(film, None, slots), folder / "short.ad.json")
+
+
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     """[samples, channels] float in [-1, 1), and the sample rate."""
     with wave.open(str(path), "rb") as w:
