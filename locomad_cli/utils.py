@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,7 +228,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on failure
     remove it. Readers never see a half-written file; temporaries a killed run left for the
     same `path` are removed first (sweep_temps)."""
-    path = Path(path)
+    path = _writable_target(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
@@ -249,6 +250,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             # a write to an open file names no file (wave, json.dump): name the output
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
+
+
+_SPECIAL = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _writable_target(path: Path) -> Path:
+    """Where an output named `path` is renamed to. A symbolic link is written through (the
+    link stays, its target is replaced); a device, pipe or socket is refused: a rename
+    would put a plain file in its place (as root, `-o /dev/null` would replace the system's
+    /dev/null), and writing into one is not writing an output file."""
+    if not os.path.lexists(path):
+        return path
+    real = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return real  # a link to nothing yet: the file is made where it points
+    for test, what in _SPECIAL:
+        if test(mode):
+            shown = f"{path} (-> {real})" if real != path.absolute() else str(path)
+            raise LocomadError(f"{shown} is {what}, not a file: name a file to write")
+    return real
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -322,13 +350,30 @@ def check_writable_dir(path: str | Path) -> Path:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'."""
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'. Any other name is checked here,
+    once: a device torch does not know, or one this machine has not got, is one line
+    (torch's own errors come later, from deep inside a model, after work was done)."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LocomadError("--device cuda asked for, but torch sees no CUDA GPU")
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise LocomadError(
+            f"--device {device!r} is no device (write cpu, cuda, cuda:N, mps or auto)"
+        ) from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LocomadError(f"--device {device} asked for, but torch sees no CUDA GPU")
+        if kind.index is not None and kind.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise LocomadError(f"--device {device}: this machine has {n} CUDA GPU(s) (0-{n - 1})")
+    elif kind.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise LocomadError(f"--device {device}: no Apple MPS device on this machine")
+    elif kind.type != "cpu":
+        raise LocomadError(f"--device {device}: locomad runs on cpu, cuda or mps")
     return device
 
 

@@ -58,10 +58,39 @@ def test_no_subtitles_fills_the_film_and_no_slot_in_dialogue():
 
 
 def test_bad_sizes_refused():
-    with pytest.raises(LocomadError, match="min_gap"):
+    with pytest.raises(LocomadError, match="--min-gap"):
         propose_slots([], 10.0, min_gap=5.0, max_len=2.0)
     with pytest.raises(LocomadError, match="no duration"):
         propose_slots([], 0.0)
+    # sizes past what a slot can be overflowed the planner's arithmetic (ZeroDivisionError)
+    with pytest.raises(LocomadError, match=r"--max-len 1e\+10 s: at most 600 s"):
+        propose_slots([], 100.0, max_len=1e10)
+
+
+def test_describe_checks_planner_options_and_the_device_before_any_work(tmp_path):
+    """A bad --max-len, --cut-margin, --shots or --device was found only after speech and
+    shots were computed (their caches written), or deep in torch (exit 70)."""
+    from locomad_cli.describe.film import DescribeOptions, check_options
+
+    for kw, words in (
+        ({"max_len": 1e10}, "--max-len"),
+        ({"cut_margin": float("nan")}, "--cut-margin"),
+        ({"shots": "zzz"}, "unknown --shots"),
+        ({"vad": "zzz"}, "unknown --vad"),
+        ({"device": "zzz"}, "--device 'zzz' is no device"),
+        ({"device": "meta"}, "runs on cpu, cuda or mps"),
+        ({"device": "cuda:0"}, "cuda"),  # no GPU here; on a GPU machine cuda:0 passes
+    ):
+        opts = DescribeOptions(output_dir=str(tmp_path / "out"), **kw)
+        try:
+            check_options(opts)
+        except LocomadError as e:
+            assert words in str(e), (kw, str(e))
+        else:
+            import torch
+
+            assert kw.get("device") == "cuda:0" and torch.cuda.is_available(), kw
+    assert not (tmp_path / "out").exists()
 
 
 def test_slots_from_times_sorted_and_checked(tmp_path):

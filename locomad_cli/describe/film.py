@@ -42,7 +42,13 @@ from locomad_cli.describe.describer import (
 )
 from locomad_cli.lock import lock_path, output_lock
 from locomad_cli.progress import progress_bar
-from locomad_cli.slots.plan import Slot, plan_film, slots_from_times
+from locomad_cli.slots.plan import (
+    Slot,
+    check_slot_choices,
+    check_slot_sizes,
+    plan_film,
+    slots_from_times,
+)
 from locomad_cli.threads import torch_threads
 from locomad_cli.tracks import rules
 from locomad_cli.tracks.readers import Cue, read_cues, read_text, read_timed, slot_dialogue
@@ -67,6 +73,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SETTINGS = ("recurrent", "oracle", "local")
+MAX_CAST = 2000
+"""Names a cast file may hold: far more than any film's credits, and few enough that the
+decoder's per-name rules stay quick."""
 TextEncoder = Callable[[list[str]], "torch.Tensor"]
 
 
@@ -321,14 +330,16 @@ def read_cast(path: str) -> list[str]:
     """A cast file: one character name per line (as the credits spell it); blank lines and
     lines starting with # are skipped. A file that names nobody is refused: the rule it feeds
     would then do nothing, silently."""
-    names = []
+    names: dict[str, None] = {}  # ordered, and a name seen again costs nothing
     for line in read_text(path).splitlines():
         name = line.strip()
-        if name and not name.startswith("#") and name not in names:
-            names.append(name)
+        if name and not name.startswith("#"):
+            names[name] = None
     if not names:
         raise LocomadError(f"{path}: names no character (one name per line)")
-    return names
+    if len(names) > MAX_CAST:
+        raise LocomadError(f"{path}: {len(names)} names; a film's cast is at most {MAX_CAST}")
+    return list(names)
 
 
 def _read_progress(path: Path, identity: dict) -> list[dict[str, Any]]:
@@ -478,6 +489,10 @@ def check_options(opts: DescribeOptions) -> str:
         raise LocomadError(f"unknown setting '{opts.setting}' (choose {', '.join(SETTINGS)})")
     if opts.batch_size < 1:
         raise LocomadError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    check_slot_sizes(opts.min_gap, opts.margin, opts.max_len, opts.cut_margin)
+    check_slot_choices(opts.vad, opts.shots)
+    if opts.device not in ("auto", "cpu"):
+        resolve_device(opts.device)  # a device torch cannot use, before any work
     return ",".join(parse_formats(opts.formats))
 
 

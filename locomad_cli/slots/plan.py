@@ -150,11 +150,40 @@ def _check_sizes(duration: float, min_gap: float, margin: float, max_len: float)
             f"slot sizes must be finite numbers (min_gap {min_gap}, margin {margin}, "
             f"max_len {max_len})"
         )
-    if min_gap <= 0 or max_len <= 0 or margin < 0 or max_len < min_gap:
+    check_slot_sizes(min_gap, margin, max_len)
+
+
+MAX_SLOT = 600.0
+"""The longest slot (and gap) a planner option may ask for, in seconds: a description of ten
+minutes is no description; larger values only overflow the arithmetic."""
+
+
+def check_slot_sizes(
+    min_gap: float, margin: float, max_len: float, cut_margin: float = 0.0
+) -> None:
+    """The planner's options, before any work: finite, in range (--min-gap, --margin,
+    --max-len, --cut-margin)."""
+    sizes = {"--min-gap": min_gap, "--margin": margin, "--max-len": max_len}
+    sizes["--cut-margin"] = cut_margin
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in sizes.values()):
+        shown = ", ".join(f"{k} {v}" for k, v in sizes.items())
+        raise LocomadError(f"slot sizes must be finite numbers ({shown})")
+    if min_gap <= 0 or max_len <= 0 or margin < 0 or max_len < min_gap or cut_margin < 0:
         raise LocomadError(
-            f"slot sizes must satisfy 0 < min_gap ({min_gap}) <= max_len ({max_len}) "
-            f"and margin ({margin}) >= 0"
+            f"slot sizes must satisfy 0 < --min-gap ({min_gap}) <= --max-len ({max_len}), "
+            f"--margin ({margin}) >= 0 and --cut-margin ({cut_margin}) >= 0"
         )
+    big = [f"{k} {v:g} s" for k, v in sizes.items() if v > MAX_SLOT]
+    if big:
+        raise LocomadError(f"{', '.join(big)}: at most {MAX_SLOT:g} s")
+
+
+def check_slot_choices(vad: str, shots: str) -> None:
+    """--vad and --shots, before any work."""
+    if vad not in VAD_CHOICES:
+        raise LocomadError(f"unknown --vad '{vad}' (choose {', '.join(VAD_CHOICES)})")
+    if shots not in SHOTS_CHOICES:
+        raise LocomadError(f"unknown --shots '{shots}' (choose {', '.join(SHOTS_CHOICES)})")
 
 
 def _edge(members: list[Interval], at: float, side: str) -> list[Interval]:
@@ -253,7 +282,7 @@ def propose_slots(
         pieces = _pieces(a, b, cuts, cut_margin, min_gap)
         for k, (pa, pb, crossed) in enumerate(pieces):
             length = pb - pa
-            n = math.ceil(length / max_len - 1e-9)
+            n = max(1, math.ceil(length / max_len - 1e-9))
             step = length / n
             for j in range(n):
                 start, end = _ms_in(pa + j * step, pb if j == n - 1 else pa + (j + 1) * step)

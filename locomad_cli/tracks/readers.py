@@ -183,13 +183,16 @@ def read_text(path: str | Path, encoding: str | None = None) -> str:
     try:
         if path.is_dir():
             raise LocomadError(f"{path}: is a folder, not a file")
-        size = path.stat().st_size
-        if size > MAX_TEXT_BYTES:
+        # read at most one byte past the limit: a device or pipe (/dev/zero, a stream that
+        # never ends) has no size to check beforehand
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        if len(data) > MAX_TEXT_BYTES:
+            size = max(path.stat().st_size, len(data))
             raise LocomadError(
-                f"{path}: {size / 2**20:.0f} MiB is far too large for a subtitle or times file "
-                "(is it the right file?)"
+                f"{path}: {size / 2**20:.0f} MiB or more is far too large for a subtitle, "
+                "times or cast file (is it the right file?)"
             )
-        data = path.read_bytes()
     except OSError as e:
         raise LocomadError(f"{path}: cannot read ({e.strerror or e})") from None
     if encoding is None and looks_binary(data[:8192]):
