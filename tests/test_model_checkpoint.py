@@ -146,6 +146,15 @@ def test_convert_weights(tmp_path):
         convert_weights(tmp_path / "m.pth", tmp_path / "m.bin")
     with pytest.raises(LocomadError, match="does not exist"):
         convert_weights(tmp_path / "none.pth", tmp_path / "x.safetensors")
+    with pytest.raises(LocomadError, match="is a folder"):
+        convert_weights(tmp_path, tmp_path / "x.safetensors")
+    with pytest.raises(LocomadError, match="not a regular file"):
+        convert_weights("/dev/zero", tmp_path / "x.safetensors")
+    # a sparse tensor was an internal error ("unsupported memory format option Contiguous")
+    torch.save({"a": torch.zeros(3).to_sparse(), "b": shared}, tmp_path / "sparse.pth")
+    with pytest.raises(LocomadError, match="1 tensor.* sparse or quantized .e.g. a."):
+        convert_weights(tmp_path / "sparse.pth", tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 class _Evil:

@@ -274,8 +274,12 @@ def convert_weights(src: str | Path, dst: str | Path) -> Path:
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":
         raise LocomadError(f"output {dst} must end in .safetensors")
-    if not src.is_file():
+    if src.is_dir():
+        raise LocomadError(f"{src} is a folder: name the .pth/.bin file in it")
+    if not src.exists():
         raise LocomadError(f"{src} does not exist")
+    if not src.is_file():
+        raise LocomadError(f"{src} is not a regular file (a device or a pipe?)")
     try:
         obj = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -301,6 +305,14 @@ def convert_weights(src: str | Path, dst: str | Path) -> Path:
             len(other),
             "y" if len(other) == 1 else "ies",
             other[0],
+        )
+    # safetensors holds dense tensors only: sparse or quantized layouts are not weights
+    # locomad loads (and .contiguous() raises on them)
+    odd = [k for k, v in tensors.items() if v.layout != torch.strided or v.is_quantized]
+    if odd:
+        raise LocomadError(
+            f"{src}: {len(odd)} tensor(s) are sparse or quantized (e.g. {odd[0]}): "
+            "safetensors holds dense tensors only; densify them first (tensor.to_dense())"
         )
     # shared storage is not allowed in safetensors: give each tensor its own copy
     tensors = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
