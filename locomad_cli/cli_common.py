@@ -136,7 +136,7 @@ def run(app: typer.Typer) -> None:
         typer.echo(f"locomad: error: {hint}", err=True)
         sys.exit(EXIT_USER)
     try:
-        app()
+        code = _main(app)
     except LocomadError as e:  # raised outside a command's own handling
         typer.echo(f"locomad: error: {e}", err=True)
         sys.exit(EXIT_USER)
@@ -156,6 +156,28 @@ def run(app: typer.Typer) -> None:
         sys.exit(EXIT_USER)
     except Exception as e:
         _internal_error(e)
+    sys.exit(code)
+
+
+def _main(app: typer.Typer) -> int:
+    """The app without click's standalone mode, so that a usage error (an unknown command or
+    option, a missing argument, a value of the wrong type) is one line like every other
+    error, not click's three (usage, hint, error); returns the exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:  # end of input at a prompt
+        typer.echo("locomad: interrupted", err=True)
+        return 130
+    except typer.TyperException as e:  # click's usage errors (typer vendors click)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `locomad demo`: its help, as click shows it
+            e.show()
+            return int(getattr(e, "exit_code", EXIT_USER))
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        typer.echo(f"locomad: error: {message}{hint}", err=True)
+        return int(getattr(e, "exit_code", EXIT_USER))
+    return code if isinstance(code, int) else 0
 
 
 def unicode_error_line(e: UnicodeError) -> str:

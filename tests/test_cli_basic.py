@@ -283,3 +283,22 @@ def test_every_demo_train_flag_lands_in_its_config(monkeypatch):
         clip_hard_negatives=True, s1_epochs=2, s2_epochs=3, s2_visual_contrast=0.5,
         rename_names=True, measure=False, progress=True, threads=2,
     ),)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_usage_errors_are_one_line_as_a_user_runs_it():
+    """click prints a usage error in three lines (usage, hint, error); locomad's rule is one
+    line, exit 2, whatever the bad input. The help of a group asked for without a command
+    stays click's."""
+    from helpers.cli import one_error, run_cli
+
+    for args, words in (
+        (["describ", "x.mp4"], ["No such command 'describ'", "describe", "--help"]),
+        (["describe", "--bogus", "x.mp4"], ["No such option: --bogus", "describe --help"]),
+        (["describe"], ["Missing argument", "describe --help"]),
+        (["voice", "x.mp4", "--rate", "abc"], ["Invalid value for '--rate'"]),
+    ):
+        one_error(run_cli(args), *words)
+    res = run_cli(["demo"])
+    assert res.returncode == 2 and "Usage:" in res.stdout + res.stderr
+    assert run_cli(["--version"]).returncode == 0
