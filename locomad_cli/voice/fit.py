@@ -143,7 +143,7 @@ def load_track(path: str | Path, video: Path, duration: float) -> dict[str, Any]
         )
     if track["version"] != __version__:
         raise LocomadError(
-            f"--ad {path} was written by locomad {_show(track['version'])}; this is locomad "
+            f"--ad {path} was written by locomad {_plain(track['version'])}; this is locomad "
             f"{__version__}: describe the film again with this version"
         )
     problem = _track_problem(track)
@@ -198,7 +198,7 @@ def _check_same_film(track: dict[str, Any], path: Path, video: Path) -> None:
     theirs_size, my_size = int(src["source_size"]), int(mine["source_size"])
     if mine["source_sha256_1mib"] == src["source_sha256_1mib"] and my_size == theirs_size:
         return
-    name = src.get("source_name") or "?"
+    name = _plain(src.get("source_name") or "?")
     if name == video.name and theirs_size == my_size:
         raise LocomadError(
             f"--ad {path} was written for another film: {video.name} of the same name and "
@@ -385,6 +385,12 @@ def _show(v: Any) -> str:
         return f"a {len(str(abs(v)))}-digit number"  # JSON's digits are within str()'s limit
     text = repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _plain(v: Any) -> str:
+    """A short one-line string as it is (a version, a file name), anything else as _show's."""
+    ok = isinstance(v, str) and v.isprintable() and len(v) <= 80
+    return v if ok else _show(v)
 
 
 def _secs(t: float) -> str:
