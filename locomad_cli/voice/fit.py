@@ -364,7 +364,7 @@ _SLOT_CHECKS: tuple[tuple[str, Check], ...] = (
 def _slot_name(pos: int, s: Any) -> str:
     """A slot as the user finds it: by its index, else by its place in the list."""
     index = s.get("index") if isinstance(s, dict) else None
-    if isinstance(index, int) and not isinstance(index, bool):
+    if isinstance(index, int) and not isinstance(index, bool) and abs(index) < 10**9:
         return f"slot {index}"
     return f"slot number {pos + 1} in the list"
 
