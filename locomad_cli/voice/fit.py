@@ -34,6 +34,7 @@ import math
 import shutil
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,8 +71,6 @@ from locomad_cli.voice.mix import (
 from locomad_cli.voice.tts import NoSpeech, Speech, SpeechCache, TTSEngine, make_engine
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from locomad_cli.features.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -130,60 +129,272 @@ class VoiceOptions:
 
 
 def load_track(path: str | Path, video: Path, duration: float) -> dict[str, Any]:
-    """The AD track, refused in one line when it is not one, or was written for another film
-    or by another version of locomad (whose JSON may mean something else)."""
+    """The AD track, refused in one line when it is not one, was written for another film or
+    by another version of locomad (whose JSON may mean something else), or is damaged: its
+    shape is checked here, once, so that nothing after (voice, review) can trip on it."""
     path = Path(path)
-    if not path.is_file():
+    track = _read_track_json(path)
+    if not isinstance(track, dict) or track.get("tool") != "locomad":
+        raise LocomadError(f"--ad {path}: not an AD track written by locomad describe")
+    if "version" not in track:
+        raise LocomadError(
+            f"--ad {path} names no locomad version (this is locomad {__version__}): describe "
+            "the film again with this version"
+        )
+    if track["version"] != __version__:
+        raise LocomadError(
+            f"--ad {path} was written by locomad {_plain(track['version'])}; this is locomad "
+            f"{__version__}: describe the film again with this version"
+        )
+    problem = _track_problem(track)
+    if problem:
+        raise LocomadError(f"--ad {path}: damaged track: {problem}")
+    _check_same_film(track, path, video)
+    for pos, s in enumerate(track["slots"]):
+        if float(s["end"]) > duration + 0.05:
+            raise LocomadError(
+                f"--ad {path}: {_slot_name(pos, s)} ends at {_secs(float(s['end']))} s, past "
+                f"the end of {video.name} ({duration:.3f} s): a track of another film?"
+            )
+    return track
+
+
+def _read_track_json(path: Path) -> Any:
+    """The file's JSON, or one line on why there is none (a folder, unreadable, not JSON)."""
+    if path.is_dir():
+        raise LocomadError(f"--ad {path} is a folder: name the track file (FILM.ad.json)")
+    if not path.exists():
         raise LocomadError(f"--ad {path}: no such file (write it with locomad describe)")
+    if not path.is_file():
+        raise LocomadError(f"--ad {path}: not a regular file")
     try:
-        track = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise LocomadError(f"--ad {path}: not a UTF-8 JSON file") from None
     except json.JSONDecodeError as e:
         raise LocomadError(f"--ad {path}: not JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(track, dict) or track.get("tool") != "locomad":
-        raise LocomadError(f"--ad {path}: not an AD track written by locomad describe")
-    if track.get("version") != __version__:
-        raise LocomadError(
-            f"--ad {path} was written by locomad {track.get('version')}; this is locomad "
-            f"{__version__}: describe the film again with this version"
-        )
-    slots = track.get("slots")
-    if not isinstance(slots, list) or not all(_is_slot(s) for s in slots):
-        raise LocomadError(f"--ad {path}: damaged track (slots without start, end and text)")
+    except RecursionError:
+        raise LocomadError(f"--ad {path}: not JSON (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise LocomadError(f"--ad {path}: not JSON ({e})") from None
+    except OSError as e:
+        raise LocomadError(f"--ad {path}: cannot be read ({e.strerror or e})") from None
+
+
+def _check_same_film(track: dict[str, Any], path: Path, video: Path) -> None:
+    """Refuse a track written for another film: by its fingerprint where it has one (same
+    name and size but other content is said: another cut or encode), else by the film name."""
     src = track.get("film_source") or {}
-    if src.get("source_sha256_1mib") and src.get("source_size"):
-        from locomad_cli.features.video import source_fingerprint
-
-        mine = source_fingerprint(video)
-        if mine["source_sha256_1mib"] != src["source_sha256_1mib"] or int(
-            mine["source_size"]
-        ) != int(src["source_size"]):
+    if not (src.get("source_sha256_1mib") and src.get("source_size") is not None):
+        if track.get("film") != video.stem:
             raise LocomadError(
-                f"--ad {path} was written for another film ({src.get('source_name', '?')}, "
-                f"{src['source_size']} bytes), not {video.name} ({mine['source_size']} bytes)"
+                f"--ad {path} was written for the film {_show(track.get('film'))}, "
+                f"not '{video.stem}'"
             )
-    elif track.get("film") != video.stem:
+        return
+    from locomad_cli.features.video import source_fingerprint
+
+    mine = source_fingerprint(video)
+    theirs_size, my_size = int(src["source_size"]), int(mine["source_size"])
+    if mine["source_sha256_1mib"] == src["source_sha256_1mib"] and my_size == theirs_size:
+        return
+    name = _plain(src.get("source_name") or "?")
+    if name == video.name and theirs_size == my_size:
         raise LocomadError(
-            f"--ad {path} was written for the film '{track.get('film')}', not '{video.stem}'"
+            f"--ad {path} was written for another film: {video.name} of the same name and "
+            f"size ({my_size} bytes) but different content (another cut or encode of the "
+            "film?): describe this file again"
         )
-    late = [s for s in slots if s["end"] > duration + 0.05]
-    if late:
-        raise LocomadError(
-            f"--ad {path}: slot {late[0].get('index', '?')} ends at {late[0]['end']:.3f} s, past "
-            f"the end of {video.name} ({duration:.3f} s): a track of another film?"
-        )
-    return track
+    raise LocomadError(
+        f"--ad {path} was written for another film ({name}, {theirs_size} bytes), "
+        f"not {video.name} ({my_size} bytes)"
+    )
 
 
-def _is_slot(s: Any) -> bool:
-    if not isinstance(s, dict) or not isinstance(s.get("text", ""), str):
-        return False
+def _track_problem(track: dict[str, Any]) -> str | None:
+    """What is wrong with the track's shape (the top-level fields, then each slot), or None."""
+    for key, check in _TOP_CHECKS:
+        if track.get(key) is not None:
+            problem = check(track[key])
+            if problem:
+                return _field(key, problem)
+    slots = track.get("slots")
+    if not isinstance(slots, list):
+        return f"slots is {_kind(slots)}, not a list"
+    for pos, s in enumerate(slots):
+        problem = _slot_problem(s)
+        if problem:
+            return f"{_slot_name(pos, s)}: {problem}"
+    return None
+
+
+def _slot_problem(s: Any) -> str | None:
+    """What is wrong with one slot: its times, then each field voice or review reads."""
+    if not isinstance(s, dict):
+        return f"is {_kind(s)}, not an object"
+    problem = _times_problem(s)
+    if problem:
+        return problem
+    for key, check in _SLOT_CHECKS:
+        if s.get(key) is not None:
+            problem = check(s[key])
+            if problem:
+                return _field(key, problem)
+    if "text" in s and s["text"] is None:
+        return "text is null, not a string"
+    return None
+
+
+def _times_problem(s: dict[str, Any]) -> str | None:
+    for key in ("start", "end"):
+        if key not in s:
+            return f"has no {key}"
+        problem = _seconds_problem(s[key])
+        if problem:
+            return f"{key} {problem}"
+    a, b = float(s["start"]), float(s["end"])
+    if a < 0:
+        return f"starts before the film does ({_secs(a)} s)"
+    if b <= a:
+        return f"ends ({_secs(b)} s) {'where' if a == b else 'before'} it starts ({_secs(a)} s)"
+    return None
+
+
+def _seconds_problem(v: Any) -> str | None:
+    """A time in seconds is a finite JSON number (not a string, not true/false)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return f"{_show(v)} is not a number"
     try:
-        a, b = float(s["start"]), float(s["end"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return math.isfinite(a) and math.isfinite(b) and 0 <= a < b
+        x = float(v)
+    except OverflowError:
+        return f"{_show(v)} is too large"
+    return None if math.isfinite(x) else f"{_show(v)} is not a finite number"
+
+
+Check = Callable[[Any], "str | None"]
+"""A field's check: what is wrong with its value, or None."""
+
+
+def _str_problem(v: Any) -> str | None:
+    return None if isinstance(v, str) else f"is {_kind(v)}, not a string"
+
+
+def _dict_of(checks: tuple[tuple[str, Check], ...]) -> Check:
+    """A check that the value is an object whose named fields (where present) pass theirs."""
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, dict):
+            return f"is {_kind(v)}, not an object"
+        for key, sub in checks:
+            if v.get(key) is not None:
+                problem = sub(v[key])
+                if problem:
+                    return "." + _field(key, problem)
+        return None
+
+    return check
+
+
+def _field(key: str, problem: str) -> str:
+    """`key` and what is wrong with it; a nested field's name is joined with a dot."""
+    return key + problem if problem.startswith(".") else f"{key} {problem}"
+
+
+def _list_problem(v: Any) -> str | None:
+    return None if isinstance(v, list) else f"is {_kind(v)}, not a list"
+
+
+def _size_problem(v: Any) -> str | None:
+    """A byte count: a whole number, or its digits as a string (as describe writes it)."""
+    ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (
+        isinstance(v, str) and v.isascii() and v.isdigit()
+    )
+    return None if ok else f"{_show(v)} is not a number of bytes"
+
+
+def _candidates_problem(v: Any) -> str | None:
+    """The n-best: a list of objects, each with its text (voice substitutes from them)."""
+    if not isinstance(v, list):
+        return f"is {_kind(v)}, not a list"
+    for k, c in enumerate(v):
+        if not isinstance(c, dict):
+            return f"item {k} is {_kind(c)}, not an object with a text"
+        if not isinstance(c.get("text"), str):
+            if "text" not in c:
+                return f"item {k} has no text"
+            return f"item {k} has text {_show(c['text'])}, not a string"
+    return None
+
+
+_TOP_CHECKS: tuple[tuple[str, Check], ...] = (
+    ("subtitles_file", _str_problem),
+    (
+        "film_source",
+        _dict_of(
+            (
+                ("source_name", _str_problem),
+                ("source_size", _size_problem),
+                ("source_sha256_1mib", _str_problem),
+            )
+        ),
+    ),
+    ("voice", _dict_of((("summary", _str_problem),))),
+)
+"""Top-level fields voice and review read: (key, check), each checked where it is not null."""
+
+_SLOT_CHECKS: tuple[tuple[str, Check], ...] = (
+    ("text", _str_problem),
+    ("candidates", _candidates_problem),
+    ("why", _dict_of((("after", _list_problem), ("before", _list_problem)))),
+    (
+        "voice",  # a voiced track read back: review shows and replays what voice recorded
+        _dict_of(
+            (
+                ("text", _str_problem),
+                ("start", _seconds_problem),
+                ("end", _seconds_problem),
+                ("engine_rate", _seconds_problem),
+            )
+        ),
+    ),
+)
+"""A slot's fields besides its times: (key, check), each checked where it is not null."""
+
+
+def _slot_name(pos: int, s: Any) -> str:
+    """A slot as the user finds it: by its index, else by its place in the list."""
+    index = s.get("index") if isinstance(s, dict) else None
+    if isinstance(index, int) and not isinstance(index, bool) and abs(index) < 10**9:
+        return f"slot {index}"
+    return f"slot number {pos + 1} in the list"
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    names = {bool: "true/false", int: "a number", float: "a number", str: "a string"}
+    names.update({list: "a list", dict: "an object"})
+    return names.get(type(v), type(v).__name__)
+
+
+def _show(v: Any) -> str:
+    """A value in a message, cut short (a damaged file may hold anything, of any length)."""
+    if v is None or isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, int) and abs(v) >= 10**30:
+        return f"a {len(str(abs(v)))}-digit number"  # JSON's digits are within str()'s limit
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _plain(v: Any) -> str:
+    """A short one-line string as it is (a version, a file name), anything else as _show's."""
+    ok = isinstance(v, str) and v.isprintable() and len(v) <= 80
+    return v if ok else _show(v)
+
+
+def _secs(t: float) -> str:
+    return f"{t:.3f}" if abs(t) < 1e9 else f"{t:g}"
 
 
 def dialogue_of(
