@@ -200,3 +200,21 @@ def test_cli_review_refuses_a_damaged_track_in_one_line(base, tmp_path):
     ad = write_track(changed(track, 0, candidates=[None]), tmp_path / "demo.ad.json")
     res = run_cli(["review", film, "--ad", ad, "--no-browser", "--port", "0"], timeout=120)
     one_error(res, "slot 0: candidates item 0 is null")
+
+
+def test_per_slot_warnings_are_counted_past_the_first_ten(caplog):
+    """A track of 300 slots voice drops printed 300 warning lines; now ten and one count."""
+    from locomad_cli.voice.fit import _Warnings
+
+    said = _Warnings()
+    with caplog.at_level("WARNING"):
+        for i in range(300):
+            said.warn("dropped", "dropped the description of slot %s", i)
+        said.warn("said", "slot %s starts while ...", 7)
+        said.summary({"dropped": "dropped", "said": "overlapping"})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:10] == [f"dropped the description of slot {i}" for i in range(10)]
+    assert lines[10:] == [
+        "slot 7 starts while ...",
+        "... and 290 more dropped (300 in all; see the voiced JSON track)",
+    ]

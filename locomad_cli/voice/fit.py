@@ -802,11 +802,13 @@ def _fit_all(
     placed: list[Voiced] = []
     cursor = 0.0
     slots = sorted(track["slots"], key=lambda s: (s["start"], s["end"]))
+    said = _Warnings()
     with progress_bar("voicing", len(slots), opts.progress) as step:
         for slot in slots:
             window = speakable_window(float(slot["start"]), float(slot["end"]), dialogue)
             if cursor > window[0]:
-                log.warning(
+                said.warn(
+                    "said",
                     "slot %s starts while the kept description before it is still spoken",
                     slot.get("index", "?"),
                 )
@@ -818,7 +820,8 @@ def _fit_all(
             if fit.decision == "extended":
                 v.pause = Pause(window[1], fit.overrun)
             if fit.decision == "dropped" and texts[0]:
-                log.warning(
+                said.warn(
+                    "dropped",
                     "dropped the description of slot %s (%s): %s",
                     slot.get("index", "?"),
                     _hms(slot["start"]),
@@ -829,7 +832,35 @@ def _fit_all(
                 cursor = window[1] if extended else window[0] + fit.speech.duration
             placed.append(v)
             step(len(placed))
+    said.summary(
+        {"said": "slots started while the one before was still spoken", "dropped": "dropped"}
+    )
     return placed
+
+
+class _Warnings:
+    """Per-slot warnings, the first few of each kind in full: a track of thousands of tiny
+    slots would otherwise print a line for every one (the metrics JSON has them all)."""
+
+    FIRST = 10
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str, *args: Any) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self.counts[kind] <= self.FIRST:
+            log.warning(message, *args)
+
+    def summary(self, what: dict[str, str]) -> None:
+        for kind, n in self.counts.items():
+            if n > self.FIRST:
+                log.warning(
+                    "... and %d more %s (%d in all; see the voiced JSON track)",
+                    n - self.FIRST,
+                    what[kind],
+                    n,
+                )
 
 
 def _hms(t: float) -> str:
