@@ -9,18 +9,21 @@ with the file:line it came from) and a `FrameSource` that can slice a film's fra
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from locomad_cli.data.records import ClipRecord, ContextItem
 from locomad_cli.tracks.readers import belongs, dialogue_windows
-from locomad_cli.utils import LocomadError, check_seconds
+from locomad_cli.utils import LocomadError, check_seconds, readable
 
 SPLITS = ("train", "val", "test")
 
@@ -90,6 +93,30 @@ class H5Frames:
         return torch.from_numpy(self._h5()[key][a:b]).float()
 
 
+@contextlib.contextmanager
+def _open_features(path: Path) -> Iterator[Any]:
+    """safe_open() on a features file, its failures in one line: a file that is no
+    safetensors file at all (safetensors' own error types, 'header too small') as
+    load_features reports it; a file that cannot be opened as the OSError it is."""
+    from safetensors import safe_open
+
+    readable(path)
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as e:  # SafetensorError derives from Exception only
+        raise LocomadError(
+            f"{path}: not a features file ({' '.join(str(e).split())[:200]})"
+        ) from None
+    with handle as f:
+        yield f
+
+
+def features_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a features file (checked to be one)."""
+    with _open_features(path) as f:
+        return dict(f.metadata() or {})
+
+
 class SafetensorsFrames:
     """Frame features in `*.features.safetensors` files (tensor `features` [T, D]), one file
     per key; rows are sliced from the memory-mapped file without reading the rest."""
@@ -104,16 +131,11 @@ class SafetensorsFrames:
 
     def _shape(self, key: str) -> tuple[int, int]:
         if key not in self._shapes:
-            from safetensors import safe_open
-
             path = self.files[key]
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    if "features" not in f.keys():
-                        raise LocomadError(f"{path}: no tensor named 'features'")
-                    shape = f.get_slice("features").get_shape()
-            except (OSError, ValueError) as e:  # safetensors raises these for bad files
-                raise LocomadError(f"{path}: not a readable safetensors file ({e})") from None
+            with _open_features(path) as f:
+                if "features" not in f.keys():
+                    raise LocomadError(f"{path}: no tensor named 'features'")
+                shape = f.get_slice("features").get_shape()
             if len(shape) != 2:
                 raise LocomadError(f"{path}: 'features' must be [T, D], found {list(shape)}")
             self._shapes[key] = (int(shape[0]), int(shape[1]))

@@ -22,12 +22,13 @@ from locomad_cli.data.dataset import (
     SafetensorsFrames,
     SubtitleIndex,
     attach_subtitles,
+    features_metadata,
     find_column,
     parse_time,
     read_csv_rows,
 )
 from locomad_cli.data.mad import END_COLUMNS, START_COLUMNS
-from locomad_cli.utils import LocomadError, readable
+from locomad_cli.utils import LocomadError
 
 SUFFIX = ".features.safetensors"
 TEXT_COLUMNS = ("text", "description", "ad", "sentence", "caption")
@@ -77,6 +78,20 @@ def subtitles_file(folder: Path, name: str) -> Path | None:
     return None
 
 
+def _split_names(path: Path, split: str) -> list[str]:
+    """The film names `splits.json` lists for `split` ([] when it lists none)."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # '[[[[...' deeper than Python's parser goes
+        raise LocomadError(f"{path}: not JSON this reader takes (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise LocomadError(f"{path}: not JSON ({' '.join(str(e).split())[:120]})") from None
+    names = table.get(split, []) if isinstance(table, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise LocomadError(f"{path}: expected {{split: [film names]}}")
+    return names
+
+
 def split_films(root: Path, split: str) -> dict[str, Path]:
     """NAME → features file of the films in `split`."""
     if (root / split).is_dir():
@@ -86,11 +101,7 @@ def split_films(root: Path, split: str) -> dict[str, Path]:
     films = film_files(root)
     splits_path = root / "splits.json"
     if splits_path.is_file():
-        try:
-            table = json.loads(splits_path.read_text(encoding="utf-8"))
-            names = [str(n) for n in table.get(split, [])]
-        except (json.JSONDecodeError, AttributeError, TypeError):
-            raise LocomadError(f"{splits_path}: expected {{split: [film names]}}") from None
+        names = _split_names(splits_path, split)
         unknown = [n for n in names if n not in films]
         if unknown:
             raise LocomadError(f"{splits_path}: no {SUFFIX} for {', '.join(unknown)}")
@@ -102,6 +113,21 @@ def split_films(root: Path, split: str) -> dict[str, Path]:
     return films
 
 
+def _check_fps(path: Path, meta: dict[str, str], fps: float) -> None:
+    """Features sampled at the card's frame rate (files without an `fps` note pass)."""
+    if "fps" not in meta:
+        return
+    try:
+        found = float(meta["fps"])
+    except ValueError:
+        raise LocomadError(f"{path}: metadata fps={meta['fps'][:40]!r} is not a number") from None
+    if not abs(found - fps) <= 1e-6:  # NaN included
+        raise LocomadError(
+            f"{path}: features at {found:g} FPS, the card wants {fps:g} "
+            "(re-run extract-features with this card)"
+        )
+
+
 def read_folder(root: str | Path, split: str, fps: float, options: dict[str, str]) -> DatasetSplit:
     root = Path(root)
     if not root.is_dir():
@@ -109,19 +135,11 @@ def read_folder(root: str | Path, split: str, fps: float, options: dict[str, str
     films = split_films(root, split)
     if not films:
         raise LocomadError(f"{root}: no *{SUFFIX} files for split '{split}'")
-    from safetensors import safe_open
-
     anns: list[Annotation] = []
     problems: list[str] = []
     subs: dict[str, SubtitleIndex] = {}
     for name, feat_path in films.items():
-        with safe_open(str(readable(feat_path)), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "fps" in meta and abs(float(meta["fps"]) - fps) > 1e-6:
-            raise LocomadError(
-                f"{feat_path}: features at {float(meta['fps']):g} FPS, the card wants {fps:g} "
-                "(re-run extract-features with this card)"
-            )
+        _check_fps(feat_path, features_metadata(feat_path), fps)
         folder = feat_path.parent
         ad_path = reference_ad(folder, name)
         if ad_path is None:

@@ -16,7 +16,8 @@ import numpy as np
 import pysrt
 
 from locomad_cli.demo.render import encode_mp4, film_frames, film_soundtrack
-from locomad_cli.demo.world import NAMES, Film, make_plot
+from locomad_cli.demo.world import LOCATIONS, NAMES, Film, make_plot
+from locomad_cli.train.bounds import MAX_SEED, WHOLE, Bound, check_fields
 from locomad_cli.utils import LocomadError, atomic_open, atomic_path, check_writable_dir
 
 SPLITS = ("train", "val", "test")
@@ -42,6 +43,36 @@ class DemoDataConfig:
     extra_train: int = 0
     """More training films, made after the held-out ones (films `films` … `films +
     extra_train - 1`), so a larger training set keeps the same validation and test films."""
+
+    def check(self) -> None:
+        """Refuse, in one line naming the flag, a setting out of range before anything is
+        written: a NaN frame rate or a negative seed would fail mid-render, a billion frames
+        per second or films would run for ever."""
+        if isinstance(self.extra_train, int) and self.extra_train < 0:
+            raise LocomadError(f"--extra-films must be 0 or more, got {self.extra_train}")
+        check_fields(self, DEMO_BOUNDS, flags={"extra_train": "--extra-films"})
+        if self.val + self.test >= self.films:
+            raise LocomadError(
+                f"--films {self.films} must exceed --val {self.val} + --test {self.test} (at "
+                "least one training film)"
+            )
+
+
+MAX_FILMS = 10_000
+"""More demo films than this would render for days; the paper's demo uses 60."""
+DEMO_BOUNDS: dict[str, Bound] = {
+    "seed": Bound(0, MAX_SEED, what=WHOLE),
+    "films": Bound(1, MAX_FILMS, what=WHOLE),
+    "val": Bound(0, MAX_FILMS, what=WHOLE),
+    "test": Bound(0, MAX_FILMS, what=WHOLE),
+    "fps": Bound(1.0, 60.0),
+    "cast": Bound(1, 4, what=WHOLE),
+    "scenes": Bound(1, len(LOCATIONS), what=WHOLE),
+    "window": Bound(1, 1000, what=WHOLE),
+    "dialogue_intro": Bound(0.0, 1.0, what="a chance"),
+    "extra_train": Bound(0, MAX_FILMS, what=WHOLE),
+}
+"""The range of every numeric DemoDataConfig field (fps: of the rendered MP4s)."""
 
 
 def film_split(i: int, cfg: DemoDataConfig) -> str:
@@ -135,19 +166,7 @@ def make_data(
     (optionally) extract their frame features with the card's CLIP (`threads`: torch's, see
     extract_features). Returns the MP4 paths per split."""
     cfg = cfg or DemoDataConfig()
-    if cfg.films < 1 or cfg.val < 0 or cfg.test < 0 or cfg.val + cfg.test >= cfg.films:
-        raise LocomadError(
-            f"--films {cfg.films} must exceed --val {cfg.val} + --test {cfg.test} (at least one "
-            "training film)"
-        )
-    if not 1 <= cfg.cast <= 4:
-        raise LocomadError(f"--cast must be between 1 and 4, got {cfg.cast}")
-    if cfg.fps <= 0:
-        raise LocomadError(f"--fps must be positive, got {cfg.fps:g}")
-    if not 0.0 <= cfg.dialogue_intro <= 1.0:
-        raise LocomadError(f"--dialogue-intro is a chance in [0, 1], got {cfg.dialogue_intro:g}")
-    if cfg.extra_train < 0:
-        raise LocomadError(f"--extra-films must be 0 or more, got {cfg.extra_train}")
+    cfg.check()
     root = check_writable_dir(out_dir)
     write_names(root / NAMES_FILE)
     out: dict[str, list[Path]] = {s: [] for s in SPLITS}

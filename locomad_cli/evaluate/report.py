@@ -124,6 +124,41 @@ def film_files(prediction: str | Path, reference: str | Path) -> tuple[list, lis
     return pairs, missing
 
 
+def check_options(
+    min_iou: float,
+    device: str,
+    corenlp: str | Path | None = None,
+    recall_k: int = 5,
+    recall_n: int = 16,
+) -> None:
+    """Refuse bad settings in one line before anything is scored: they would otherwise make
+    every metric 'unavailable' (exit 1, as if the machine lacked something) or score wrongly."""
+    if not (isinstance(min_iou, int | float) and 0.0 <= min_iou <= 1.0):  # NaN fails too
+        raise LocomadError(f"--min-iou is an overlap in [0, 1], got {min_iou}")
+    _check_device(device)
+    if corenlp is not None and not Path(corenlp).expanduser().is_dir():
+        raise LocomadError(f"--corenlp {corenlp} is not a folder (it holds CoreNLP's jars)")
+    if not 1 <= recall_k <= recall_n:
+        raise LocomadError(f"recall needs 1 <= k <= N, got k={recall_k}, N={recall_n}")
+
+
+def _check_device(device: str) -> None:
+    """A device torch knows by that name ('auto', 'cpu', 'cuda:1', 'mps'), and a GPU when
+    one is asked for."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise LocomadError(
+            f"--device {device}: not a device (cpu, cuda, cuda:N, mps or auto)"
+        ) from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LocomadError(f"--device {device} asked for, but torch sees no CUDA GPU")
+
+
 def evaluate(
     prediction: str | Path,
     reference: str | Path,
@@ -148,6 +183,7 @@ def evaluate(
     threads.pick_threads chooses). Metrics that cannot run are listed under
     `unavailable` with a reason that names the flag fixing it."""
     names = parse_metrics(metrics)
+    check_options(min_iou, device, corenlp, recall_k, recall_n)
     films, missing = film_files(prediction, reference)
     per_film = []
     for film, pred_file, ref_file in films:

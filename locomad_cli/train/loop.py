@@ -36,6 +36,7 @@ from locomad_cli.data.dataset import ClipDataset, report_problems
 from locomad_cli.data.records import collate
 from locomad_cli.data.rename import Renamer, read_names
 from locomad_cli.progress import progress_bar
+from locomad_cli.train.bounds import MAX_SEED, WHOLE, Bound, check_fields, check_number
 from locomad_cli.train.state import FORMAT as TRAIN_STATE_FORMAT
 from locomad_cli.train.state import (
     load_optimizer_state,
@@ -120,6 +121,40 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     """Also log to TensorBoard in RUN_DIR/tensorboard (needs the tensorboard package)."""
+
+    def check(self) -> None:
+        """Refuse, in one line naming the flag, a number outside its range (NaN and
+        infinities included): each would otherwise fail deep in the run, or train wrongly."""
+        check_fields(self, BOUNDS, OPTIONAL)
+        for beta in self.betas:
+            check_number("betas", beta, Bound(0.0, 1.0, high_open=True))
+
+
+BOUNDS: dict[str, Bound] = {
+    "epochs": Bound(1, what=WHOLE),
+    "max_steps": Bound(1, what=WHOLE),
+    "batch_size": Bound(1, what=WHOLE),
+    "grad_accum": Bound(1, what=WHOLE),
+    "lr": Bound(0.0, low_open=True),
+    "warmup_steps": Bound(0, what=WHOLE),
+    "warmup_lr": Bound(0.0),
+    "min_lr": Bound(0.0),
+    "weight_decay": Bound(0.0),
+    "max_grad_norm": Bound(0.0),
+    "context_dropout": Bound(0.0, 1.0, what="a chance"),
+    "visual_contrast": Bound(0.0, what="a weight"),
+    "seed": Bound(0, MAX_SEED, what=WHOLE),
+    "eval_every": Bound(1, what=WHOLE),
+    "save_every": Bound(1, what=WHOLE),
+    "keep_last": Bound(1, what=WHOLE),
+    "eval_batch_size": Bound(1, what=WHOLE),
+    "val_max_clips": Bound(1, what=WHOLE),
+    "num_workers": Bound(0, 256, what=WHOLE),
+    "log_every": Bound(1, what=WHOLE),
+}
+"""The range of every numeric TrainConfig field."""
+OPTIONAL = {"epochs", "max_steps", "batch_size", "eval_every", "save_every", "val_max_clips"}
+"""Fields whose None means 'the default' (see _plan)."""
 
 
 @dataclass
@@ -459,13 +494,8 @@ def _checked_batch_size(cfg: TrainConfig) -> int:
     refused before anything starts or is written."""
     if cfg.stage not in (1, 2):
         raise LocomadError(f"--stage {cfg.stage}: choose 1 or 2")
+    cfg.check()
     batch_size = cfg.batch_size or STAGE_DEFAULTS[cfg.stage]["batch_size"]
-    if batch_size < 1 or cfg.grad_accum < 1 or cfg.keep_last < 1:
-        raise LocomadError("--batch-size, --grad-accum and --keep-last must be at least 1")
-    if not 0.0 <= cfg.context_dropout <= 1.0:
-        raise LocomadError(f"--context-dropout is a chance in [0, 1], got {cfg.context_dropout:g}")
-    if cfg.visual_contrast < 0:
-        raise LocomadError(f"--visual-contrast is a weight >= 0, got {cfg.visual_contrast:g}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise LocomadError("--tensorboard needs the tensorboard package (pip install tensorboard)")
     return batch_size
@@ -509,26 +539,26 @@ def _run_settings(cfg: TrainConfig, batch_size: int, world: int, fsdp: bool) -> 
 
 
 def _resume_point(
-    cfg: TrainConfig, run_dir: Path, settings: dict[str, Any], main: bool
+    cfg: TrainConfig, run_dir: Path, settings: dict[str, Any], notes: list[str]
 ) -> tuple[int, Path | None, dict[str, Any]]:
     """(step, checkpoint, its trainer.json) to continue from: the newest checkpoint under
-    --resume, else (0, None, {})."""
+    --resume, else (0, None, {}). What to tell the user goes to `notes`, printed once the run
+    is known to start (a refusal later on is then the only line)."""
     if not cfg.resume:
         return 0, None, {}
     found = _checkpoints(run_dir)
     if not found:
-        if main:
-            print(f"locomad: nothing to resume in {run_dir}; starting at step 0", file=sys.stderr)
+        notes.append(f"locomad: nothing to resume in {run_dir}; starting at step 0")
         return 0, None, {}
     step, ckpt = found[-1]
     return step, ckpt, _resumable(ckpt, settings)
 
 
 def _load_data(
-    cfg: TrainConfig, card: ModelCard, accelerator: Accelerator
+    cfg: TrainConfig, card: ModelCard, accelerator: Accelerator, notes: list[str]
 ) -> tuple[ClipDataset, ClipDataset | None]:
     """The train and val splits; the main process fills the text-feature cache first, the
-    others then read it."""
+    others then read it. A val split that cannot be read is noted in `notes`."""
     main = accelerator.is_main_process
     val_spec = cfg.val_data or cfg.data
     datasets: dict[str, ClipDataset | None] = {}
@@ -542,8 +572,7 @@ def _load_data(
                 except LocomadError as e:
                     if cfg.val_data:  # asked for explicitly: its problems are errors
                         raise
-                    if main:
-                        print(f"locomad: no validation ({e})", file=sys.stderr)
+                    notes.append(f"locomad: no validation ({e})")
             datasets = {"train": train_ds, "val": val_ds}
         accelerator.wait_for_everyone()
     train_ds, val_ds = datasets["train"], datasets["val"]
@@ -866,12 +895,13 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         _claim_run_dir(cfg, run_dir, main)
         fsdp = accelerator.distributed_type.name == "FSDP"
         settings = _run_settings(cfg, batch_size, world, fsdp)
-        step, ckpt, trainer = _resume_point(cfg, run_dir, settings, main)
+        notes: list[str] = []
+        step, ckpt, trainer = _resume_point(cfg, run_dir, settings, notes)
 
         set_seed(cfg.seed)
         # a resumed run's weights are its checkpoint's model folder (safetensors)
         model, card = build_model(cfg, str(accelerator.device), ckpt / "model" if ckpt else None)
-        train_ds, val_ds = _load_data(cfg, card, accelerator)
+        train_ds, val_ds = _load_data(cfg, card, accelerator, notes)
         plan = _plan(cfg, len(train_ds), batch_size, world)
         run = _prepare(cfg, accelerator, model, card, plan, run_dir, step, renamer)
         if ckpt is not None:
@@ -881,6 +911,8 @@ def train(cfg: TrainConfig, callback: Callable[[int, dict], None] | None = None)
         if created and main and run_dir.is_dir() and not _checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    for note in notes if main else []:
+        print(note, file=sys.stderr)
     _write_config(run)
     if cfg.tensorboard:
         accelerator.init_trackers("tensorboard")
