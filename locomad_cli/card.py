@@ -480,7 +480,7 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str = "") -> An
 def _check_card(card: ModelCard, where: str) -> None:
     """Rules between fields, each of which the model relies on (a vlm card uses none of
     the LoCo-MAD model's sections)."""
-    _check_clip_config(card.clip.config, where)
+    check_clip_config(card.clip.config, where)
     if card.describer.kind == "vlm":
         return
     _check_prompt_room(card, where)
@@ -555,34 +555,36 @@ def _check_prompt_room(card: ModelCard, where: str) -> None:
 _CLIP_SECTIONS = ("vision_cfg", "text_cfg", "multimodal_cfg", "preprocess_cfg")
 
 
-def _check_clip_config(cfg: dict[str, Any] | None, where: str) -> None:
+def check_clip_config(cfg: Any, where: str, key: str = "clip.config") -> None:
     """The shape of clip.config (an open_clip model config) where the card is read: open_clip
     would otherwise fail inside its builders with its own attribute errors. The names inside
     each section are checked against open_clip's own when the encoder is built."""
     if cfg is None:
         return
+    if not isinstance(cfg, dict):
+        raise LocomadError(f"{where}: {key} must be a mapping (an open_clip model config)")
     if "model_cfg" in cfg:  # the layout of open_clip_config.json
-        if not isinstance(cfg["model_cfg"], dict):
-            raise LocomadError(f"{where}: clip.config.model_cfg must be a mapping")
-        _check_clip_config({**cfg["model_cfg"], "preprocess_cfg": cfg.get("preprocess_cfg")}, where)
+        inner = cfg["model_cfg"]
+        if not isinstance(inner, dict):
+            raise LocomadError(f"{where}: {key}.model_cfg must be a mapping")
+        check_clip_config({**inner, "preprocess_cfg": cfg.get("preprocess_cfg")}, where, key)
         return
     embed_dim = cfg.get("embed_dim")
     if embed_dim is not None and (
         isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0
     ):
         raise LocomadError(
-            f"{where}: clip.config.embed_dim must be an integer greater than 0, "
-            f"got {_shown(embed_dim)}"
+            f"{where}: {key}.embed_dim must be an integer greater than 0, got {_shown(embed_dim)}"
         )
     for name in _CLIP_SECTIONS:
         value = cfg.get(name)
         if value is not None and not isinstance(value, dict):
             raise LocomadError(
-                f"{where}: clip.config.{name} must be a mapping (open_clip's "
+                f"{where}: {key}.{name} must be a mapping (open_clip's "
                 f"{name} settings), got {_shown(value)}"
             )
         if isinstance(value, dict) and not all(isinstance(k, str) for k in value):
-            raise LocomadError(f"{where}: clip.config.{name} has a key that is not a name")
+            raise LocomadError(f"{where}: {key}.{name} has a key that is not a name")
 
 
 def card_from_dict(data: dict[str, Any], source: str | None = None) -> ModelCard:
