@@ -198,3 +198,15 @@ def test_cli_review_refuses_bad_settings_before_serving(tmp_path):
     ):
         res = run_cli(["review", video, "--no-browser", *extra], timeout=120)
         one_error(res, *words)
+
+
+def test_review_starts_when_the_tracks_card_is_not_found(film, caplog):
+    """A user's card that moved only costs Regenerate: the review itself needs no card."""
+    import json
+
+    from locomad_cli.review.session import Review, ReviewOptions
+
+    ad = film.with_name("demo.ad.json")
+    ad.write_text(json.dumps({**json.loads(ad.read_text()), "card": "moved-away"}))
+    Review(film, ReviewOptions(who="tester", overrides=["llm.num_beams=2"]))
+    assert "Regenerate will not work" in caplog.text and "moved-away" in caplog.text
