@@ -280,7 +280,17 @@ _POSITIVE = {
             "temperature",
         )
     ),
-    *(f"dsm.{k}" for k in ("num_layers", "num_heads", "intermediate_size", "top_k", "temperature")),
+    *(
+        f"dsm.{k}"
+        for k in (
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "proposal_len",  # the DSM's encoder runs over the proposal: none is no sequence
+            "top_k",
+            "temperature",
+        )
+    ),
     *(
         f"llm.{k}"
         for k in (
@@ -302,7 +312,6 @@ _POSITIVE = {
 }
 """Card fields that must be > 0 (sizes, counts, rates, temperatures)."""
 _NON_NEGATIVE = {
-    "dsm.proposal_len",
     "llm.min_new_tokens",
     "llm.length_weight",
     "describer.shorter_tries",
@@ -388,8 +397,46 @@ def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
 
 
 def _shown(value: Any) -> str:
+    """A value as a message shows it: quoted, on one line, at most about 40 characters."""
+    if isinstance(value, str) and len(value) > 37:
+        return repr(value[:34] + "...")
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _got(value: Any, hint: Any) -> str:
+    """What a wrong value was, and how to write it when it is a number that came as a string:
+    PyYAML (YAML 1.1) reads `1e9` and `1e-300` as text, wanting a dot and a signed exponent."""
+    if not isinstance(value, str) or _kind(hint) == "a string":
+        return f"got {_shown(value)}"
+    try:
+        number = float(value.replace("_", ""))
+    except ValueError:
+        return f"got {_shown(value)}"
+    if not math.isfinite(number):
+        return f"got {_shown(value)}"
+    forms = [_yaml_float(value.strip(), number)] if "number" in _kind(hint) else []
+    if number.is_integer() and abs(number) < 1e18:
+        forms.append(str(int(number)))
+    if not forms:
+        return f"got the string {_shown(value)}, not a whole number"
+    return f"got the string {_shown(value)} (YAML reads it as text: write {' or '.join(forms)})"
+
+
+def _yaml_float(text: str, number: float) -> str:
+    """`text` rewritten as YAML 1.1 reads a float (a dot in the mantissa, a sign in the
+    exponent: `1e9` -> `1.0e+9`), or Python's own form of `number` where that fails."""
+    mantissa, _, exponent = text.lower().partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent and exponent[0] not in "+-":
+        exponent = "+" + exponent
+    form = f"{mantissa}e{exponent}" if exponent else mantissa
+    try:
+        ok = yaml.safe_load(form) == number
+    except yaml.YAMLError:
+        ok = False
+    return form if ok else repr(number)
 
 
 def _check_field(key: str, value: Any, hint: Any, where: str) -> Any:
@@ -397,7 +444,7 @@ def _check_field(key: str, value: Any, hint: Any, where: str) -> Any:
     when it is wrong, because the model would otherwise fail deep inside generation."""
     ok, value = _typed(value, hint)
     if not ok:
-        raise LocomadError(f"{where}: {key} must be {_kind(hint)}, got {_shown(value)}")
+        raise LocomadError(f"{where}: {key} must be {_kind(hint)}, {_got(value, hint)}")
     if value is None or isinstance(value, bool):
         return value
     if key in _POSITIVE and isinstance(value, (int, float)) and not value > 0:
@@ -433,8 +480,10 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str = "") -> An
 def _check_card(card: ModelCard, where: str) -> None:
     """Rules between fields, each of which the model relies on (a vlm card uses none of
     the LoCo-MAD model's sections)."""
+    check_clip_config(card.clip.config, where)
     if card.describer.kind == "vlm":
         return
+    _check_prompt_room(card, where)
     pme, dsm, llm = card.pme, card.dsm, card.llm
     if pme.hidden_size % pme.num_heads:
         raise LocomadError(
@@ -455,6 +504,87 @@ def _check_card(card: ModelCard, where: str) -> None:
         raise LocomadError(
             f"{where}: pme.label_smoothing must be in [0, 1), got {pme.label_smoothing}"
         )
+
+
+PROMPT_MAX_WORDS = 200
+"""llm.prompt is an instruction ("Describe the scene:"), not a text: past this many words it
+is a mistake, and every word of it takes a position the context and description need."""
+
+
+def _llm_positions(card: ModelCard) -> int | None:
+    """The LLM's positions (max_position_embeddings) when the card's own llm.config says;
+    None for a pretrained LLM named only, whose config is read when it loads."""
+    cfg = card.llm.config or {}
+    value = cfg.get("max_position_embeddings", cfg.get("n_positions"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _check_prompt_room(card: ModelCard, where: str) -> None:
+    """The whole sequence must fit the LLM's position embeddings (past them it indexes off
+    the table): bos, <b_q> the queries <e_q>, the context (at most llm.max_context_tokens,
+    2 at least), the instruction, and the description (llm.max_new_tokens when generating,
+    llm.max_target_tokens when training). Words are counted, as the tokenizer is not loaded
+    here: a word takes one token or more, so a prompt refused here could never fit."""
+    llm = card.llm
+    words = len(llm.prompt.split())
+    if words > PROMPT_MAX_WORDS:
+        raise LocomadError(
+            f"{where}: llm.prompt has {words} words; it is an instruction to the model, at most "
+            f"{PROMPT_MAX_WORDS} words"
+        )
+    positions = _llm_positions(card)
+    if positions is None:
+        return
+    fixed = (
+        3
+        + card.pme.num_queries
+        + max(llm.max_context_tokens, 2)
+        + max(llm.max_new_tokens, llm.max_target_tokens)
+    )
+    if fixed + words > positions:
+        raise LocomadError(
+            f"{where}: llm.prompt ({words} words) does not fit the LLM's {positions} positions "
+            f"(llm.config max_position_embeddings): 3 + pme.num_queries ({card.pme.num_queries})"
+            f" + llm.max_context_tokens ({llm.max_context_tokens}) + the longer of "
+            f"llm.max_new_tokens and llm.max_target_tokens "
+            f"({max(llm.max_new_tokens, llm.max_target_tokens)}) leave {max(positions - fixed, 0)}"
+            " for the prompt's tokens (a word is one token or more)"
+        )
+
+
+_CLIP_SECTIONS = ("vision_cfg", "text_cfg", "multimodal_cfg", "preprocess_cfg")
+
+
+def check_clip_config(cfg: Any, where: str, key: str = "clip.config") -> None:
+    """The shape of clip.config (an open_clip model config) where the card is read: open_clip
+    would otherwise fail inside its builders with its own attribute errors. The names inside
+    each section are checked against open_clip's own when the encoder is built."""
+    if cfg is None:
+        return
+    if not isinstance(cfg, dict):
+        raise LocomadError(f"{where}: {key} must be a mapping (an open_clip model config)")
+    if "model_cfg" in cfg:  # the layout of open_clip_config.json
+        inner = cfg["model_cfg"]
+        if not isinstance(inner, dict):
+            raise LocomadError(f"{where}: {key}.model_cfg must be a mapping")
+        check_clip_config({**inner, "preprocess_cfg": cfg.get("preprocess_cfg")}, where, key)
+        return
+    embed_dim = cfg.get("embed_dim")
+    if embed_dim is not None and (
+        isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0
+    ):
+        raise LocomadError(
+            f"{where}: {key}.embed_dim must be an integer greater than 0, got {_shown(embed_dim)}"
+        )
+    for name in _CLIP_SECTIONS:
+        value = cfg.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise LocomadError(
+                f"{where}: {key}.{name} must be a mapping (open_clip's "
+                f"{name} settings), got {_shown(value)}"
+            )
+        if isinstance(value, dict) and not all(isinstance(k, str) for k in value):
+            raise LocomadError(f"{where}: {key}.{name} has a key that is not a name")
 
 
 def card_from_dict(data: dict[str, Any], source: str | None = None) -> ModelCard:
@@ -517,10 +647,7 @@ def load_card(name_or_path: str | Path, overrides: list[str] | None = None) -> M
     if not path.is_file():
         known = ", ".join(available_cards()) or "none"
         raise LocomadError(f"model card '{name_or_path}' not found (shipped cards: {known})")
-    try:
-        data = yaml.safe_load(_card_text(path))
-    except yaml.YAMLError as e:
-        raise LocomadError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    data = _parse_yaml(_card_text(path), f"{path}: not valid YAML")
     if overrides and not isinstance(data, dict):
         card_from_dict(data, source=str(path))  # says what is wrong with the file first
     for item in overrides or []:
@@ -549,20 +676,71 @@ def _card_text(path: Path) -> str:
 def apply_override(data: dict[str, Any], item: str) -> None:
     """Set `a.b=value` inside a nested dict, creating sections as needed."""
     if "=" not in item:
-        raise LocomadError(f"override '{item}' is not of the form key=value")
+        raise LocomadError(f"override {_shown(item)} is not of the form key=value")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
     if not all(part.strip() for part in parts):
         raise LocomadError(
-            f"override '{item}' has an empty key name before '=' (write section.key=value, "
+            f"override {_shown(item)} has an empty key name before '=' (write section.key=value, "
             "e.g. llm.num_beams=1)"
         )
+    value = _parse_yaml(raw, f"override {_shown(item)}: its value is not a YAML value")
     node = data
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # `dsm:` left empty in the file is an empty section
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
-            raise LocomadError(f"override '{item}': '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+            raise LocomadError(f"override {_shown(item)}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+_MAX_DEPTH = 32
+"""How deeply a card's values may nest (a real card: 4 levels, in clip.config). Deeper is a
+broken or hostile file, which would exhaust Python's recursion in the YAML parser or in
+every copy of the card."""
+
+
+def _parse_yaml(text: str, what: str) -> Any:
+    """YAML text (a card file, an override's value) as Python data, every way it can be
+    wrong said in one line starting with `what` (never a parser traceback)."""
+    if not text.strip():
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        said = [getattr(e, "context", None), getattr(e, "problem", None)]
+        problem = ", ".join(str(x) for x in said if x) or e.__class__.__name__
+        raise LocomadError(f"{what} ({' '.join(problem.split())[:160]})") from None
+    except RecursionError:
+        raise LocomadError(f"{what} (nested too deep)") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        if "digits" in str(e):  # Python's limit on int() of a long string of digits
+            raise LocomadError(f"{what} (a number too large: more than 4300 digits)") from None
+        raise LocomadError(f"{what} ({' '.join(str(e).split())[:100]})") from None
+    if _too_deep(data):
+        raise LocomadError(
+            f"{what} (nested more than {_MAX_DEPTH} levels deep, or too large: a card is a few "
+            "dozen values)"
+        )
+    return data
+
+
+def _too_deep(value: Any, limit: int = _MAX_DEPTH, most: int = 100_000) -> bool:
+    """Whether parsed YAML nests deeper than `limit` or holds more than `most` values, walked
+    without recursion and stopping at the first excess: YAML aliases can make a structure
+    refer to itself (infinitely deep) or repeat one part exponentially (billion laughs)."""
+    todo, seen = [(value, 0)], 0
+    while todo:
+        node, depth = todo.pop()
+        seen += 1
+        if depth > limit or seen > most:
+            return True
+        if isinstance(node, dict):
+            todo.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            todo.extend((v, depth + 1) for v in node)
+    return False
 
 
 TINY_CLIP_CONFIG: dict[str, Any] = {

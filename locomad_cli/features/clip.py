@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from locomad_cli.card import MODELS_DIR, ModelCard
+from locomad_cli.card import MODELS_DIR, ModelCard, check_clip_config
 from locomad_cli.utils import LocomadError, hub_reachable
 
 if TYPE_CHECKING:  # imported where used: extract-features plans its films before torch loads
@@ -222,12 +222,44 @@ def _inline_config(card: ModelCard) -> dict[str, Any] | None:
             raise LocomadError(f"CLIP config {path}: cannot read ({e})") from None
     if cfg is None:
         return None
+    check_clip_config(cfg, f"CLIP config for '{card.clip.model}'")  # a JSON file's too
     if "model_cfg" in cfg:
-        return {"model_cfg": cfg["model_cfg"], "preprocess_cfg": cfg.get("preprocess_cfg", {})}
+        return {"model_cfg": cfg["model_cfg"], "preprocess_cfg": cfg.get("preprocess_cfg") or {}}
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
     if missing:
         raise LocomadError(f"CLIP config for '{card.clip.model}' lacks {', '.join(missing)}")
-    return {"model_cfg": cfg, "preprocess_cfg": cfg.get("preprocess_cfg", {})}
+    model_cfg = {k: v for k, v in cfg.items() if k != "preprocess_cfg"}
+    return {"model_cfg": model_cfg, "preprocess_cfg": cfg.get("preprocess_cfg") or {}}
+
+
+def _check_config_names(model_cfg: dict[str, Any]) -> None:
+    """Every name in an inline clip.config is one open_clip's builders take: an unknown one
+    would fail inside them as a keyword argument their dataclasses do not have."""
+    import dataclasses
+    import inspect
+
+    from open_clip.coca_model import CoCa, MultimodalCfg
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    top = {"custom_text"}
+    for cls in (CLIP, CoCa):
+        top |= set(inspect.signature(cls.__init__).parameters) - {"self", "cast_dtype"}
+    unknown = sorted(map(str, set(model_cfg) - top))
+    if unknown:
+        raise LocomadError(f"clip.config: unknown key(s) {', '.join(unknown)}")
+    for section, cls in (
+        ("vision_cfg", CLIPVisionCfg),
+        ("text_cfg", CLIPTextCfg),
+        ("multimodal_cfg", MultimodalCfg),
+    ):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(map(str, set(model_cfg.get(section) or {}) - names))
+        if unknown:
+            raise LocomadError(f"clip.config.{section}: unknown key(s) {', '.join(unknown)}")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or e.__class__.__name__
 
 
 def input_side(card: ModelCard) -> int | None:
@@ -291,6 +323,8 @@ def load_clip(
             "not loaded)"
         )
     inline = _inline_config(card)
+    if inline is not None:
+        _check_config_names(inline["model_cfg"])
     kwargs = dict(device=device, precision=precision, force_quick_gelu=force_quick_gelu)
     try:
         # Random init (tests, demos) is seeded: the same card always builds the same encoder,
@@ -318,6 +352,10 @@ def load_clip(
                 open_clip.load_checkpoint(model, str(weights_file), strict=True)
     except LocomadError:
         raise
+    except (TypeError, AttributeError, KeyError) as e:
+        if inline is None:
+            raise
+        raise LocomadError(f"clip.config cannot build a CLIP: {_one_line(e)}") from None
     except Exception as e:  # open_clip wraps hub, config and state-dict errors in RuntimeError
         raise LocomadError(_explain(e, name, pretrained, weights_file)) from None
     model.eval()

@@ -39,6 +39,41 @@ class ReviewOptions:
     who: str | None = None
 
 
+def check_regenerate_settings(track: dict[str, Any], opts: ReviewOptions) -> None:
+    """The card that Regenerate loads (the track's, with --set) and --device, checked when the
+    review starts: a typo in either is said in one line then, not on the first Regenerate
+    after the page has opened. A card that cannot be found (a user's card moved) only warns:
+    the review works without it, and Regenerate says so when asked."""
+    from locomad_cli.card import load_card
+
+    name = track.get("card")
+    if name:
+        try:
+            load_card(name)
+        except LocomadError as e:
+            log.warning("Regenerate will not work: %s", e)
+        else:
+            load_card(name, opts.overrides)  # a bad --set ends the command here
+    _check_device(opts.device)
+
+
+def _check_device(device: str) -> None:
+    """--device as torch reads it (torch only imported for a device other than the CPU)."""
+    if device == "cpu":
+        return
+    import torch
+
+    from locomad_cli.utils import resolve_device
+
+    name = resolve_device(device)
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise LocomadError(
+            f"--device {device!r} is not a device torch knows (e.g. cpu, cuda, cuda:1, auto)"
+        ) from None
+
+
 class Review:
     """One film under review."""
 
@@ -59,6 +94,7 @@ class Review:
         self.info = probe(self.video)
         load_track(ad, self.video, self.info.duration)  # refused now, in voice's words
         self.store = TrackStore(ad, self.opts.who, lock_path(ad.resolve().parent, self.video.stem))
+        check_regenerate_settings(self.store.read().track, self.opts)
         self.voice_opts = VoiceOptions(ad=str(self.store.ad), progress=False)
         self._engine = None
         self._model = None
