@@ -161,7 +161,7 @@ def film(tmp_path, monkeypatch):
         ({"overrides": ["llm.num_beams=["]}, "not a YAML value"),
         ({"overrides": ["foo=1"]}, "unknown key(s) foo"),
         ({"overrides": ["dsm.proposal_len=0"]}, "dsm.proposal_len must be greater than 0"),
-        ({"device": "zzz"}, "--device 'zzz' is not a device torch knows"),
+        ({"device": "zzz"}, "--device 'zzz' is no device"),
     ],
 )
 def test_review_checks_regenerate_settings_at_start(film, opts, said):
