@@ -149,7 +149,8 @@ def test_clip_context_through_describe_uses_the_cards_clip(tmp_path):
     from helpers.openai_server import FakeVLM
 
     from locomad_cli.card import TINY_CLIP_CONFIG, load_card
-    from locomad_cli.describe.film import DescribeOptions, describe, slot_frames
+    from locomad_cli.describe.context import slot_frames
+    from locomad_cli.describe.film import DescribeOptions, describe
     from locomad_cli.features.clip import load_clip
     from locomad_cli.features.extract import load_features
 

@@ -87,7 +87,7 @@ def describe_film(
     order, with records built as `locomad describe` builds them. `visual`, when given, is
     called with (slot index, projected visual prompt) and returns what the LLM sees instead
     (the probe's zeroed and shuffled ablations)."""
-    from locomad_cli.describe.film import slot_frames
+    from locomad_cli.describe.context import slot_frames
 
     card = model.card
     oracle = setting.startswith("oracle")

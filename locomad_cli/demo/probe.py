@@ -118,7 +118,7 @@ def slot_sequences(model, film: DemoFilm) -> dict[str, tuple[torch.Tensor, torch
     the Lq prompt tokens. What a reader of order and of every token can use, where
     `slot_vectors` keeps one vector."""
     from locomad_cli.data.records import ClipRecord, collate
-    from locomad_cli.describe.film import slot_frames
+    from locomad_cli.describe.context import slot_frames
 
     card = model.card
     records = [

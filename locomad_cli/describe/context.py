@@ -10,6 +10,7 @@ first, and hand the items over in film order (docs/model.md).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,3 +110,11 @@ def select_clip(
     last = len(items) - 1
     ranked = sorted(range(last), key=lambda i: (-items[i].score, -i))[:k]
     return _capped(items, [last, *ranked], cap)
+
+
+def slot_frames(features: torch.Tensor, fps: float, start: float, end: float) -> torch.Tensor:
+    """A film's feature rows within a slot: frame i is on screen at i/fps; at least one."""
+    t = features.shape[0]
+    a = min(max(0, math.floor(start * fps)), t - 1)
+    b = min(t, math.ceil(end * fps))
+    return features[a : max(b, a + 1)].float()

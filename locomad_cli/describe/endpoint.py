@@ -62,15 +62,24 @@ def _content(response: Any) -> str | None:
     return content if isinstance(content, str) else None
 
 
+def check_endpoint(card: ModelCard) -> None:
+    """The server's address and model name, before any work."""
+    missing = [k for k in ("url", "model") if not getattr(card.endpoint, k)]
+    if missing:
+        sets = " ".join(f"--set endpoint.{k}=..." for k in missing)
+        raise LocomadError(
+            f"model card '{card.name}' needs endpoint.{' and endpoint.'.join(missing)}: "
+            f"{sets} (the server's base URL up to /v1, and a model it serves)"
+        )
+
+
 class EndpointBackend:
     """Backend (describe/vlm.py) for an OpenAI-compatible server."""
 
     def __init__(self, card: ModelCard, sleep: Callable[[float], None] = time.sleep):
         import httpx
 
-        from locomad_cli.describe.vlm import check_vlm
-
-        check_vlm(card)
+        check_endpoint(card)
         self.card, self.sleep = card, sleep
         self.base = str(card.endpoint.url).rstrip("/")
         self.concurrency = card.endpoint.concurrency

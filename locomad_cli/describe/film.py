@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from locomad_cli import __version__
 from locomad_cli.card import ModelCard, load_card
+from locomad_cli.describe.context import slot_frames
 from locomad_cli.describe.describer import (
     Answer,
     Ask,
@@ -135,14 +136,6 @@ class TextFeatureCache:
             if t not in self.features:
                 self.features[t] = self.encode([t]).detach().float().cpu()[0]
         return torch.stack([self.features[t] for t in texts])
-
-
-def slot_frames(features: torch.Tensor, fps: float, start: float, end: float) -> torch.Tensor:
-    """Rows of the slot: frame i is on screen at i/fps; at least one frame."""
-    t = features.shape[0]
-    a = min(max(0, math.floor(start * fps)), t - 1)
-    b = min(t, math.ceil(end * fps))
-    return features[a : max(b, a + 1)].float()
 
 
 def oracle_context(refs: list[Cue], slot: Slot, proposal_len: int) -> list[Cue]:

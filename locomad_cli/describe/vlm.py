@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from locomad_cli.describe.context import film_so_far, select_clip, select_recent
+from locomad_cli.describe.context import film_so_far, select_clip, select_recent, slot_frames
 from locomad_cli.describe.describer import Answer, Ask, text_key, uses_name, word_count
 from locomad_cli.utils import LocomadError
 
@@ -170,8 +170,6 @@ class VLMDescriber:
         items = film_so_far(earlier, film.subtitles, slot)
         if ctx.select == "recent":
             return select_recent(items, ctx.k, ctx.max_tokens)
-        from locomad_cli.describe.film import slot_frames
-
         anchor = slot_frames(film.features, film.fps, slot.start, slot.end).mean(0)
         return select_clip(items, ctx.k, ctx.max_tokens, anchor, self.cache.get)
 
@@ -216,13 +214,9 @@ def check_vlm(card: ModelCard) -> None:
     """What a vlm card needs before any work: the server's address and model name, or the
     local weights (in the cache, or the hub reachable)."""
     if card.vlm.backend == "endpoint":
-        missing = [k for k in ("url", "model") if not getattr(card.endpoint, k)]
-        if missing:
-            sets = " ".join(f"--set endpoint.{k}=..." for k in missing)
-            raise LocomadError(
-                f"model card '{card.name}' needs endpoint.{' and endpoint.'.join(missing)}: "
-                f"{sets} (the server's base URL up to /v1, and a model it serves)"
-            )
+        from locomad_cli.describe.endpoint import check_endpoint
+
+        check_endpoint(card)
         return
     from locomad_cli.describe.local_vlm import missing_weights
 
