@@ -52,7 +52,7 @@ def test_inputs_that_may_not_be_read(film, tmp_path):
         (["describe", video, "-m", card], card, "cannot read"),
         (["describe", video, "-m", "demo", "--weights", weights, "--shots", "off"], model,
          "cannot read"),
-        (["voice", video, "--ad", track], track, "cannot read"),
+        (["voice", video, "--ad", track], track, "cannot be read"),
     ):  # fmt: skip
         res = run_cli([*args, "-o", out, "-q"], prefix=user)
         one_error(res, str(path), what, "ermission denied")
