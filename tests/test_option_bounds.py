@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import one_error, run_cli
-from helpers.datasets import simple_films, write_film_folder, write_splits
+from helpers.datasets import simple_films, tiny_train_config, write_film_folder, write_splits
 
 from locomad_cli.card import tiny_card
 from locomad_cli.demo.data import DemoDataConfig, make_data
@@ -22,21 +22,8 @@ NAN, INF = math.nan, math.inf
 
 def _train_cfg(tmp_path: Path, **kw) -> TrainConfig:
     """A valid tiny stage-1 run (nothing read until train() is called)."""
-    base = dict(
-        stage=1,
-        data=f"folder:{tmp_path / 'films'}",
-        out=str(tmp_path / "run"),
-        model=str(tmp_path / "tiny.yaml"),
-        batch_size=4,
-        max_steps=1,
-        lr=1e-3,
-        warmup_steps=0,
-        val_data="none",
-        log_every=1,
-        num_workers=0,
-        progress=False,
-    )
-    return TrainConfig(**{**base, **kw})
+    kw = {"max_steps": 1, "warmup_steps": 0, **kw}
+    return tiny_train_config(tmp_path / "films", tmp_path / "tiny.yaml", tmp_path / "run", **kw)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.datasets import simple_films, write_film_folder, write_splits
+from helpers.datasets import simple_films, tiny_train_config, write_film_folder, write_splits
 from helpers.ports import free_port
 from safetensors.torch import load_file
 
@@ -42,22 +42,7 @@ def films(tmp_path) -> tuple[Path, Path]:
 
 
 def _cfg(root: Path, card: Path | None, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        stage=1,
-        data=f"folder:{root}",
-        out=str(out),
-        model=str(card) if card else None,
-        batch_size=4,
-        max_steps=6,
-        lr=1e-3,
-        warmup_steps=2,
-        val_data="none",
-        log_every=1,
-        num_workers=0,
-        progress=False,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(root, card, out, **kw)
 
 
 def _losses(history: list[dict], key: str = "loss") -> dict[int, float]:

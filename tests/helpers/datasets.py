@@ -76,3 +76,25 @@ def simple_films(n_films: int = 2, n_slots: int = 14) -> dict[str, list[tuple[fl
 
 def write_splits(root: Path, splits: dict[str, list[str]]) -> None:
     (root / "splits.json").write_text(json.dumps(splits))
+
+
+def tiny_train_config(data: Path, card: Path | None, out: Path, **kw):
+    """A stage-1 TrainConfig on a film folder for the tests: a few steps, no validation, no
+    workers, no progress bar; `kw` replaces any field."""
+    from locomad_cli.train.loop import TrainConfig
+
+    base = dict(
+        stage=1,
+        data=f"folder:{data}",
+        out=str(out),
+        model=str(card) if card else None,
+        batch_size=4,
+        max_steps=6,
+        lr=1e-3,
+        warmup_steps=2,
+        val_data="none",
+        log_every=1,
+        num_workers=0,
+        progress=False,
+    )
+    return TrainConfig(**{**base, **kw})
