@@ -218,3 +218,16 @@ def test_per_slot_warnings_are_counted_past_the_first_ten(caplog):
         "slot 7 starts while ...",
         "... and 290 more dropped (300 in all; see the voiced JSON track)",
     ]
+
+
+@pytest.mark.slow
+def test_voice_refuses_bad_subtitles_before_making_its_output_folder(tmp_path):
+    """Bad --subs were read after the output folder was made: an empty folder stayed."""
+    from helpers.adfilm import short_film
+
+    video, ad = short_film(tmp_path)
+    subs = tmp_path / "bad.srt"
+    subs.write_bytes(b"garbage\x00\x01\x02")
+    out = tmp_path / "out"
+    one_error(run_cli(["voice", video, "--ad", ad, "--subs", subs, "-o", out, "-q"]), str(subs))
+    assert not out.exists()

@@ -599,6 +599,7 @@ def voice(
     if track is None:
         track = load_track(ad_path, video, info.duration)
     engine = make_engine(opts.tts, opts.voice or opts.mix.language)
+    dialogue = dialogue_of(track, opts, ad_path)  # bad subtitles: refused before any folder
     out_dir = Path(opts.output_dir) if opts.output_dir else ad_path.parent
     check_writable_dir(out_dir)
     film = video.stem
@@ -606,7 +607,7 @@ def voice(
     held = output_lock(lock_path(out_dir, film)) if lock else contextlib.nullcontext()
     with held, _disk_errors(out_dir, cache_dir):
         sweep_temps(out_dir)  # the work folders a killed run left (ours only)
-        return _voice_into(video, opts, track, ad_path, engine, out_dir, formats, info)
+        return _voice_into(video, opts, track, dialogue, engine, out_dir, formats, info)
 
 
 @contextlib.contextmanager
@@ -638,7 +639,7 @@ def _voice_into(
     video: Path,
     opts: VoiceOptions,
     track: dict[str, Any],
-    ad_path: Path,
+    dialogue: list[tuple[float, float]],
     engine: TTSEngine,
     out_dir: Path,
     formats: list[str],
@@ -646,7 +647,6 @@ def _voice_into(
 ) -> tuple[dict[str, Any], list[Path]]:
     """voice() once the inputs are checked and the film's outputs are locked."""
     film = video.stem
-    dialogue = dialogue_of(track, opts, ad_path)
     streams = info.audio
     if not streams:
         log.warning(
