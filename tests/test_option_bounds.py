@@ -198,3 +198,27 @@ def test_cli_bad_options_are_one_line(films, tmp_path):
         (["--corenlp", str(pred)], "--corenlp"),
     ):
         one_error(run_cli(["evaluate", pred, "-r", ref, *extra]), words)
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("s2_epochs", 0, "--s2-epochs is a whole number"),
+        ("s1_lr", NAN, "--s1-lr is a number > 0, got nan"),
+        ("s2_visual_contrast", -1.0, "--visual-contrast"),
+        ("s2_context_dropout", 1.5, "--s2-context-dropout"),
+        ("clip_batch", 1, "--clip-batch"),
+        ("extra_train", -1, "--extra-films"),
+        ("seed", -1, "--seed"),
+    ],
+)
+def test_demo_train_refuses_bad_numbers_before_any_work(tmp_path, field, value, words):
+    """A bad stage-2 value was found only when stage 2 began, hours in (after the data, the
+    CLIP and stage 1); now before anything is written."""
+    from locomad_cli.demo.pipeline import DemoTrainConfig, train_demo
+
+    cfg = DemoTrainConfig(work=str(tmp_path / "work"), weights=str(tmp_path / "w"))
+    setattr(cfg, field, value)
+    with pytest.raises(LocomadError, match=words):
+        train_demo(cfg)
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 from locomad_cli.card import MODELS_DIR, load_card
+from locomad_cli.demo.data import DEMO_BOUNDS
+from locomad_cli.train.bounds import WHOLE, Bound, check_fields
 from locomad_cli.utils import LocomadError, atomic_open
 
 if TYPE_CHECKING:
@@ -80,6 +82,35 @@ class DemoTrainConfig:
     """torch CPU threads. One: these models are so small that a second thread mostly waits,
     and on a shared machine two threads per process ran 30x slower than one (docs/demo.md)."""
 
+    def check(self) -> None:
+        """Every number in range before anything is rendered or trained: a bad stage-2 value
+        was found only when stage 2 began, after the data, the CLIP and stage 1."""
+        check_fields(
+            self,
+            TRAIN_BOUNDS,
+            flags={"extra_train": "--extra-films", "s2_visual_contrast": "--visual-contrast"},
+        )
+
+
+TRAIN_BOUNDS: dict[str, Bound] = {
+    **{k: DEMO_BOUNDS[k] for k in ("seed", "films", "val", "test", "extra_train")},
+    "clip_steps": Bound(1, 1_000_000, what=WHOLE),
+    "clip_batch": Bound(2, 4096, what=WHOLE),  # a contrastive batch needs two captions
+    "s1_epochs": Bound(1, 10_000, what=WHOLE),
+    "s1_batch": Bound(1, 4096, what=WHOLE),
+    "s1_lr": Bound(0.0, low_open=True),
+    "s2_epochs": Bound(1, 10_000, what=WHOLE),
+    "s2_batch": Bound(1, 4096, what=WHOLE),
+    "s2_lr": Bound(0.0, low_open=True),
+    "s2_context_dropout": Bound(0.0, 1.0, what="a chance"),
+    "s2_visual_contrast": Bound(0.0),
+    "s2_eval_epochs": Bound(1, 10_000, what=WHOLE),
+    "warmup_steps": Bound(0, 1_000_000, what=WHOLE),
+    "val_clips": Bound(1, 100_000, what=WHOLE),
+    "threads": Bound(1, 1024, what=WHOLE),
+}
+"""The range of every numeric DemoTrainConfig field."""
+
 
 def _card_file(cfg: DemoTrainConfig, weights: Path) -> str:
     """The card to train with. For the shipped folder, the shipped card as it is (its paths
@@ -102,6 +133,7 @@ def _card_file(cfg: DemoTrainConfig, weights: Path) -> str:
 
 def train_demo(cfg: DemoTrainConfig) -> dict:
     """Run every step; returns what was measured (also written to WORK/measure.json)."""
+    cfg.check()
     import torch
 
     from locomad_cli.demo.data import extract_demo_features
