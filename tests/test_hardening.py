@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from helpers import adfilm
 from helpers.cli import CLI, ROOT, fill, one_error, run_cli, small_disk
+from helpers.datasets import saved_tiny_card
 from helpers.media import make_video
+from helpers.srt import srt_text
 
 from locomad_cli.utils import TEMP_SUFFIX, atomic_open, atomic_path, final_name, sweep_temps
 
@@ -199,40 +201,18 @@ def test_voice_rerun_sweeps_what_a_killed_run_left(short_film, tmp_path):
 # --- a world for describe: a tiny card with weights, a film and its features ------------------
 
 
-def _srt(cues) -> str:
-    def stamp(t: float) -> str:
-        ms = round(t * 1000)
-        return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
-
-    return "".join(
-        f"{i}\n{stamp(a)} --> {stamp(b)}\n{t}\n\n" for i, (a, b, t) in enumerate(cues, 1)
-    )
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """film.mp4 (8 s), its features, a tiny card with saved weights, AD times: describe runs
     in a few seconds with --features, --shots off, --vad off."""
-    import torch
-
-    from locomad_cli.card import tiny_card
     from locomad_cli.features.extract import extract_features
-    from locomad_cli.model.checkpoint import save_model
-    from locomad_cli.model.locomad import LoCoMAD
 
     root = tmp_path_factory.mktemp("world")
     film = make_video(root / "film.mp4", duration=8.0, size="96x64")
-    card = tiny_card()
-    card.llm.max_new_tokens = 3
-    card.dsm.proposal_len = 3
-    card.dsm.top_k = 2
-    torch.manual_seed(0)
-    card.weights = str(save_model(LoCoMAD.from_card(card, pretrained=False), root / "weights"))
-    card_path = root / "tiny.yaml"
-    card_path.write_text(card.to_yaml())
+    card, card_path, _ = saved_tiny_card(root)
     extract_features([film], card, out_dir=root / "feats", device="cpu")
     times = root / "film.ad-times.srt"
-    times.write_text(_srt([(0.5, 2.0, ""), (2.5, 4.5, ""), (5.0, 7.5, "")]))
+    times.write_text(srt_text([(0.5, 2.0, ""), (2.5, 4.5, ""), (5.0, 7.5, "")]))
     return {
         "root": root,
         "film": film,
@@ -319,8 +299,8 @@ def test_tables_on_a_closed_or_full_stdout(tmp_path, into):
     """evaluate's and doctor's tables (rich, which ends the process with a silent exit 1 on a
     broken pipe): one warning naming what is kept, and the command's own exit code."""
     cues = [(1.0, 3.0, "A man walks into the kitchen."), (5.0, 7.0, "She opens the door.")]
-    (tmp_path / "pred.srt").write_text(_srt(cues), encoding="utf-8")
-    (tmp_path / "ref.srt").write_text(_srt(cues), encoding="utf-8")
+    (tmp_path / "pred.srt").write_text(srt_text(cues), encoding="utf-8")
+    (tmp_path / "ref.srt").write_text(srt_text(cues), encoding="utf-8")
     report = tmp_path / "report.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     evaluate = [*CLI, "evaluate", str(tmp_path / "pred.srt"), "-r", str(tmp_path / "ref.srt"),

@@ -25,14 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.cli import fill, one_error, run_cli, small_disk
+from helpers.datasets import saved_tiny_card
 from helpers.media import make_video
 from helpers.srt import srt_text
 from safetensors.torch import save_file
 
-from locomad_cli.card import tiny_card
 from locomad_cli.features.extract import extract_features
-from locomad_cli.model.checkpoint import save_model
-from locomad_cli.model.locomad import LoCoMAD
 from locomad_cli.slots.plan import propose_slots
 from locomad_cli.utils import LocomadError
 
@@ -64,15 +62,7 @@ def world(tmp_path_factory) -> World:
     root = tmp_path_factory.mktemp("hostile-world")
     film = make_video(root / "film.mp4", duration=DURATION, size="96x64")
     other = make_video(root / "other.mp4", duration=6.0, size="64x48")
-    card = tiny_card()
-    card.llm.max_new_tokens = 3
-    card.dsm.proposal_len = 3
-    card.dsm.top_k = 2
-    torch.manual_seed(0)
-    weights = save_model(LoCoMAD.from_card(card, pretrained=False), root / "weights")
-    card.weights = str(weights)
-    card_path = root / "tiny.yaml"
-    card_path.write_text(card.to_yaml())
+    card, card_path, weights = saved_tiny_card(root)
     feats = root / "feats"
     extract_features([film, other], card, out_dir=feats, device="cpu")
     subs = root / "film.srt"

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import wave
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 from helpers.browser import CHROMIUM, FLAGS
+from helpers.reviewfilm import start_review
 
 ROOT = Path(__file__).resolve().parents[1]
 AXE = ROOT / ".venv" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
@@ -61,18 +61,7 @@ def served(voiced, tmp_path):
     """A fresh copy of the voiced film and a review server on it."""
     d = tmp_path / "film"
     shutil.copytree(voiced, d)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "locomad_cli", "review", str(d / "demo.mp4"), "--no-browser"]
-    p = subprocess.Popen(
-        [*cmd, "--set", "llm.num_beams=3"], stdout=subprocess.PIPE, cwd=ROOT, env=env, text=True
-    )
-    url = p.stdout.readline().strip()
-    for _ in range(100):
-        try:
-            if httpx.get(url + "api/track", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    p, url = start_review(d / "demo.mp4", "--set", "llm.num_beams=3", stderr=None)
     yield d, url
     p.send_signal(signal.SIGINT)
     p.wait(timeout=30)

@@ -5,42 +5,22 @@ FILM.ad.json equal to a saved state, and a restarted server undoes from there.""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers.reviewfilm import SLOTS, make_film
+from helpers.reviewfilm import SLOTS, make_film, start_review
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def start(film: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "locomad_cli", "review", str(film), "--no-browser", *args]
-    p = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
-    )
-    url = p.stdout.readline().strip()
-    assert url.startswith("http://"), p.stderr.read() if p.poll() is not None else url
-    for _ in range(100):  # the socket listens when the URL is printed; wait for uvicorn
-        try:
-            if httpx.get(url + "api/track", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    return p, url
-
-
 def test_serves_behind_its_token_and_stops_on_ctrl_c(tmp_path):
     film = make_film(tmp_path / "film")
-    p, url = start(film, "--host", "127.0.0.2")
+    p, url = start_review(film, "--host", "127.0.0.2")
     try:
         base = url.rsplit("/", 2)[0]
         token = url.rstrip("/").rsplit("/", 1)[1]
@@ -64,7 +44,7 @@ def test_sigkill_during_saves_leaves_a_saved_state(tmp_path):
     ad.write_text(json.dumps(track), encoding="utf-8")
     sent = [SLOTS[0][2]]
     for round_ in range(3):
-        p, url = start(film)
+        p, url = start_review(film)
         stop = threading.Event()
 
         def edit(url=url, round_=round_, stop=stop):
@@ -93,7 +73,7 @@ def test_sigkill_during_saves_leaves_a_saved_state(tmp_path):
         first = next(s for s in saved["slots"] if s["index"] == 0)
         assert first["text"] in sent and len(first["padding"]) == 8_000_000
     # a restarted server reads it, and its journal agrees with it: undo works
-    p, url = start(film)
+    p, url = start_review(film)
     try:
         s = httpx.get(url + "api/track", timeout=30).json()
         assert s["can_undo"]

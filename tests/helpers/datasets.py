@@ -98,3 +98,23 @@ def tiny_train_config(data: Path, card: Path | None, out: Path, **kw):
         progress=False,
     )
     return TrainConfig(**{**base, **kw})
+
+
+def saved_tiny_card(root: Path):
+    """A tiny card (3 new tokens, DSM proposals of 3, top 2) with random weights saved under
+    ROOT/weights and its YAML at ROOT/tiny.yaml, seeded: describe runs on it in seconds, as a
+    user's card with trained weights. Returns (card, its YAML path, the weights folder)."""
+    from locomad_cli.card import tiny_card
+    from locomad_cli.model.checkpoint import save_model
+    from locomad_cli.model.locomad import LoCoMAD
+
+    card = tiny_card()
+    card.llm.max_new_tokens = 3
+    card.dsm.proposal_len = 3
+    card.dsm.top_k = 2
+    torch.manual_seed(0)
+    weights = save_model(LoCoMAD.from_card(card, pretrained=False), root / "weights")
+    card.weights = str(weights)
+    card_path = root / "tiny.yaml"
+    card_path.write_text(card.to_yaml())
+    return card, card_path, weights

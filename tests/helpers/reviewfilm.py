@@ -5,7 +5,11 @@ track as `locomad describe` writes it (the film's fingerprint, four slots betwee
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,3 +71,27 @@ def make_film(folder: Path) -> Path:
 
 def fake_probe(path):
     return SimpleNamespace(path=Path(path), duration=DURATION)
+
+
+def start_review(
+    film: Path, *args: str, stderr: int | None = subprocess.PIPE
+) -> tuple[subprocess.Popen, str]:
+    """`locomad review FILM --no-browser ARGS` as a process, and the page's address once the
+    server answers (the socket listens when the URL is printed; uvicorn starts just after).
+    `stderr=None` leaves the server's stderr on the test's own."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "locomad_cli", "review", str(film), "--no-browser", *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT)
+    url = p.stdout.readline().strip()
+    if not url.startswith("http://"):
+        why = p.stderr.read() if p.stderr is not None and p.poll() is not None else url
+        raise AssertionError(f"no review page address: {why}")
+    import httpx
+
+    for _ in range(100):
+        try:
+            if httpx.get(url + "api/track", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return p, url
